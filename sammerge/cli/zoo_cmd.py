@@ -1,0 +1,105 @@
+"""`sammerge zoo build|info`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ZooError
+
+
+def register(subparsers) -> None:
+    zoo = subparsers.add_parser("zoo", help="build or inspect a model zoo")
+    zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+
+    build = zsub.add_parser("build", help="pretrain, fit heads, fine-tune every task plainly and with SAM")
+    build.add_argument("--preset", default="demo", help="recipe preset: demo (default) or tiny")
+    build.add_argument("--out", required=True, type=Path, help="output zoo directory (must not exist)")
+    build.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    build.add_argument("--rho", type=float, default=None, help="override SAM's ρ")
+    build.add_argument("--adaptive", action="store_true", help="use ASAM (adaptive SAM) for the SAM variant")
+    build.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps")
+    build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_build)
+
+    info = zsub.add_parser("info", help="print the zoo's table and verify every file")
+    info.add_argument("zoo", type=Path)
+    info.add_argument("--no-verify", action="store_true", help="skip hashing every file")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(func=_info)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..presets import VariantSpec, get_preset
+    from ..zoo import build_zoo
+
+    recipe = get_preset(args.preset)
+    updates = {}
+    if args.seed is not None:
+        updates["seed"] = args.seed
+    if args.steps is not None:
+        updates["finetune"] = recipe.finetune.model_copy(update={"steps": args.steps})
+    if args.rho is not None or args.adaptive:
+        variants = []
+        for v in recipe.variants:
+            if v.sam:
+                v = VariantSpec(name="asam" if args.adaptive else v.name, sam=True,
+                                rho=args.rho if args.rho is not None else (0.5 if args.adaptive else v.rho),
+                                adaptive=args.adaptive, steps=v.steps)
+            variants.append(v)
+        updates["variants"] = variants
+    if updates:  # re-validate the edited recipe as a whole
+        recipe = type(recipe).model_validate(recipe.model_copy(update=updates).model_dump())
+    out = args.out
+    if out.exists() and not args.overwrite:
+        raise ZooError(f"{out}: already exists (use --overwrite to replace it)")
+    bar = None if args.quiet else tqdm(total=1, unit="step", dynamic_ncols=True)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if bar is None:
+            return
+        bar.total = total
+        bar.set_description(stage[:48])
+        bar.n = done
+        bar.refresh()
+
+    try:
+        zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_table(zoo)
+    print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
+    return 0
+
+
+def _print_table(zoo) -> None:
+    import pandas as pd
+
+    table = zoo.table()
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(table.drop(columns=["time (s)"]).to_string(index=False))
+    summary = table.groupby("variant")[["pretrained test", "fine-tuned test"]].mean()
+    print("\nmean test accuracy by fine-tuning variant:")
+    with pd.option_context("display.float_format", "{:.3f}".format):
+        print(summary.to_string())
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..zoo import open_zoo
+
+    zoo = open_zoo(args.zoo, verify=not args.no_verify)
+    if args.json:
+        print(zoo.manifest.model_dump_json(indent=2))
+        return 0
+    m = zoo.manifest
+    print(f"zoo {zoo.path}  preset={m.recipe.preset}  seed={m.seed}  built {m.created} on {m.device} "
+          f"in {m.build_wall_time_s:.1f} s")
+    print(f"encoder: {m.encoder.model_dump()}  tasks: {len(zoo.tasks)}  variants: {', '.join(zoo.variants)}")
+    _print_table(zoo)
+    if not args.no_verify:
+        print(f"\nverified {len(zoo.checkpoint_hashes())} files (sha256 + safetensors parse + finite values)")
+    return 0

@@ -1,0 +1,25 @@
+"""Error types. Every message is one line that names the file, key or parameter and the problem."""
+
+
+class SammergeError(Exception):
+    """Base class of every error sammerge raises on bad input."""
+
+
+class DataError(SammergeError):
+    """The benchmark data is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(SammergeError):
+    """A checkpoint file is missing, unreadable, corrupt, mismatched or non-finite."""
+
+
+class ConfigError(SammergeError):
+    """A configuration (zoo manifest, merge config, preset, parameter) is invalid."""
+
+
+class ZooError(SammergeError):
+    """A model zoo directory is missing, incomplete or fails verification."""
+
+
+class MergeError(SammergeError):
+    """A merge cannot be computed (incompatible tensors, bad coefficients, empty task set)."""

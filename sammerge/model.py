@@ -1,0 +1,137 @@
+"""The image encoder (a timm ResNet with GroupNorm) and per-task linear heads.
+
+The encoder is the part that is fine-tuned and merged; heads are fitted once on the pretrained
+encoder (linear probe) and then frozen, as in the paper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+from torch.func import functional_call
+
+from .errors import ConfigError
+
+
+class EncoderConfig(BaseModel):
+    """Architecture of the encoder, stored in every zoo manifest so a zoo rebuilds its model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["resnet_gn"] = "resnet_gn"
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    channels: tuple[int, ...] = (16, 32, 64, 96)
+    stem_width: int = 16
+    stem_stride: int = Field(1, ge=1, le=2)
+    gn_groups: int = Field(8, ge=1)
+    in_chans: int = 1
+    image_size: int = 16
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_divisible(cls, channels: tuple[int, ...]) -> tuple[int, ...]:
+        if not channels or any(c <= 0 for c in channels):
+            raise ValueError("channels must be positive")
+        return channels
+
+    @property
+    def embed_dim(self) -> int:
+        return self.channels[-1]
+
+
+class _GroupNorm(nn.GroupNorm):
+    """GroupNorm taking the channel count first (the signature timm's ``norm_layer`` expects)."""
+
+    def __init__(self, num_channels: int, num_groups: int = 8, **kwargs) -> None:
+        groups = num_groups
+        while num_channels % groups:
+            groups -= 1
+        super().__init__(groups, num_channels, **kwargs)
+
+
+def create_encoder(cfg: EncoderConfig | None = None) -> nn.Module:
+    """timm ResNet (BasicBlock) with GroupNorm, a 3×3 stem, no max-pool, no classifier: x ↦ features [N, D]."""
+    from functools import partial
+
+    from timm.models.resnet import BasicBlock, ResNet
+
+    cfg = cfg or EncoderConfig()
+    if len(cfg.layers) != len(cfg.channels):
+        raise ConfigError(f"encoder config: {len(cfg.layers)} layers but {len(cfg.channels)} channel widths")
+    if cfg.stem_width % 2:
+        raise ConfigError(f"encoder config: stem_width {cfg.stem_width} must be even")
+    for width in (cfg.stem_width, *cfg.channels):
+        if width % cfg.gn_groups:
+            raise ConfigError(f"encoder config: width {width} not divisible by gn_groups={cfg.gn_groups}")
+    norm = partial(_GroupNorm, num_groups=cfg.gn_groups)
+    model = ResNet(
+        block=BasicBlock, layers=list(cfg.layers), channels=tuple(cfg.channels), num_classes=0,
+        in_chans=cfg.in_chans, stem_width=cfg.stem_width // 2, stem_type="deep", norm_layer=norm,
+        zero_init_last=True,
+    )
+    # timm's deep stem makes layer1 expect stem_width input channels; swap it for one 3×3 conv.
+    model.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 3, stride=cfg.stem_stride, padding=1, bias=False)
+    model.bn1 = norm(cfg.stem_width)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@dataclass(frozen=True)
+class Head:
+    """A frozen linear classifier for one task: logits = features @ weight.T + bias."""
+
+    weight: torch.Tensor  # [C, D]
+    bias: torch.Tensor  # [C]
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(features, self.weight, self.bias)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+
+def heads_to_state_dict(heads: Mapping[str, Head]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for task, head in heads.items():
+        out[f"{task}.weight"] = head.weight
+        out[f"{task}.bias"] = head.bias
+    return out
+
+
+def heads_from_state_dict(state_dict: Mapping[str, torch.Tensor], tasks: list[str], source: str) -> dict[str, Head]:
+    from .errors import CheckpointError
+
+    heads = {}
+    for task in tasks:
+        try:
+            heads[task] = Head(state_dict[f"{task}.weight"], state_dict[f"{task}.bias"])
+        except KeyError as exc:
+            raise CheckpointError(f"{source}: no head for task '{task}' (missing key {exc.args[0]!r})") from exc
+    return heads
+
+
+def encoder_params(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the encoder's state dict (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def functional_features(encoder: nn.Module, params: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Encoder forward with the given parameters, without touching the module's own weights."""
+    return functional_call(encoder, dict(params), (images,))
+
+
+def pick_device(device: str | None = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device: unknown device '{device}'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    return dev

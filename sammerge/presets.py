@@ -1,0 +1,135 @@
+"""Zoo recipes as data: what a zoo build does, every knob explicit, fingerprinted for caching."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ConfigError
+from .model import EncoderConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PretrainRecipe(_Strict):
+    """Supervised pretraining of the encoder (+ a throw-away head) on the disjoint pretraining classes."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    max_train: int | None = Field(None, ge=1, description="use at most this many pretraining images")
+
+
+class ProbeRecipe(_Strict):
+    """Linear probe: one head per task fitted on frozen pretrained features, then frozen."""
+
+    steps: int = Field(200, ge=1)
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class FinetuneRecipe(_Strict):
+    """Fine-tuning of the encoder on one task with its head frozen (shared by every variant)."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(128, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class VariantSpec(_Strict):
+    """One fine-tuning variant: plain base optimizer, or SAM / ASAM around it."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    sam: bool = False
+    rho: float = Field(0.05, gt=0)
+    adaptive: bool = False
+    steps: int | None = Field(None, ge=1, description="override of the fine-tuning steps")
+
+    def describe(self) -> str:
+        if not self.sam:
+            return "plain"
+        return f"{'ASAM' if self.adaptive else 'SAM'} ρ={self.rho:g}"
+
+
+class EvalRecipe(_Strict):
+    max_train_eval: int = Field(1024, ge=1, description="train accuracy is measured on this many images")
+
+
+class ZooRecipe(_Strict):
+    """Everything a zoo build depends on (together with the benchmark data hash)."""
+
+    preset: str
+    seed: int = 0
+    encoder: EncoderConfig = EncoderConfig()
+    tasks: list[str]
+    max_train_per_task: int | None = Field(None, ge=1)
+    pretrain: PretrainRecipe = PretrainRecipe()
+    probe: ProbeRecipe = ProbeRecipe()
+    finetune: FinetuneRecipe = FinetuneRecipe()
+    variants: list[VariantSpec] = [VariantSpec(name="plain"), VariantSpec(name="sam", sam=True, rho=0.05)]
+    evaluation: EvalRecipe = EvalRecipe()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ZooRecipe":
+        if not self.tasks:
+            raise ValueError("a zoo needs at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks must be unique")
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("variants must be non-empty with unique names")
+        return self
+
+    def fingerprint(self, data_sha256: str = "") -> str:
+        """sha256 over the recipe and the data hash: a changed recipe means a rebuild."""
+        payload = json.dumps({"recipe": self.model_dump(mode="json"), "data": data_sha256}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+ALL_TASKS = ["digits", "latin_upper", "latin_lower", "greek_lower", "cyrillic_upper", "symbols",
+             "greek_upper", "font_style"]
+
+
+def _demo() -> ZooRecipe:
+    return ZooRecipe(
+        preset="demo", seed=0, tasks=list(ALL_TASKS),
+        encoder=EncoderConfig(channels=(16, 32, 64, 96), stem_width=16, stem_stride=1),
+        pretrain=PretrainRecipe(steps=300, batch_size=128, lr=2e-3),
+        probe=ProbeRecipe(),
+        finetune=FinetuneRecipe(optimizer="adamw", lr=1e-3, steps=150, batch_size=128),
+        variants=[VariantSpec(name="plain"), VariantSpec(name="sam", sam=True, rho=0.05)],
+    )
+
+
+def _tiny() -> ZooRecipe:
+    return ZooRecipe(
+        preset="tiny", seed=0, tasks=["digits", "latin_upper", "symbols"], max_train_per_task=256,
+        encoder=EncoderConfig(channels=(8, 8, 16, 16), stem_width=8, stem_stride=2),
+        pretrain=PretrainRecipe(steps=20, batch_size=64, lr=3e-3, max_train=1024),
+        probe=ProbeRecipe(steps=50),
+        finetune=FinetuneRecipe(optimizer="adamw", lr=2e-3, steps=12, batch_size=64),
+        variants=[VariantSpec(name="plain"), VariantSpec(name="sam", sam=True, rho=0.05)],
+        evaluation=EvalRecipe(max_train_eval=256),
+    )
+
+
+PRESETS = {"demo": _demo, "tiny": _tiny}
+
+
+def get_preset(name: str) -> ZooRecipe:
+    """The recipe of a named preset (a fresh copy)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None

@@ -1,0 +1,150 @@
+"""Training loops of a zoo build: pretraining, linear probes, plain and SAM fine-tuning.
+
+All loops are seeded through an explicit ``torch.Generator`` so that, for a task, the plain and the
+SAM run see exactly the same batches in the same order: the only difference is SAM.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import Head
+from .presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec
+from .sam import SAM
+
+StepCallback = Callable[[int], None]
+
+
+def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Indices of ``steps`` batches drawn as successive random permutations (epochs) of range(n)."""
+    order = torch.randperm(n, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            order = torch.randperm(n, generator=generator)
+            pos = 0
+        yield order[pos:pos + min(batch_size, n)]
+        pos += batch_size
+
+
+def _lr_lambda(schedule: str, warmup: int, steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@torch.no_grad()
+def features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    return torch.cat([encoder(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+
+
+def pretrain(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+             recipe: PretrainRecipe, generator: torch.Generator, on_step: StepCallback | None = None) -> None:
+    """Supervised pretraining with AdamW + cosine; the temporary classifier is discarded."""
+    device = next(encoder.parameters()).device
+    head = nn.Linear(encoder.num_features, num_classes).to(device)
+    params = list(encoder.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda("cosine", recipe.steps // 20, recipe.steps))
+    encoder.train()
+    for step, idx in enumerate(_batches(len(images), recipe.batch_size, recipe.steps, generator)):
+        x, y = images[idx].to(device), labels[idx].to(device)
+        loss = F.cross_entropy(head(encoder(x)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if on_step:
+            on_step(step)
+    encoder.eval()
+
+
+def fit_probe(train_features: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: ProbeRecipe,
+              generator: torch.Generator) -> Head:
+    """Multinomial logistic regression on frozen features (full batch AdamW), standardized inputs folded back."""
+    mean = train_features.mean(0)
+    std = train_features.std(0).clamp_min(1e-6)
+    z = (train_features - mean) / std
+    linear = nn.Linear(z.shape[1], num_classes).to(z.device)
+    with torch.no_grad():
+        linear.weight.normal_(0, 0.01, generator=generator) if z.device.type == "cpu" else linear.weight.normal_(0, 0.01)
+        linear.bias.zero_()
+    optimizer = torch.optim.AdamW(linear.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    for _ in range(recipe.steps):
+        loss = F.cross_entropy(linear(z), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():  # logits = ((f − μ)/σ) Wᵀ + b = f (W/σ)ᵀ + (b − (μ/σ)·Wᵀ)
+        weight = linear.weight / std
+        bias = linear.bias - (mean / std) @ linear.weight.T
+    return Head(weight.detach().clone(), bias.detach().clone())
+
+
+def finetune(encoder: nn.Module, head: Head, images: torch.Tensor, labels: torch.Tensor,
+             recipe: FinetuneRecipe, variant: VariantSpec, generator: torch.Generator,
+             on_step: StepCallback | None = None) -> list[float]:
+    """Fine-tune the encoder in place on one task with the head frozen; returns the loss per step."""
+    device = next(encoder.parameters()).device
+    steps = variant.steps or recipe.steps
+    if recipe.optimizer == "adamw":
+        base_cls, kwargs = torch.optim.AdamW, dict(lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        base_cls, kwargs = torch.optim.SGD, dict(lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                                 momentum=recipe.momentum)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    if variant.sam:
+        optimizer = SAM(params, base_cls, rho=variant.rho, adaptive=variant.adaptive, **kwargs)
+        base = optimizer.base_optimizer
+    else:
+        optimizer = base = base_cls(params, **kwargs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(base, _lr_lambda(recipe.schedule, recipe.warmup_steps, steps))
+    head_w, head_b = head.weight.to(device), head.bias.to(device)
+
+    def loss_on(x, y):
+        return F.cross_entropy(F.linear(encoder(x), head_w, head_b), y)
+
+    losses = []
+    encoder.train()
+    for step, idx in enumerate(_batches(len(images), recipe.batch_size, steps, generator)):
+        x, y = images[idx].to(device), labels[idx].to(device)
+        loss = loss_on(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if variant.sam:
+            optimizer.first_step(zero_grad=True)
+            loss_on(x, y).backward()
+            if recipe.grad_clip:
+                nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            optimizer.second_step(zero_grad=True)
+        else:
+            if recipe.grad_clip:
+                nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            optimizer.step()
+        scheduler.step()
+        losses.append(float(loss))
+        if on_step:
+            on_step(step)
+    encoder.eval()
+    return losses
+
+
+@torch.no_grad()
+def accuracy_and_loss(encoder: nn.Module, head: Head, images: torch.Tensor, labels: torch.Tensor,
+                      batch_size: int = 1024) -> tuple[float, float]:
+    feats = features(encoder, images, batch_size)
+    logits = head(feats.cpu()) if feats.device.type == "cpu" else F.linear(feats, head.weight.to(feats.device),
+                                                                           head.bias.to(feats.device))
+    labels = labels.to(logits.device)
+    return float((logits.argmax(1) == labels).float().mean()), float(F.cross_entropy(logits, labels))

@@ -1,0 +1,388 @@
+"""Model zoos: build (pretrain → probe heads → plain and SAM fine-tuning per task), save, open, verify.
+
+Layout of a zoo directory::
+
+    zoo.json                                   ZooManifest
+    pretrained.safetensors                     θ0, the encoder
+    heads.safetensors                          frozen linear heads, keys "{task}.weight" / "{task}.bias"
+    finetuned/{task}__{variant}.safetensors    θ_t for each task and fine-tuning variant
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import __version__
+from .errors import CheckpointError, ZooError
+from .io import atomic_dir, atomic_write_text, load_state_dict, save_state_dict, sha256_file
+from .model import EncoderConfig, Head, create_encoder, encoder_params, heads_from_state_dict, heads_to_state_dict, pick_device
+from .presets import VariantSpec, ZooRecipe
+from . import train as _train
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "zoo.json"
+
+
+class SplitScores(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: float = Field(ge=0, le=1)
+    val: float = Field(ge=0, le=1)
+    test: float = Field(ge=0, le=1)
+    val_loss: float | None = None
+    test_loss: float | None = None
+
+
+class TaskInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    class_names: list[str] = Field(min_length=2)
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CheckpointRecord(FileRecord):
+    task: str
+    variant: str
+    method: dict  # optimizer, lr, steps, sam, rho, adaptive, ...
+    accuracy: SplitScores
+    pretrained_accuracy: SplitScores
+    task_vector_norm: float = Field(ge=0)
+    final_train_loss: float | None = None
+    wall_time_s: float = Field(ge=0)
+
+
+class ZooManifest(BaseModel):
+    """zoo.json: everything needed to reload, verify and reproduce a zoo."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: int = FORMAT_VERSION
+    name: str
+    created: str
+    recipe: ZooRecipe
+    recipe_fingerprint: str
+    seed: int
+    encoder: EncoderConfig
+    data: dict  # path, sha256 of the benchmark
+    tasks: list[TaskInfo] = Field(min_length=1)
+    variants: list[VariantSpec]
+    pretrained: FileRecord
+    heads: FileRecord
+    pretrain_accuracy: float | None = None  # pretraining classes, val split
+    checkpoints: list[CheckpointRecord]
+    versions: dict[str, str]
+    device: str
+    threads: int
+    build_wall_time_s: float
+    stage_times_s: dict[str, float] = {}
+
+    def checkpoint(self, task: str, variant: str) -> CheckpointRecord:
+        for record in self.checkpoints:
+            if record.task == task and record.variant == variant:
+                return record
+        raise ZooError(f"zoo '{self.name}': no checkpoint for task '{task}', variant '{variant}'")
+
+
+ProgressFn = Callable[[str, int, int], None]  # (stage description, done, total)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+    import timm
+    return {"sammerge": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+def _subset_split(split, limit: int | None, seed: int):
+    if limit is None or len(split.labels) <= limit:
+        return split.images, split.labels
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split.labels), generator=g)[:limit].sort().values
+    return split.images[idx], split.labels[idx]
+
+
+def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto", overwrite: bool = False,
+              progress: ProgressFn | None = None, benchmark=None) -> "Zoo":
+    """Build a zoo from a recipe into ``out_dir`` (atomically: a temp dir moved into place at the end)."""
+    from .data import load_benchmark
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ZooError(f"{out_dir}: already exists (use --overwrite to replace it)")
+    bench = benchmark if benchmark is not None else load_benchmark()
+    unknown = [t for t in recipe.tasks if t not in bench.tasks]
+    if unknown:
+        raise ZooError(f"unknown task '{unknown[0]}' (known: {', '.join(bench.tasks)})")
+    dev = pick_device(device)
+    torch.manual_seed(recipe.seed)
+    report = progress or (lambda stage, done, total: None)
+
+    total_steps = (recipe.pretrain.steps
+                   + sum((v.steps or recipe.finetune.steps) * (2 if v.sam else 1) for v in recipe.variants)
+                   * len(recipe.tasks))
+    done = 0
+
+    def tick(stage: str):
+        def on_step(_step: int) -> None:
+            nonlocal done
+            done += 1
+            report(stage, done, total_steps)
+        return on_step
+
+    stage_times: dict[str, float] = {}
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        # 1. pretraining on the disjoint classes
+        t0 = time.perf_counter()
+        encoder = create_encoder(recipe.encoder).to(dev)
+        pre_x, pre_y = _subset_split(bench.pretrain.splits["train"], recipe.pretrain.max_train, recipe.seed)
+        gen = torch.Generator().manual_seed(recipe.seed)
+        _train.pretrain(encoder, pre_x, pre_y, bench.pretrain.num_classes, recipe.pretrain, gen,
+                        on_step=tick("pretraining encoder"))
+        theta0 = encoder_params(encoder)
+        stage_times["pretrain"] = time.perf_counter() - t0
+
+        # 2. linear probes on frozen pretrained features
+        t0 = time.perf_counter()
+        report("fitting linear-probe heads", done, total_steps)
+        heads: dict[str, Head] = {}
+        pretrained_scores: dict[str, SplitScores] = {}
+        data = {}
+        for i, task in enumerate(recipe.tasks):
+            task_data = bench.tasks[task]
+            tr_x, tr_y = _subset_split(task_data.splits["train"], recipe.max_train_per_task, recipe.seed + i)
+            data[task] = (tr_x, tr_y)
+            feats = _train.features(encoder, tr_x).to(dev)
+            heads[task] = _train.fit_probe(feats, tr_y.to(dev), task_data.num_classes, recipe.probe,
+                                           torch.Generator().manual_seed(recipe.seed + 1000 + i))
+            heads[task] = Head(heads[task].weight.cpu(), heads[task].bias.cpu())
+            pretrained_scores[task] = _scores(encoder, heads[task], task_data, tr_x, tr_y, recipe)
+        stage_times["probe"] = time.perf_counter() - t0
+
+        save_state_dict(theta0, tmp / "pretrained.safetensors", {"role": "pretrained", "preset": recipe.preset})
+        save_state_dict(heads_to_state_dict(heads), tmp / "heads.safetensors", {"role": "heads"})
+
+        # 3. fine-tuning: for each task, each variant from θ0 with the same batches
+        records: list[CheckpointRecord] = []
+        (tmp / "finetuned").mkdir()
+        for i, task in enumerate(recipe.tasks):
+            tr_x, tr_y = data[task]
+            for variant in recipe.variants:
+                t0 = time.perf_counter()
+                encoder.load_state_dict(theta0)
+                torch.manual_seed(recipe.seed + 17 * i)
+                gen = torch.Generator().manual_seed(recipe.seed + 7919 * (i + 1))  # same for every variant
+                losses = _train.finetune(encoder, heads[task], tr_x, tr_y, recipe.finetune, variant, gen,
+                                         on_step=tick(f"fine-tuning {task} ({variant.describe()})"))
+                params = encoder_params(encoder)
+                rel = f"finetuned/{task}__{variant.name}.safetensors"
+                save_state_dict(params, tmp / rel, {"task": task, "variant": variant.name})
+                tv_norm = float(torch.sqrt(sum(((params[k] - theta0[k]).float() ** 2).sum()
+                                               for k in theta0 if theta0[k].is_floating_point())))
+                scores = _scores(encoder, heads[task], bench.tasks[task], tr_x, tr_y, recipe)
+                method = {"optimizer": recipe.finetune.optimizer, "lr": recipe.finetune.lr,
+                          "weight_decay": recipe.finetune.weight_decay, "steps": variant.steps or recipe.finetune.steps,
+                          "batch_size": recipe.finetune.batch_size, "schedule": recipe.finetune.schedule,
+                          "warmup_steps": recipe.finetune.warmup_steps, "grad_clip": recipe.finetune.grad_clip,
+                          "sam": variant.sam, "rho": variant.rho if variant.sam else None,
+                          "adaptive": variant.adaptive if variant.sam else None, "label": variant.describe()}
+                if recipe.finetune.optimizer == "sgd":
+                    method["momentum"] = recipe.finetune.momentum
+                records.append(CheckpointRecord(
+                    file=rel, sha256=sha256_file(tmp / rel), task=task, variant=variant.name, method=method,
+                    accuracy=scores, pretrained_accuracy=pretrained_scores[task], task_vector_norm=tv_norm,
+                    final_train_loss=losses[-1] if losses else None, wall_time_s=time.perf_counter() - t0))
+                stage_times[f"finetune/{task}/{variant.name}"] = time.perf_counter() - t0
+
+        pre_val = bench.pretrain.splits.get("val")
+        pretrain_acc = None
+        manifest = ZooManifest(
+            name=out_dir.name, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            recipe=recipe, recipe_fingerprint=recipe.fingerprint(bench.sha256), seed=recipe.seed,
+            encoder=recipe.encoder, data={"sha256": bench.sha256, "path": str(bench.path)},
+            tasks=[TaskInfo(name=t, description=bench.tasks[t].description,
+                            class_names=list(bench.tasks[t].class_names)) for t in recipe.tasks],
+            variants=recipe.variants,
+            pretrained=FileRecord(file="pretrained.safetensors", sha256=sha256_file(tmp / "pretrained.safetensors")),
+            heads=FileRecord(file="heads.safetensors", sha256=sha256_file(tmp / "heads.safetensors")),
+            pretrain_accuracy=pretrain_acc, checkpoints=records, versions=_versions(), device=str(dev),
+            threads=torch.get_num_threads(), build_wall_time_s=time.perf_counter() - t_start,
+            stage_times_s={k: round(v, 3) for k, v in stage_times.items()},
+        )
+        del pre_val
+        atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+    return open_zoo(out_dir)
+
+
+def _scores(encoder, head: Head, task_data, tr_x, tr_y, recipe: ZooRecipe) -> SplitScores:
+    n = recipe.evaluation.max_train_eval
+    train_acc, _ = _train.accuracy_and_loss(encoder, head, tr_x[:n], tr_y[:n])
+    val_acc, val_loss = _train.accuracy_and_loss(encoder, head, task_data.splits["val"].images,
+                                                 task_data.splits["val"].labels)
+    test_acc, test_loss = _train.accuracy_and_loss(encoder, head, task_data.splits["test"].images,
+                                                   task_data.splits["test"].labels)
+    return SplitScores(train=train_acc, val=val_acc, test=test_acc, val_loss=val_loss, test_loss=test_loss)
+
+
+def read_manifest(path: str | os.PathLike) -> ZooManifest:
+    """Parse and validate zoo.json (ZooError naming the file and the first invalid field)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME if path.is_dir() else path
+    if not path.exists():
+        raise ZooError(f"{path}: zoo directory not found")
+    if not manifest_path.is_file():
+        raise ZooError(f"{manifest_path}: missing zoo manifest")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZooError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    try:
+        return ZooManifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise ZooError(f"{manifest_path}: invalid field '{loc}': {err['msg']}") from None
+
+
+@dataclass
+class Zoo:
+    """An opened zoo. Tensors are loaded lazily and cached; every load verifies the sha256."""
+
+    path: Path
+    manifest: ZooManifest
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t.name for t in self.manifest.tasks]
+
+    @property
+    def variants(self) -> list[str]:
+        return [v.name for v in self.manifest.variants]
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        return self.manifest.encoder
+
+    def create_encoder(self) -> torch.nn.Module:
+        return create_encoder(self.encoder_config).eval()
+
+    def _load(self, record: FileRecord) -> dict[str, torch.Tensor]:
+        cache = self.__dict__.setdefault("_cache", {})
+        if record.file not in cache:
+            cache[record.file] = load_state_dict(self.path / record.file, expected_sha256=record.sha256)
+        return cache[record.file]
+
+    def pretrained(self) -> dict[str, torch.Tensor]:
+        """θ0 (shared; do not modify in place)."""
+        return self._load(self.manifest.pretrained)
+
+    def finetuned(self, task: str, variant: str) -> dict[str, torch.Tensor]:
+        """θ_t for a task and a fine-tuning variant."""
+        return self._load(self.manifest.checkpoint(task, variant))
+
+    def task_vector(self, task: str, variant: str) -> dict[str, torch.Tensor]:
+        """τ_t = θ_t − θ0."""
+        theta0 = self.pretrained()
+        return {k: v - theta0[k] for k, v in self.finetuned(task, variant).items()}
+
+    @cached_property
+    def heads(self) -> dict[str, Head]:
+        state = self._load(self.manifest.heads)
+        return heads_from_state_dict(state, self.tasks, str(self.path / self.manifest.heads.file))
+
+    @cached_property
+    def benchmark(self):
+        from .data import load_benchmark
+        bench = load_benchmark()
+        if bench.sha256 != self.manifest.data.get("sha256"):
+            raise ZooError(f"{self.path / MANIFEST_NAME}: built on benchmark data {self.manifest.data.get('sha256', '?')[:12]}…, "
+                           f"but the installed data is {bench.sha256[:12]}… (rebuild the zoo)")
+        return bench
+
+    def checkpoint_hashes(self) -> dict[str, str]:
+        """file → sha256 for every file of the zoo (keys analytics caches)."""
+        records = [self.manifest.pretrained, self.manifest.heads, *self.manifest.checkpoints]
+        return {r.file: r.sha256 for r in records}
+
+    def verify(self) -> list[str]:
+        """Check that every file exists and matches its sha256; returns the verified files."""
+        checked = []
+        for file, expected in self.checkpoint_hashes().items():
+            full = self.path / file
+            if not full.is_file():
+                raise CheckpointError(f"{full}: file listed in zoo.json is missing")
+            actual = sha256_file(full)
+            if actual != expected:
+                raise CheckpointError(f"{full}: sha256 mismatch (expected {expected[:12]}…, got {actual[:12]}…)")
+            load_state_dict(full)  # parses the safetensors header and checks every tensor is finite
+            checked.append(file)
+        return checked
+
+    def table(self):
+        """One row per checkpoint: task, variant, method, pretrained and fine-tuned accuracy."""
+        import pandas as pd
+        rows = []
+        for r in self.manifest.checkpoints:
+            rows.append({"task": r.task, "variant": r.variant, "fine-tuning": r.method.get("label", r.variant),
+                         "pretrained val": r.pretrained_accuracy.val, "pretrained test": r.pretrained_accuracy.test,
+                         "fine-tuned val": r.accuracy.val, "fine-tuned test": r.accuracy.test,
+                         "gain (test)": r.accuracy.test - r.pretrained_accuracy.test,
+                         "‖τ‖": r.task_vector_norm, "time (s)": r.wall_time_s})
+        return pd.DataFrame(rows)
+
+
+def open_zoo(path: str | os.PathLike, verify: bool = False) -> Zoo:
+    """Open a zoo directory: validate zoo.json; with ``verify`` also hash and parse every file."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    zoo = Zoo(path=path, manifest=manifest)
+    for record in [manifest.pretrained, manifest.heads, *manifest.checkpoints]:
+        if not (path / record.file).is_file():
+            raise CheckpointError(f"{path / record.file}: file listed in zoo.json is missing")
+    if verify:
+        zoo.verify()
+    return zoo
+
+
+def default_zoo_dir() -> Path:
+    """Where the app keeps the demo zoo: $SAMMERGE_HOME or ~/.cache/sammerge."""
+    root = Path(os.environ.get("SAMMERGE_HOME", Path.home() / ".cache" / "sammerge"))
+    return root / "zoos"
+
+
+def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+               device: str = "auto") -> Zoo:
+    """Open the cached zoo of a preset, building it first if missing or built from another recipe."""
+    from .data import load_benchmark
+    from .presets import get_preset
+
+    recipe = get_preset(preset)
+    bench = load_benchmark()
+    fingerprint = recipe.fingerprint(bench.sha256)
+    target = Path(root) if root else default_zoo_dir()
+    zoo_dir = target / f"{preset}-{fingerprint[:12]}"
+    if zoo_dir.exists():
+        try:
+            zoo = open_zoo(zoo_dir)
+            if zoo.manifest.recipe_fingerprint == fingerprint:
+                return zoo
+        except (ZooError, CheckpointError):
+            pass  # corrupt cache: rebuild it
+    return build_zoo(recipe, zoo_dir, device=device, overwrite=True, progress=progress, benchmark=bench)

@@ -104,7 +104,7 @@ ALL_TASKS = ["digits", "latin_upper", "latin_lower", "greek_lower", "cyrillic_up
 def _demo() -> ZooRecipe:
     return ZooRecipe(
         preset="demo", seed=0, tasks=list(ALL_TASKS),
-        encoder=EncoderConfig(channels=(16, 32, 64, 96), stem_width=16, stem_stride=1),
+        encoder=EncoderConfig(channels=(16, 32, 64, 96), stem_width=16, stem_stride=2),
         pretrain=PretrainRecipe(steps=300, batch_size=128, lr=2e-3),
         probe=ProbeRecipe(),
         finetune=FinetuneRecipe(optimizer="adamw", lr=1e-3, steps=150, batch_size=128),
@@ -115,7 +115,7 @@ def _demo() -> ZooRecipe:
 def _tiny() -> ZooRecipe:
     return ZooRecipe(
         preset="tiny", seed=0, tasks=["digits", "latin_upper", "symbols"], max_train_per_task=256,
-        encoder=EncoderConfig(channels=(8, 8, 16, 16), stem_width=8, stem_stride=2),
+        encoder=EncoderConfig(channels=(8, 8, 16, 16), stem_width=8, stem_stride=2, gn_groups=4),
         pretrain=PretrainRecipe(steps=20, batch_size=64, lr=3e-3, max_train=1024),
         probe=ProbeRecipe(steps=50),
         finetune=FinetuneRecipe(optimizer="adamw", lr=2e-3, steps=12, batch_size=64),

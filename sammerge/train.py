@@ -133,7 +133,7 @@ def finetune(encoder: nn.Module, head: Head, images: torch.Tensor, labels: torch
                 nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if on_step:
             on_step(step)
     encoder.eval()

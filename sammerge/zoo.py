@@ -98,6 +98,11 @@ class ZooManifest(BaseModel):
         raise ZooError(f"zoo '{self.name}': no checkpoint for task '{task}', variant '{variant}'")
 
 
+def data_sha256(bench) -> str:
+    """sha256 of the benchmark arrays a zoo was built on (from the validated data manifest)."""
+    return bench.manifest["npz_sha256"]
+
+
 ProgressFn = Callable[[str, int, int], None]  # (stage description, done, total)
 
 
@@ -215,8 +220,8 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         pretrain_acc = None
         manifest = ZooManifest(
             name=out_dir.name, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            recipe=recipe, recipe_fingerprint=recipe.fingerprint(bench.sha256), seed=recipe.seed,
-            encoder=recipe.encoder, data={"sha256": bench.sha256, "path": str(bench.path)},
+            recipe=recipe, recipe_fingerprint=recipe.fingerprint(data_sha256(bench)), seed=recipe.seed,
+            encoder=recipe.encoder, data={"sha256": data_sha256(bench), "path": str(bench.path)},
             tasks=[TaskInfo(name=t, description=bench.tasks[t].description,
                             class_names=list(bench.tasks[t].class_names)) for t in recipe.tasks],
             variants=recipe.variants,
@@ -311,9 +316,9 @@ class Zoo:
     def benchmark(self):
         from .data import load_benchmark
         bench = load_benchmark()
-        if bench.sha256 != self.manifest.data.get("sha256"):
+        if data_sha256(bench) != self.manifest.data.get("sha256"):
             raise ZooError(f"{self.path / MANIFEST_NAME}: built on benchmark data {self.manifest.data.get('sha256', '?')[:12]}…, "
-                           f"but the installed data is {bench.sha256[:12]}… (rebuild the zoo)")
+                           f"but the installed data is {data_sha256(bench)[:12]}… (rebuild the zoo)")
         return bench
 
     def checkpoint_hashes(self) -> dict[str, str]:
@@ -373,16 +378,25 @@ def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, prog
     from .data import load_benchmark
     from .presets import get_preset
 
+    import fcntl
+
     recipe = get_preset(preset)
     bench = load_benchmark()
-    fingerprint = recipe.fingerprint(bench.sha256)
+    fingerprint = recipe.fingerprint(data_sha256(bench))
     target = Path(root) if root else default_zoo_dir()
     zoo_dir = target / f"{preset}-{fingerprint[:12]}"
-    if zoo_dir.exists():
+    target.mkdir(parents=True, exist_ok=True)
+    # one builder at a time (several app sessions may ask for the same zoo at once)
+    with open(target / f".{zoo_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            zoo = open_zoo(zoo_dir)
-            if zoo.manifest.recipe_fingerprint == fingerprint:
-                return zoo
-        except (ZooError, CheckpointError):
-            pass  # corrupt cache: rebuild it
-    return build_zoo(recipe, zoo_dir, device=device, overwrite=True, progress=progress, benchmark=bench)
+            if zoo_dir.exists():
+                try:
+                    zoo = open_zoo(zoo_dir)
+                    if zoo.manifest.recipe_fingerprint == fingerprint:
+                        return zoo
+                except (ZooError, CheckpointError):
+                    pass  # corrupt cache: rebuild it
+            return build_zoo(recipe, zoo_dir, device=device, overwrite=True, progress=progress, benchmark=bench)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

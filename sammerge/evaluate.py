@@ -1,0 +1,151 @@
+"""Fast evaluation of encoder parameters with each task's frozen head.
+
+No model copies: one module, parameters swapped in with ``torch.func.functional_call``. All tasks'
+images go through the (shared, merged) encoder in one forward pass; each task's head reads its own
+slice. Many parameter settings can be evaluated in one batched pass (``torch.func.vmap``), and results
+are cached by a hash of the parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .errors import ConfigError
+from .model import Head
+
+Params = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    accuracy: float
+    loss: float
+    n: int
+
+
+def params_digest(params: Params) -> str:
+    """sha1 over keys, shapes and bytes: a cache key that changes whenever any weight changes."""
+    digest = hashlib.sha1()
+    for key in sorted(params):
+        value = params[key].detach().to("cpu").contiguous()
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Evaluator:
+    """Per-task accuracy and loss of encoder parameters on fixed, deterministic evaluation subsets."""
+
+    def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
+                 data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
+                 cache_size: int = 512) -> None:
+        if not data:
+            raise ConfigError("evaluation: no tasks to evaluate")
+        missing = [t for t in data if t not in heads]
+        if missing:
+            raise ConfigError(f"evaluation: no head for task '{missing[0]}'")
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.tasks = list(data)
+        self.heads = {t: Head(heads[t].weight.to(self.device), heads[t].bias.to(self.device)) for t in self.tasks}
+        images, labels, self.slices = [], [], {}
+        start = 0
+        for task in self.tasks:
+            x, y = data[task]
+            self.slices[task] = slice(start, start + len(y))
+            start += len(y)
+            images.append(x)
+            labels.append(y)
+        self.images = torch.cat(images).to(self.device)
+        self.labels = torch.cat(labels).to(self.device)
+        self._cache: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()
+        self.cache_size = cache_size
+        self.forward_count = 0  # number of encoder forward passes over the evaluation set
+
+    @classmethod
+    def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
+                 tasks: Sequence[str] | None = None, device: str | torch.device = "cpu") -> "Evaluator":
+        """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``."""
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"evaluation split must be train, val or test, not '{split}'")
+        tasks = list(tasks) if tasks is not None else zoo.tasks
+        unknown = [t for t in tasks if t not in zoo.tasks]
+        if unknown:
+            raise ConfigError(f"unknown task '{unknown[0]}' (zoo has: {', '.join(zoo.tasks)})")
+        data = {}
+        for task in tasks:
+            part = zoo.benchmark.tasks[task].splits[split]
+            if n_per_task is not None and n_per_task < len(part.labels):
+                part = part.subset(n_per_task, seed)
+            data[task] = (part.images, part.labels)
+        return cls(zoo.create_encoder(), zoo.heads, data, device=device)
+
+    # -- single configuration -------------------------------------------------------------------
+    @torch.inference_mode()
+    def features(self, params: Params) -> torch.Tensor:
+        self.forward_count += 1
+        params = {k: v.to(self.device) for k, v in params.items()}
+        return functional_call(self.encoder, params, (self.images,))
+
+    def _score(self, feats: torch.Tensor) -> dict[str, TaskResult]:
+        out = {}
+        for task in self.tasks:
+            sl = self.slices[task]
+            logits = self.heads[task](feats[sl])
+            labels = self.labels[sl]
+            out[task] = TaskResult(accuracy=float((logits.argmax(1) == labels).float().mean()),
+                                   loss=float(F.cross_entropy(logits, labels)), n=len(labels))
+        return out
+
+    @torch.inference_mode()
+    def predictions(self, params: Params) -> dict[str, torch.Tensor]:
+        """Predicted class per image, per task (used by the disentanglement error)."""
+        feats = self.features(params)
+        return {t: self.heads[t](feats[self.slices[t]]).argmax(1) for t in self.tasks}
+
+    def evaluate(self, params: Params, key: str | None = None) -> dict[str, TaskResult]:
+        """{task: TaskResult(accuracy, loss, n)} for one set of encoder parameters (cached)."""
+        key = key or params_digest(params)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with torch.inference_mode():
+            result = self._score(self.features(params))
+        self._remember(key, result)
+        return result
+
+    def _remember(self, key: str, result: dict[str, TaskResult]) -> None:
+        self._cache[key] = result
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # -- many configurations in one batched pass ------------------------------------------------
+    def evaluate_many(self, params_list: Sequence[Params], chunk_size: int = 8) -> list[dict[str, TaskResult]]:
+        """Evaluate K parameter settings; uncached ones run ``chunk_size`` at a time under vmap."""
+        keys = [params_digest(p) for p in params_list]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        for start in range(0, len(todo), chunk_size):
+            idx = todo[start:start + chunk_size]
+            stacked = {k: torch.stack([params_list[i][k] for i in idx]).to(self.device) for k in params_list[idx[0]]}
+            for i, result in zip(idx, self._evaluate_stacked(stacked)):
+                self._remember(keys[i], result)
+        return [self._cache[k] for k in keys]
+
+    @torch.inference_mode()
+    def _evaluate_stacked(self, stacked: Params) -> list[dict[str, TaskResult]]:
+        self.forward_count += next(iter(stacked.values())).shape[0]
+        feats = vmap(lambda p: functional_call(self.encoder, p, (self.images,)))(dict(stacked))
+        return [self._score(f) for f in feats]
+
+    def mean_accuracy(self, result: Mapping[str, TaskResult]) -> float:
+        return sum(r.accuracy for r in result.values()) / len(result)

@@ -1,0 +1,29 @@
+"""Shared fixtures: one tiny zoo built per test session (seconds), copied where a test mutates it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> Path:
+    """Path of a `tiny` preset zoo, built once per session. Do not modify; use `tiny_zoo_copy`."""
+    from sammerge.presets import get_preset
+    from sammerge.zoo import build_zoo
+
+    out = tmp_path_factory.mktemp("zoo") / "tiny"
+    build_zoo(get_preset("tiny"), out)
+    return out
+
+
+@pytest.fixture
+def tiny_zoo_copy(tiny_zoo, tmp_path) -> Path:
+    """A private copy of the tiny zoo that a test may corrupt."""
+    dest = tmp_path / "tiny_copy"
+    shutil.copytree(tiny_zoo, dest)
+    return dest

@@ -1,0 +1,102 @@
+"""Streamlit glue shared by app.py and pages/: zoo selection, caching and friendly errors.
+
+Only arranges calls into the `sammerge` library; it holds no model or merge logic.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from sammerge.errors import SammergeError
+
+DEMO_PRESET = os.environ.get("SAMMERGE_PRESET", "demo")
+
+
+def page_setup(title: str, icon: str = "🧪") -> None:
+    st.set_page_config(page_title=f"{title} · sammerge", page_icon=icon, layout="wide")
+
+
+@contextmanager
+def friendly_errors(context: str = ""):
+    """Show bad input as a one-line error instead of a traceback."""
+    try:
+        yield
+    except SammergeError as exc:
+        st.error(f"{context + ': ' if context else ''}{exc}", icon="🚫")
+        st.stop()
+    except Exception as exc:  # unexpected: still no traceback in the page, but keep it in the server log
+        traceback.print_exc()
+        st.error(f"{context + ': ' if context else ''}unexpected error ({type(exc).__name__}: {exc})", icon="⚠️")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _open_zoo_cached(path: str, manifest_mtime: float):
+    from sammerge.zoo import open_zoo
+    return open_zoo(path, verify=True)
+
+
+def open_zoo_cached(path: str | Path):
+    """Open (and verify, once per manifest version) a zoo; shared by every session of the server."""
+    path = Path(path).expanduser()
+    manifest = path / "zoo.json"
+    mtime = manifest.stat().st_mtime if manifest.is_file() else -1.0
+    return _open_zoo_cached(str(path), mtime)
+
+
+def ensure_demo_zoo():
+    """The demo zoo: opened from the on-disk cache or built now with visible progress."""
+    from sammerge.data import load_benchmark
+    from sammerge.presets import get_preset
+    from sammerge.zoo import data_sha256, default_zoo_dir, ensure_zoo
+
+    recipe = get_preset(DEMO_PRESET)
+    fingerprint = recipe.fingerprint(data_sha256(load_benchmark()))
+    expected = default_zoo_dir() / f"{DEMO_PRESET}-{fingerprint[:12]}"
+    if (expected / "zoo.json").is_file():
+        try:
+            return open_zoo_cached(expected)
+        except SammergeError:
+            pass  # rebuild below
+    with st.status(f"Building the {DEMO_PRESET} zoo on this machine (first start only)…", expanded=True) as status:
+        st.write("Pretraining the encoder, fitting one linear head per task, then fine-tuning every task "
+                 "twice — plainly and with SAM — on the same batches. Cached on disk afterwards.")
+        bar = st.progress(0.0, text="starting")
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.progress(min(1.0, done / max(total, 1)), text=f"{stage} — step {done}/{total}")
+
+        zoo = ensure_zoo(DEMO_PRESET, progress=progress)
+        status.update(label=f"{DEMO_PRESET} zoo ready ({zoo.manifest.build_wall_time_s:.0f} s)", state="complete",
+                      expanded=False)
+    return open_zoo_cached(zoo.path)
+
+
+def zoo_sidebar():
+    """Sidebar control choosing the zoo; the choice persists across pages in session state."""
+    state = st.session_state
+    default_dir = os.environ.get("SAMMERGE_ZOO", "")
+    if "zoo_source" not in state:
+        state.zoo_source = "directory" if default_dir else "demo"
+        state.zoo_dir = default_dir
+    with st.sidebar:
+        st.header("Model zoo")
+        source = st.radio("Zoo", ["demo", "directory"], key="zoo_source", horizontal=True,
+                          format_func=lambda s: f"{DEMO_PRESET} zoo (built here)" if s == "demo" else "a directory",
+                          help="The demo zoo is built on this machine on first start (no downloads). "
+                               "Or point to any zoo built with `sammerge zoo build`.")
+        if source == "directory":
+            st.text_input("Zoo directory", key="zoo_dir", placeholder="/path/to/zoo",
+                          help="A directory holding zoo.json, pretrained.safetensors, heads.safetensors, finetuned/")
+    if source == "directory":
+        if not state.zoo_dir:
+            st.info("Enter a zoo directory in the sidebar, or choose the demo zoo.")
+            st.stop()
+        with friendly_errors("zoo"):
+            return open_zoo_cached(state.zoo_dir)
+    with friendly_errors("demo zoo"):
+        return ensure_demo_zoo()

@@ -1,0 +1,166 @@
+"""Evaluator, λ search and `sammerge eval`: batched equals one-by-one, numbers match a direct computation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sammerge.cli import main as cli_main
+from sammerge.errors import ConfigError
+from sammerge.evaluate import Evaluator, params_digest
+from sammerge.merge import get_method
+from sammerge.search import LAMBDA_GRID, paper_table, search_per_task_lambdas, sweep_shared_lambda
+from sammerge.workflows import config_from_zoo, evaluate_config
+from sammerge.zoo import open_zoo
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_zoo):
+    return open_zoo(tiny_zoo)
+
+
+@pytest.fixture(scope="module")
+def val_eval(zoo):
+    return Evaluator.from_zoo(zoo, split="val", n_per_task=64)
+
+
+def _direct(zoo, params, split, n, seed=0):
+    """Reference: a fresh module, load_state_dict, per-task forward — the naive way."""
+    encoder = zoo.create_encoder()
+    encoder.load_state_dict(params)
+    out = {}
+    with torch.no_grad():
+        for task in zoo.tasks:
+            part = zoo.benchmark.tasks[task].splits[split].subset(n, seed)
+            logits = zoo.heads[task](encoder(part.images))
+            out[task] = (float((logits.argmax(1) == part.labels).float().mean()),
+                         float(F.cross_entropy(logits, part.labels)))
+    return out
+
+
+def test_evaluate_matches_naive_reference(zoo, val_eval):
+    params = zoo.finetuned("digits", "sam")
+    result = val_eval.evaluate(params)
+    ref = _direct(zoo, params, "val", 64)
+    for task in zoo.tasks:
+        assert result[task].accuracy == ref[task][0]
+        assert result[task].loss == pytest.approx(ref[task][1], rel=1e-5, abs=1e-6)
+        assert result[task].n == 64
+
+
+def test_batched_equals_one_by_one(zoo):
+    theta0 = zoo.pretrained()
+    tvs = [zoo.task_vector(t, "plain") for t in zoo.tasks]
+    configs = [get_method("task_arithmetic")(theta0, tvs, **{"lambda": lam}) for lam in (0.0, 0.3, 0.6, 1.0, 1.4)]
+    one = Evaluator.from_zoo(zoo, split="val", n_per_task=64)
+    many = Evaluator.from_zoo(zoo, split="val", n_per_task=64)
+    singles = [one.evaluate(c) for c in configs]
+    batched = many.evaluate_many(configs, chunk_size=3)
+    for s, b in zip(singles, batched):
+        for task in zoo.tasks:
+            assert s[task].accuracy == b[task].accuracy  # identical predictions
+            assert s[task].loss == pytest.approx(b[task].loss, rel=1e-5, abs=1e-6)
+
+
+def test_cache_and_digest(zoo, val_eval):
+    theta0 = zoo.pretrained()
+    val_eval.evaluate(theta0)
+    before = val_eval.forward_count
+    val_eval.evaluate({k: v.clone() for k, v in theta0.items()})  # same values → cache hit
+    assert val_eval.forward_count == before
+    changed = {k: v.clone() for k, v in theta0.items()}
+    key = next(k for k, v in changed.items() if v.is_floating_point())
+    changed[key] = changed[key] + 1e-3
+    assert params_digest(changed) != params_digest(theta0)
+    val_eval.evaluate(changed)
+    assert val_eval.forward_count == before + 1
+
+
+def test_subsets_are_deterministic(zoo):
+    a = Evaluator.from_zoo(zoo, split="val", n_per_task=32, seed=3)
+    b = Evaluator.from_zoo(zoo, split="val", n_per_task=32, seed=3)
+    c = Evaluator.from_zoo(zoo, split="val", n_per_task=32, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_bad_evaluator_input(zoo):
+    with pytest.raises(ConfigError, match="split"):
+        Evaluator.from_zoo(zoo, split="dev")
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        Evaluator.from_zoo(zoo, tasks=["nope"])
+
+
+def test_shared_lambda_sweep_picks_argmax(zoo, val_eval):
+    theta0 = zoo.pretrained()
+    tvs = [zoo.task_vector(t, "sam") for t in zoo.tasks]
+    test_eval = Evaluator.from_zoo(zoo, split="test", n_per_task=64)
+    sweep = sweep_shared_lambda(val_eval, "task_arithmetic", theta0, tvs, test_evaluator=test_eval,
+                                task_ids=zoo.tasks)
+    assert sweep.lambdas == LAMBDA_GRID and len(sweep.val_mean) == 21
+    assert sweep.best_val_mean == max(sweep.val_mean)
+    assert sweep.best_lambda == LAMBDA_GRID[sweep.val_mean.index(max(sweep.val_mean))]
+    # the reported test accuracy is that of the merge at the chosen λ, computed directly
+    direct = get_method("task_arithmetic")(theta0, tvs, **{"lambda": sweep.best_lambda})
+    expected = test_eval.evaluate(direct)
+    for task in zoo.tasks:
+        assert sweep.test[task].accuracy == pytest.approx(expected[task].accuracy, abs=1 / 64 + 1e-9)
+    # λ = 0 is the pretrained model
+    pre = val_eval.evaluate(theta0)
+    assert sweep.val_mean[0] == pytest.approx(val_eval.mean_accuracy(pre))
+
+
+def test_per_task_search_never_worse_than_shared(zoo, val_eval):
+    theta0 = zoo.pretrained()
+    tvs = {t: zoo.task_vector(t, "plain") for t in zoo.tasks}
+    result = search_per_task_lambdas(val_eval, "task_arithmetic", theta0, tvs, rounds=1)
+    shared = sweep_shared_lambda(val_eval, "task_arithmetic", theta0, list(tvs.values()))
+    assert result.val_mean >= shared.best_val_mean - 1e-12
+    assert set(result.lambdas) == set(zoo.tasks)
+    assert "per-task" in result.protocol
+
+
+def test_paper_table(zoo):
+    table = paper_table(zoo, methods=("weight_average", "task_arithmetic", "ties"), n_val=32, n_test=32)
+    assert set(table["variant"]) == set(zoo.variants)
+    assert len(table) == len(zoo.variants) * 5
+    ind = table[table["method"] == "individual fine-tuned"]
+    assert (ind["normalized"] == 1.0).all()
+    for _, row in table.iterrows():
+        assert row["mean"] == pytest.approx(sum(row[t] for t in zoo.tasks) / len(zoo.tasks))
+
+
+def test_eval_cli_json_and_csv(zoo, tmp_path, capsys):
+    config = config_from_zoo(zoo, "task_arithmetic", {"lambda": 0.4},
+                             {"digits": "sam", "latin_upper": "plain", "symbols": "sam"})
+    path = tmp_path / "merge.yaml"
+    config.save(path)
+    assert cli_main(["eval", str(zoo.path), str(path), "--split", "val", "--n-per-task", "64"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    results, _, _ = evaluate_config(zoo, config, split="val", n_per_task=64)
+    assert data["mean_accuracy"] == pytest.approx(sum(r.accuracy for r in results.values()) / 3)
+    by_task = {row["task"]: row for row in data["per_task"]}
+    assert by_task["digits"]["variant"] == "sam"
+    assert by_task["digits"]["accuracy"] == pytest.approx(results["digits"].accuracy)
+    out = tmp_path / "r.csv"
+    assert cli_main(["eval", str(zoo.path), str(path), "--format", "csv", "--out", str(out), "--n-per-task", "64",
+                     "--split", "val"]) == 0
+    assert out.read_text().splitlines()[0].startswith("task,variant,split,accuracy,loss,n")
+
+
+def test_eval_cli_bad_inputs(zoo, tmp_path, capsys):
+    assert cli_main(["eval", str(zoo.path), str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    config = config_from_zoo(zoo, "task_arithmetic", {"lambda": 0.4})
+    data = config.to_dict()
+    data["tasks"][0]["checkpoint"] = str(tmp_path / "gone.safetensors")
+    data["tasks"][0]["sha256"] = None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert cli_main(["eval", str(zoo.path), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "gone.safetensors" in err and "not found" in err
+    with pytest.raises(ConfigError, match="unknown variant"):
+        config_from_zoo(zoo, "task_arithmetic", selection={"digits": "asam"})

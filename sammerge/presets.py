@@ -23,6 +23,7 @@ class PretrainRecipe(_Strict):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     max_train: int | None = Field(None, ge=1, description="use at most this many pretraining images")
+    fresh_noise: bool = Field(True, description="redraw the Gaussian pixel noise of every training batch")
 
 
 class ProbeRecipe(_Strict):
@@ -45,6 +46,7 @@ class FinetuneRecipe(_Strict):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(None, gt=0)
+    fresh_noise: bool = Field(True, description="redraw the Gaussian pixel noise of every training batch")
 
 
 class VariantSpec(_Strict):

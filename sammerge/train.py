@@ -49,17 +49,23 @@ def features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -
     return torch.cat([encoder(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
 
 
-def pretrain(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             recipe: PretrainRecipe, generator: torch.Generator, on_step: StepCallback | None = None) -> None:
-    """Supervised pretraining with AdamW + cosine; the temporary classifier is discarded."""
+def _batch(data, idx: torch.Tensor, fresh_noise: bool, generator: torch.Generator) -> torch.Tensor:
+    """Training images ``idx``: with freshly drawn noise (``Split.noisy_batch``) or the stored ones."""
+    return data.noisy_batch(idx, generator) if fresh_noise else data.images[idx]
+
+
+def pretrain(encoder: nn.Module, data, num_classes: int, recipe: PretrainRecipe, generator: torch.Generator,
+             on_step: StepCallback | None = None) -> None:
+    """Supervised pretraining with AdamW + cosine on a ``Split``; the temporary classifier is discarded."""
     device = next(encoder.parameters()).device
     head = nn.Linear(encoder.num_features, num_classes).to(device)
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda("cosine", recipe.steps // 20, recipe.steps))
     encoder.train()
-    for step, idx in enumerate(_batches(len(images), recipe.batch_size, recipe.steps, generator)):
-        x, y = images[idx].to(device), labels[idx].to(device)
+    for step, idx in enumerate(_batches(len(data.labels), recipe.batch_size, recipe.steps, generator)):
+        x = _batch(data, idx, recipe.fresh_noise, generator).to(device)
+        y = data.labels[idx].to(device)
         loss = F.cross_entropy(head(encoder(x)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,10 +98,9 @@ def fit_probe(train_features: torch.Tensor, labels: torch.Tensor, num_classes: i
     return Head(weight.detach().clone(), bias.detach().clone())
 
 
-def finetune(encoder: nn.Module, head: Head, images: torch.Tensor, labels: torch.Tensor,
-             recipe: FinetuneRecipe, variant: VariantSpec, generator: torch.Generator,
+def finetune(encoder: nn.Module, head: Head, data, recipe: FinetuneRecipe, variant: VariantSpec, generator: torch.Generator,
              on_step: StepCallback | None = None) -> list[float]:
-    """Fine-tune the encoder in place on one task with the head frozen; returns the loss per step."""
+    """Fine-tune the encoder in place on one task (a ``Split``) with the head frozen; returns the loss per step."""
     device = next(encoder.parameters()).device
     steps = variant.steps or recipe.steps
     if recipe.optimizer == "adamw":
@@ -117,8 +122,9 @@ def finetune(encoder: nn.Module, head: Head, images: torch.Tensor, labels: torch
 
     losses = []
     encoder.train()
-    for step, idx in enumerate(_batches(len(images), recipe.batch_size, steps, generator)):
-        x, y = images[idx].to(device), labels[idx].to(device)
+    for step, idx in enumerate(_batches(len(data.labels), recipe.batch_size, steps, generator)):
+        x = _batch(data, idx, recipe.fresh_noise, generator).to(device)
+        y = data.labels[idx].to(device)
         loss = loss_on(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -116,11 +116,13 @@ def _versions() -> dict[str, str]:
 
 
 def _subset_split(split, limit: int | None, seed: int):
+    """The first ``limit`` samples of a seeded permutation of a Split (all of it when limit is None)."""
     if limit is None or len(split.labels) <= limit:
-        return split.images, split.labels
+        return split
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(split.labels), generator=g)[:limit].sort().values
-    return split.images[idx], split.labels[idx]
+    return type(split)(split.images[idx], split.labels[idx], split.fonts[idx],
+                       None if split.clean is None else split.clean[idx], split.sigma)
 
 
 def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto", overwrite: bool = False,
@@ -157,9 +159,9 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         # 1. pretraining on the disjoint classes
         t0 = time.perf_counter()
         encoder = create_encoder(recipe.encoder).to(dev)
-        pre_x, pre_y = _subset_split(bench.pretrain.splits["train"], recipe.pretrain.max_train, recipe.seed)
+        pre_data = _subset_split(bench.pretrain.splits["train"], recipe.pretrain.max_train, recipe.seed)
         gen = torch.Generator().manual_seed(recipe.seed)
-        _train.pretrain(encoder, pre_x, pre_y, bench.pretrain.num_classes, recipe.pretrain, gen,
+        _train.pretrain(encoder, pre_data, bench.pretrain.num_classes, recipe.pretrain, gen,
                         on_step=tick("pretraining encoder"))
         theta0 = encoder_params(encoder)
         stage_times["pretrain"] = time.perf_counter() - t0
@@ -172,8 +174,9 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         data = {}
         for i, task in enumerate(recipe.tasks):
             task_data = bench.tasks[task]
-            tr_x, tr_y = _subset_split(task_data.splits["train"], recipe.max_train_per_task, recipe.seed + i)
-            data[task] = (tr_x, tr_y)
+            train_split = _subset_split(task_data.splits["train"], recipe.max_train_per_task, recipe.seed + i)
+            data[task] = train_split
+            tr_x, tr_y = train_split.images, train_split.labels
             feats = _train.features(encoder, tr_x).to(dev)
             heads[task] = _train.fit_probe(feats, tr_y.to(dev), task_data.num_classes, recipe.probe,
                                            torch.Generator().manual_seed(recipe.seed + 1000 + i))
@@ -188,13 +191,14 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         records: list[CheckpointRecord] = []
         (tmp / "finetuned").mkdir()
         for i, task in enumerate(recipe.tasks):
-            tr_x, tr_y = data[task]
+            train_split = data[task]
+            tr_x, tr_y = train_split.images, train_split.labels
             for variant in recipe.variants:
                 t0 = time.perf_counter()
                 encoder.load_state_dict(theta0)
                 torch.manual_seed(recipe.seed + 17 * i)
                 gen = torch.Generator().manual_seed(recipe.seed + 7919 * (i + 1))  # same for every variant
-                losses = _train.finetune(encoder, heads[task], tr_x, tr_y, recipe.finetune, variant, gen,
+                losses = _train.finetune(encoder, heads[task], train_split, recipe.finetune, variant, gen,
                                          on_step=tick(f"fine-tuning {task} ({variant.describe()})"))
                 params = encoder_params(encoder)
                 rel = f"finetuned/{task}__{variant.name}.safetensors"

@@ -1,0 +1,214 @@
+"""Merge + evaluation engine vs the naive way, on the same configurations and images.
+
+    python benchmarks/merge_eval.py            # demo zoo (built/cached on first use), full figures
+    python benchmarks/merge_eval.py --quick    # tiny zoo, few repeats: checks the comparison is sound
+
+Naive baseline (the task_vectors `apply_to` way): deep-copy the pretrained model, load_state_dict of
+θ0 + Σ λ_t τ_t, then evaluate each task's images with its head, task by task.
+Engine: stacked task vectors → merged params by one weighted sum, functional_call on one module, all
+tasks' images in one forward pass; grids batched with vmap.
+
+(a) one slider update: merge + evaluate every task on its validation subset (8 tasks × 256 images);
+(b) a 21-point shared-λ grid at equal work (same 21 configs, same images);
+(c) time-to-best-λ: coarse-to-fine search on growing subsets vs the full grid; success when the found
+    λ's validation accuracy (full subsets) is within 0.5 points of the grid's best.
+Also: achieved images/s vs the floor set by forward FLOPs and this machine's measured matmul rate.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sammerge.evaluate import Evaluator  # noqa: E402
+from sammerge.merge import linear_combination  # noqa: E402
+from sammerge.search import LAMBDA_GRID, coarse_to_fine_lambda, scaled  # noqa: E402
+from sammerge.zoo import ensure_zoo, open_zoo  # noqa: E402
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+class Naive:
+    """deepcopy + load_state_dict + per-task loop."""
+
+    def __init__(self, zoo, data):
+        self.model = zoo.create_encoder()
+        self.model.load_state_dict(zoo.pretrained())
+        self.heads = zoo.heads
+        self.data = data
+        self.theta0 = zoo.pretrained()
+
+    def evaluate(self, task_vectors, coefs):
+        merged = {k: v.clone() for k, v in self.theta0.items()}
+        for tv, c in zip(task_vectors, coefs):
+            for k in merged:
+                merged[k].add_(tv[k], alpha=c)
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(merged)
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for task, (x, y) in self.data.items():
+                logits = self.heads[task](model(x))
+                out[task] = (float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y)))
+        return out
+
+
+def matmul_gflops(seconds: float = 1.0) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024 ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def forward_flops(model, images) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(images)
+    return float(counter.get_total_flops())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny zoo, few repeats (CI: correctness only)")
+    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the demo zoo)")
+    parser.add_argument("--n-per-task", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.zoo:
+        zoo = open_zoo(args.zoo)
+    else:
+        zoo = ensure_zoo("tiny" if args.quick else "demo")
+    repeats = args.repeats or (3 if args.quick else 15)
+    n = args.n_per_task
+    engine = Evaluator.from_zoo(zoo, split="val", n_per_task=n)
+    data = {t: (engine.images[engine.slices[t]], engine.labels[engine.slices[t]]) for t in zoo.tasks}
+    naive = Naive(zoo, data)
+    theta0 = zoo.pretrained()
+    variant = zoo.variants[0]
+    tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]
+    T = len(tvs)
+    gen = torch.Generator().manual_seed(0)
+    slider_configs = [(torch.rand(T, generator=gen) * 0.6).tolist() for _ in range(repeats)]
+    report: dict = {"zoo": str(zoo.path), "tasks": T, "images_per_task": n, "threads": torch.get_num_threads(),
+                    "repeats": repeats}
+
+    # correctness: the engine and the naive path agree on every configuration used below
+    for coefs in slider_configs[:3]:
+        a = engine.evaluate(linear_combination(theta0, tvs, coefs))
+        b = naive.evaluate(tvs, coefs)
+        for t in zoo.tasks:
+            assert a[t].accuracy == b[t][0], (t, a[t].accuracy, b[t][0])
+            assert abs(a[t].loss - b[t][1]) < 1e-4, (t, a[t].loss, b[t][1])
+    report["agreement"] = "engine == naive on accuracy (exact) and loss (<1e-4)"
+
+    # (a) one slider update
+    it = iter(slider_configs * 2)
+
+    def engine_update():
+        coefs = next(it)
+        engine._cache.clear()
+        return engine.evaluate(linear_combination(theta0, tvs, coefs, validate=False))
+
+    t_engine, _ = timed(engine_update, repeats)
+    it = iter(slider_configs * 2)
+    t_naive, _ = timed(lambda: naive.evaluate(tvs, next(it)), repeats)
+    report["a_slider_update_ms"] = {"engine": 1e3 * t_engine, "naive": 1e3 * t_naive, "speedup": t_naive / t_engine}
+
+    # (b) 21-point shared-λ grid at equal work
+    direction = {k: sum(tv[k] for tv in tvs) for k in theta0}
+    grid = [scaled(theta0, direction, lam) for lam in LAMBDA_GRID]
+
+    def engine_grid():
+        engine._cache.clear()
+        return engine.evaluate_many(grid, chunk_size=7)
+
+    def engine_grid_loop():
+        engine._cache.clear()
+        return [engine.evaluate(g) for g in grid]
+
+    reps_grid = max(1, repeats // 5)
+    t_grid, grid_results = timed(engine_grid, reps_grid)
+    t_grid_loop, _ = timed(engine_grid_loop, reps_grid)
+    t_grid_naive, naive_grid = timed(lambda: [naive.evaluate(tvs, [lam] * T) for lam in LAMBDA_GRID], reps_grid)
+    grid_means = [engine.mean_accuracy(r) for r in grid_results]
+    for r, nr in zip(grid_results, naive_grid):
+        for t in zoo.tasks:
+            assert r[t].accuracy == nr[t][0]
+    report["b_grid21_s"] = {"engine_vmap": t_grid, "engine_loop": t_grid_loop, "naive": t_grid_naive,
+                            "speedup_vmap": t_grid_naive / t_grid, "speedup_loop": t_grid_naive / t_grid_loop}
+
+    # (c) time-to-best-λ
+    best_i = max(range(len(LAMBDA_GRID)), key=lambda i: (grid_means[i], -i))
+    subsets: dict[int, Evaluator] = {}
+
+    def factory(size: int) -> Evaluator:
+        if size not in subsets:
+            subsets[size] = Evaluator.from_zoo(zoo, split="val", n_per_task=min(size, n))
+        subsets[size]._cache.clear()
+        return subsets[size]
+
+    for size in (32, 64):
+        factory(size)  # build the subsets outside the timing (as the grid's evaluator was)
+    t_smart, (lam_smart, work) = timed(lambda: coarse_to_fine_lambda(factory, "task_arithmetic", theta0, tvs), repeats)
+    smart_acc = grid_means[LAMBDA_GRID.index(round(lam_smart, 2))]
+    success = grid_means[best_i] - smart_acc <= 0.005 + 1e-12
+    report["c_time_to_best_lambda"] = {
+        "grid_s": t_grid, "smart_s": t_smart, "speedup": t_grid / t_smart, "grid_best_lambda": LAMBDA_GRID[best_i],
+        "grid_best_val_acc": grid_means[best_i], "smart_lambda": lam_smart, "smart_val_acc": smart_acc,
+        "within_0.5_points": success, "image_forwards": {"grid": 21 * T * n, "smart": work}}
+
+    # throughput vs the FLOP floor
+    flops_per_image = forward_flops(engine.encoder, engine.images[:64]) / 64
+    gflops = matmul_gflops(0.5 if args.quick else 2.0)
+    imgs = T * n
+    achieved = imgs / t_engine
+    floor = gflops * 1e9 / flops_per_image
+    report["throughput"] = {"forward_mflops_per_image": flops_per_image / 1e6, "matmul_gflops": gflops,
+                            "achieved_images_per_s": achieved, "flop_floor_images_per_s": floor,
+                            "fraction_of_floor": achieved / floor}
+
+    a, b, c, th = (report["a_slider_update_ms"], report["b_grid21_s"], report["c_time_to_best_lambda"],
+                   report["throughput"])
+    print(f"zoo {zoo.path.name}: {T} tasks × {n} val images, {torch.get_num_threads()} threads, {repeats} repeats")
+    print(f"(a) slider update (merge + evaluate): engine {a['engine']:.1f} ms, naive {a['naive']:.1f} ms "
+          f"→ {a['speedup']:.2f}× (median)")
+    print(f"(b) 21-point λ grid: engine(vmap) {b['engine_vmap']:.2f} s, engine(loop) {b['engine_loop']:.2f} s, "
+          f"naive {b['naive']:.2f} s → {b['speedup_vmap']:.2f}× / {b['speedup_loop']:.2f}×")
+    print(f"(c) time-to-best-λ: grid {c['grid_s']:.2f} s (λ={c['grid_best_lambda']}, val {c['grid_best_val_acc']:.4f}) "
+          f"vs coarse-to-fine {c['smart_s']:.2f} s (λ={c['smart_lambda']}, val {c['smart_val_acc']:.4f}) "
+          f"→ {c['speedup']:.2f}×, within 0.5 pts: {c['within_0.5_points']}; image-forwards "
+          f"{c['image_forwards']['smart']} vs {c['image_forwards']['grid']}")
+    print(f"throughput: {th['achieved_images_per_s']:.0f} images/s achieved vs FLOP floor "
+          f"{th['flop_floor_images_per_s']:.0f} images/s ({th['forward_mflops_per_image']:.2f} MFLOP/image at "
+          f"{th['matmul_gflops']:.1f} GFLOP/s matmul) → {100 * th['fraction_of_floor']:.1f} % of the floor")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,7 @@ class EncoderConfig(BaseModel):
     stem_width: int = 16
     stem_stride: int = Field(1, ge=1, le=2)
     gn_groups: int = Field(8, ge=1)
+    output_stride: Literal[8, 16, 32] = 32  # timm's dilation switch: 16 keeps the last stage at stride 1
     in_chans: int = 1
     image_size: int = 16
 
@@ -69,7 +70,7 @@ def create_encoder(cfg: EncoderConfig | None = None) -> nn.Module:
     norm = partial(_GroupNorm, num_groups=cfg.gn_groups)
     model = ResNet(
         block=BasicBlock, layers=list(cfg.layers), channels=tuple(cfg.channels), num_classes=0,
-        in_chans=cfg.in_chans, stem_width=cfg.stem_width // 2, stem_type="deep", norm_layer=norm,
+        in_chans=cfg.in_chans, output_stride=cfg.output_stride, stem_width=cfg.stem_width // 2, stem_type="deep", norm_layer=norm,
         zero_init_last=True,
     )
     # timm's deep stem makes layer1 expect stem_width input channels; swap it for one 3×3 conv.

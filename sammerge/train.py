@@ -78,9 +78,14 @@ def pretrain(encoder: nn.Module, data, num_classes: int, recipe: PretrainRecipe,
 
 def fit_probe(train_features: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: ProbeRecipe,
               generator: torch.Generator) -> Head:
-    """Multinomial logistic regression on frozen features (full batch AdamW), standardized inputs folded back."""
+    """Multinomial logistic regression on frozen features (full-batch AdamW, L2 via weight decay).
+
+    Features are centred and divided by one global scale (not per feature: a feature that is nearly
+    constant on the training set would otherwise get a huge weight); the affine map is folded back
+    into the head so that it applies to raw encoder features.
+    """
     mean = train_features.mean(0)
-    std = train_features.std(0).clamp_min(1e-6)
+    std = (train_features - mean).pow(2).mean().sqrt().clamp_min(1e-6).expand_as(mean)
     z = (train_features - mean) / std
     linear = nn.Linear(z.shape[1], num_classes).to(z.device)
     with torch.no_grad():

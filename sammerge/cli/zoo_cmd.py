@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ZooError
+from ..errors import ConfigError, ZooError
 
 
 def register(subparsers) -> None:
@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     build.add_argument("--adaptive", action="store_true", help="use ASAM (adaptive SAM) for the SAM variant")
     build.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps")
     build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    build.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's own choice; 1 is fastest on a busy machine)")
     build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
@@ -53,6 +55,11 @@ def _build(args: argparse.Namespace) -> int:
         updates["variants"] = variants
     if updates:  # re-validate the edited recipe as a whole
         recipe = type(recipe).model_validate(recipe.model_copy(update=updates).model_dump())
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
     out = args.out
     if out.exists() and not args.overwrite:
         raise ZooError(f"{out}: already exists (use --overwrite to replace it)")

@@ -1,0 +1,36 @@
+"""The benchmarks run in CI in a short mode: the comparison must be sound (same configs, same answers)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_merge_eval_benchmark_quick(tiny_zoo, tmp_path):
+    out = tmp_path / "merge_eval.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "merge_eval.py"), "--quick", "--zoo", str(tiny_zoo),
+         "--n-per-task", "32", "--repeats", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["agreement"].startswith("engine == naive")
+    for key in ("engine", "naive", "speedup"):
+        assert report["a_slider_update_ms"][key] > 0
+    c = report["c_time_to_best_lambda"]
+    assert c["image_forwards"]["smart"] < c["image_forwards"]["grid"]
+    assert 0 < report["throughput"]["fraction_of_floor"]
+    assert "(a) slider update" in proc.stdout and "(c) time-to-best-λ" in proc.stdout
+
+
+def test_analytics_benchmark_runs(tiny_zoo, tmp_path):
+    out = tmp_path / "analytics.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "analytics.py"), "--zoo", str(tiny_zoo), "--grid", "5",
+         "--naive-points", "4", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())

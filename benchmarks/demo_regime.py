@@ -57,6 +57,34 @@ def measure(zoo, n_val: int | None = None) -> dict:
     return out
 
 
+def curve_at(runs: list[dict], variant: str, lam: str) -> str:
+    values = [r["variants"][variant]["test_curve"][lam] for r in runs]
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
+
+
+def markdown(summary: dict, runs: list[dict]) -> str:
+    """The README table: mean ± std over seeds (percent)."""
+    def pct(d: dict) -> str:
+        return f"{100 * d['mean']:.1f} ± {100 * d['std']:.1f}"
+
+    lines = [f"Preset `{summary['preset']}`, seeds {summary['seeds']}, test split (fonts never seen in training); "
+             f"mean ± std over seeds.", "",
+             "| fine-tuning | pretrained + heads | individual fine-tuned | best shared λ (val) | task arithmetic merged "
+             "| normalized | loss vs individual (pts) | smallest per-task gain (pts) | merged at λ=0.3 | at λ=1.0 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, v in summary["variants"].items():
+        lams = ", ".join(f"{x:g}" for x in v["best_lambda_val"]["values"])
+        lines.append(f"| {variant} | {pct(summary['pretrained_test'])} | {pct(v['individual_test'])} | {lams} | "
+                     f"{pct(v['merged_test'])} | {pct(v['normalized'])} | {v['gap_points']['mean']:.1f} ± "
+                     f"{v['gap_points']['std']:.1f} | {min(v['min_gain_points']['values']):.1f} | "
+                     f"{curve_at(runs, variant, '0.3')} | {curve_at(runs, variant, '1.0')} |")
+    bt = summary["build_time_s"]
+    lines += ["", f"Build time per zoo: {bt['mean']:.0f} s (min {min(bt['values']):.0f}, max {max(bt['values']):.0f}; "
+              f"{summary['torch_threads']} torch thread(s))."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="demo")
@@ -98,6 +126,7 @@ def main() -> None:
                         "min_gain_points")}
     text = json.dumps(summary, indent=2)
     print(text)
+    print(markdown(summary, runs))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
 

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -394,6 +395,8 @@ def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, prog
     with open(target / f".{zoo_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            for stale in target.glob(f".{zoo_dir.name}.*.tmp"):  # left by a killed build (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
             if zoo_dir.exists():
                 try:
                     zoo = open_zoo(zoo_dir)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ._progress import progress_bar
 
 
 def register(subparsers) -> None:
@@ -32,7 +33,6 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from ..analysis import analyze_zoo, disentanglement_summary, load_analysis, sharpness_table
     from ..zoo import open_zoo
@@ -44,23 +44,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     zoo = open_zoo(args.zoo)
-    bar = None if (args.quiet or args.json) else tqdm(total=1, unit="step", dynamic_ncols=True)
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if bar is None:
-            return
-        bar.total = total
-        bar.set_description(stage[:48])
-        bar.n = done
-        bar.refresh()
-
     stored = load_analysis(zoo)
-    try:
+    with progress_bar(not (args.quiet or args.json)) as progress:
         result = analyze_zoo(zoo, progress=progress, n_images=args.n_images, quick=args.quick, force=args.force,
                              pairs=args.pair, variants=args.variants)
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError, ZooError
+from ._progress import progress_bar
 
 
 def register(subparsers) -> None:
@@ -33,8 +34,6 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..presets import VariantSpec, get_preset
     from ..zoo import build_zoo
 
@@ -63,21 +62,8 @@ def _build(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not args.overwrite:
         raise ZooError(f"{out}: already exists (use --overwrite to replace it)")
-    bar = None if args.quiet else tqdm(total=1, unit="step", dynamic_ncols=True)
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if bar is None:
-            return
-        bar.total = total
-        bar.set_description(stage[:48])
-        bar.n = done
-        bar.refresh()
-
-    try:
+    with progress_bar(not args.quiet) as progress:
         zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     _print_table(zoo)
     print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from sammerge.explorer import checkpoint_table, load_analysis_for, sharpness_sentence
 
 ui.page_setup("Zoo")
 st.title("sammerge · model-merging explorer")
@@ -18,6 +19,7 @@ st.markdown(
 zoo = ui.zoo_sidebar()
 m = zoo.manifest
 table = zoo.table()
+analysis = load_analysis_for(zoo)
 
 st.subheader(f"Zoo `{zoo.path.name}`")
 st.caption(f"preset **{m.recipe.preset}** · seed {m.seed} · {len(zoo.tasks)} tasks · variants: "
@@ -33,13 +35,23 @@ for col, (variant, row) in zip(cols[1:], means.iterrows()):
 
 st.markdown("**Every checkpoint** — accuracy of the pretrained encoder with the task's frozen head, and of the "
             "fine-tuned encoder with the same head (val and test splits; test fonts are never seen in training).")
-shown = table.drop(columns=["time (s)"])
+shown = checkpoint_table(zoo, analysis).drop(columns=["time (s)"])
 pct_cols = ["pretrained val", "pretrained test", "fine-tuned val", "fine-tuned test", "gain (test)"]
-st.dataframe(shown.style.format({c: "{:.1%}" for c in pct_cols} | {"‖τ‖": "{:.2f}"}),
-             hide_index=True, use_container_width=True)
+sharp_fmt = {c: "{:.3g}" for c in ("λ_max (Hessian)", "Hessian trace") if c in shown.columns}
+st.dataframe(shown.style.format({c: "{:.1%}" for c in pct_cols} | {"‖τ‖": "{:.2f}", "ρ": "{:g}"} | sharp_fmt,
+                                na_rep="—"),
+             hide_index=True, width="stretch")
+if analysis is not None:
+    st.caption("Sharpness: top Hessian eigenvalue λ_max and Hessian trace of each fine-tuned checkpoint on a fixed "
+               "batch of its task (lower = flatter). " + sharpness_sentence(analysis, "top_eigenvalue"))
+else:
+    st.caption(f"No sharpness analysis yet: run `sammerge analyze {zoo.path}` or open **Sharpness & landscape** to "
+               "compute it; its numbers then appear in this table.")
 
 pivot = table.pivot(index="task", columns="variant", values="fine-tuned test").reindex(zoo.tasks)
 pivot.insert(0, "pretrained", table.drop_duplicates("task").set_index("task")["pretrained test"].reindex(zoo.tasks))
 st.markdown("**Test accuracy per task**")
 st.bar_chart(pivot, stack=False, height=300)
-st.caption("Next: open **Merge explorer** in the sidebar to merge these checkpoints and compare SAM with plain.")
+st.markdown("**Next:** open **Merge explorer** in the sidebar to merge these checkpoints and compare SAM with plain; "
+            "**Sharpness & landscape** and **Interference** show why merges succeed or fail; **Paper table** gives "
+            "every merge method at its best λ.")

@@ -16,8 +16,12 @@ from sammerge.errors import SammergeError
 DEMO_PRESET = os.environ.get("SAMMERGE_PRESET", "demo")
 
 
-def page_setup(title: str, icon: str = "🧪") -> None:
+def page_setup(title: str, icon: str = "🧪") -> str | None:
+    """Configure the page; returns the title of the page this session showed before (None on first visit)."""
     st.set_page_config(page_title=f"{title} · sammerge", page_icon=icon, layout="wide")
+    previous = st.session_state.get("_page")
+    st.session_state["_page"] = title
+    return previous
 
 
 @contextmanager
@@ -26,11 +30,11 @@ def friendly_errors(context: str = ""):
     try:
         yield
     except SammergeError as exc:
-        st.error(f"{context + ': ' if context else ''}{exc}", icon="🚫")
+        st.error(f"{context + ': ' if context else ''}{exc}", icon=":material/block:")
         st.stop()
     except Exception as exc:  # unexpected: still no traceback in the page, but keep it in the server log
         traceback.print_exc()
-        st.error(f"{context + ': ' if context else ''}unexpected error ({type(exc).__name__}: {exc})", icon="⚠️")
+        st.error(f"{context + ': ' if context else ''}unexpected error ({type(exc).__name__}: {exc})", icon=":material/warning:")
         st.stop()
 
 
@@ -80,17 +84,25 @@ def zoo_sidebar():
     """Sidebar control choosing the zoo; the choice persists across pages in session state."""
     state = st.session_state
     default_dir = os.environ.get("SAMMERGE_ZOO", "")
-    if "zoo_source" not in state:
-        state.zoo_source = "directory" if default_dir else "demo"
-        state.zoo_dir = default_dir
+    # The choice lives in plain keys: Streamlit forgets widget values when the user switches pages.
+    if "_zoo_source" not in state:
+        state._zoo_source = "directory" if default_dir else "demo"
+        state._zoo_dir = default_dir
+    # re-seed the widgets every run (a page switch resets them to their defaults); callbacks keep the copies current
+    state.zoo_source = state._zoo_source
+    state.zoo_dir = state._zoo_dir
+
+    def remember() -> None:
+        state._zoo_source = state.zoo_source
+        state._zoo_dir = state.get("zoo_dir", state._zoo_dir)
     with st.sidebar:
         st.header("Model zoo")
-        source = st.radio("Zoo", ["demo", "directory"], key="zoo_source", horizontal=True,
+        source = st.radio("Zoo", ["demo", "directory"], key="zoo_source", horizontal=True, on_change=remember,
                           format_func=lambda s: f"{DEMO_PRESET} zoo (built here)" if s == "demo" else "a directory",
                           help="The demo zoo is built on this machine on first start (no downloads). "
                                "Or point to any zoo built with `sammerge zoo build`.")
         if source == "directory":
-            st.text_input("Zoo directory", key="zoo_dir", placeholder="/path/to/zoo",
+            st.text_input("Zoo directory", key="zoo_dir", placeholder="/path/to/zoo", on_change=remember,
                           help="A directory holding zoo.json, pretrained.safetensors, heads.safetensors, finetuned/")
     if source == "directory":
         if not state.zoo_dir:
@@ -100,3 +112,43 @@ def zoo_sidebar():
             return open_zoo_cached(state.zoo_dir)
     with friendly_errors("demo zoo"):
         return ensure_demo_zoo()
+
+
+# ----------------------------------------------------------------------------------------------
+# shared resources and small helpers for the pages
+# ----------------------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _explorer_cached(path: str, manifest_mtime: float):
+    from sammerge.explorer import Explorer
+    return Explorer(open_zoo_cached(path))
+
+
+def get_explorer(zoo):
+    """The shared Explorer (evaluator, merge and result caches) of a zoo, one per server."""
+    manifest = Path(zoo.path) / "zoo.json"
+    mtime = manifest.stat().st_mtime if manifest.is_file() else -1.0
+    with st.spinner("Loading the evaluation images and checkpoints (first time only)…"):
+        return _explorer_cached(str(zoo.path), mtime)
+
+
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def plot(fig, key: str | None = None, filename: str = "sammerge-chart") -> None:
+    """A plotly chart with the modebar's PNG download (made in the browser, no server-side renderer)."""
+    config = {**PLOTLY_CONFIG, "toImageButtonOptions": {**PLOTLY_CONFIG["toImageButtonOptions"], "filename": filename}}
+    st.plotly_chart(fig, key=key, config=config, theme=None)
+
+
+def progress_callback(bar, label: str):
+    """A ``progress(done, total)`` function that drives an ``st.progress`` bar."""
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{label} — {done}/{total}")
+    return progress
+
+
+def seed_widget(key: str, value) -> None:
+    """Give a keyed widget its initial value through session state (before the widget is created)."""
+    if key not in st.session_state:
+        st.session_state[key] = value

@@ -74,3 +74,48 @@ def chromium_page(viewport=(1400, 1000)):
 
 def chromium_available() -> bool:
     return Path(CHROMIUM).is_file()
+
+
+# -- page helpers (shared by the browser tests and scripts/screenshots.py) ---------------------------------
+PAGES = {  # screenshot name → (URL path, regex of text at the END of the page: shows it has fully rendered)
+    "home": ("", r"Test accuracy per task"),
+    "merge_explorer": ("Merge_explorer", r"Import a configuration"),
+    "sharpness_and_landscape": ("Sharpness_and_landscape", r"Around one checkpoint"),
+    "interference": ("Interference", r"Weight disentanglement error|sammerge analyze"),
+    "paper_table": ("Paper_table", r"Compute the table|Protocol:"),
+}
+
+
+def wait_idle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until Streamlit has finished running the script (its 'running' status widget is gone)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
+
+
+def open_page(page, url: str, name: str, timeout_ms: int = 180_000) -> None:
+    import re
+
+    path, marker = PAGES[name]
+    page.goto(f"{url}/{path}")
+    page.get_by_text(re.compile(marker)).first.wait_for(timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+
+
+def screenshot(page, out_dir: Path, name: str, max_height: int = 9000) -> Path:
+    """The whole page: Streamlit scrolls inside its main container, so grow the viewport to its height first."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    size = page.viewport_size
+    height = page.evaluate(
+        "() => Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll("
+        "'[data-testid=stMain], [data-testid=stAppViewContainer], [data-testid=stSidebarContent]'), "
+        "e => e.scrollHeight))")
+    page.set_viewport_size({"width": size["width"], "height": int(min(max(height, size["height"]), max_height))})
+    page.wait_for_timeout(800)  # let charts re-layout to the new size
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    return path
+
+
+def metric_values(page) -> list[str]:
+    return page.locator("[data-testid=stMetricValue]").all_inner_texts()

@@ -1,0 +1,405 @@
+"""Merge explorer: choose a merge, see per-task accuracy for SAM vs plain fine-tuning, export it."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ui` when a page is run on its own (AppTest)
+import ui  # noqa: E402
+from sammerge.config import MergeConfig, from_mergekit_yaml, is_mergekit_config
+from sammerge.errors import ConfigError, SammergeError
+from sammerge.explorer import (MergeState, figure_html, figure_png, method_choices,  # noqa: E402
+                               png_available, sam_vs_plain_sentence, variant_label)
+from sammerge.merge import get_method
+
+came_from = ui.page_setup("Merge explorer", "🎛️")
+st.title("Merge explorer")
+st.markdown(
+    "Pick a **merge method** and its settings, choose which tasks to merge and whether each uses its **SAM** or its "
+    "**plain** fine-tuned checkpoint, and set the coefficients. Every change re-merges the encoder and measures it "
+    "on every task at once. The same merge is always computed with *all-plain* and with *all-SAM* checkpoints, "
+    "so the difference SAM makes is visible at a glance.")
+
+zoo = ui.zoo_sidebar()
+ex = ui.get_explorer(zoo)
+ss = st.session_state
+
+W = "ex_"  # prefix of every widget key on this page
+
+
+def k_param(method: str, name: str) -> str:
+    return f"{W}p_{method}_{name}"
+
+
+def k_inc(task: str) -> str:
+    return f"{W}inc_{task}"
+
+
+def k_var(task: str) -> str:
+    return f"{W}var_{task}"
+
+
+def k_w(task: str) -> str:
+    return f"{W}w_{task}"
+
+
+def k_d(task: str) -> str:
+    return f"{W}d_{task}"
+
+
+def _clamp_for(spec, value):
+    lo, hi = spec.slider_range
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None:
+            value = max(lo, value)
+        if hi is not None:
+            value = min(hi, value)
+    return value
+
+
+def push_state(state: MergeState, only_missing: bool = False) -> None:
+    """Write a state into the widgets' session-state keys (only before the widgets are created).
+
+    ``only_missing``: fill only keys Streamlit dropped (it forgets widget values when the user visits another page).
+    """
+    target = {}
+    target[f"{W}method"] = state.method
+    spec = state.spec
+    for p in spec.global_params:
+        target[k_param(state.method, p.name)] = _clamp_for(p, state.params[p.name])
+    wspec = next((p for p in spec.per_model_params if p.name == "weights"), None)
+    dspec = next((p for p in spec.per_model_params if p.name == "densities"), None)
+    for t in state.tasks:
+        target[k_inc(t)] = t in state.included
+        target[k_var(t)] = state.variants[t]
+        if wspec is not None:
+            target[k_w(t)] = float(_clamp_for(wspec, state.weights[t]))
+        if dspec is not None:
+            d = state.densities.get(t)
+            target[k_d(t)] = float(_clamp_for(dspec, d if d is not None else state.params.get("density", 1.0)))
+    if dspec is not None:
+        target[f"{W}dens_on"] = any(state.densities.get(t) is not None for t in state.tasks)
+    for key, value in target.items():
+        if not only_missing or key not in ss:
+            ss[key] = value
+
+
+def initial_state() -> MergeState:
+    query = dict(st.query_params)
+    if "method" in query:
+        state, warnings = MergeState.from_query(query, zoo)
+        for w in warnings:
+            st.warning(w, icon=":material/link:")
+        return state
+    return MergeState.default(zoo)
+
+
+# -- state bootstrapping: a new zoo, a link, or a pending change from a button --------------------
+if ss.get(f"{W}zoo") != str(zoo.path):
+    ss[f"{W}zoo"] = str(zoo.path)
+    ss[f"{W}state"] = initial_state()
+    push_state(ss[f"{W}state"])
+elif came_from != "Merge explorer":
+    push_state(ss[f"{W}state"])  # back from another page: Streamlit has reset the widgets
+ui.seed_widget(f"{W}view", "Per-task bars")
+
+
+def request(state: MergeState, message: str | None = None) -> None:
+    """Callback helper: apply ``state`` to the controls at the start of the next run."""
+    ss[f"{W}pending"] = state
+    if message:
+        ss[f"{W}flash"] = message
+
+
+def on_all_variant(variant: str) -> None:
+    request(ss[f"{W}state"].with_all_variants(variant))
+
+
+def on_best_lambda() -> None:
+    ss[f"{W}want_best"] = True
+
+
+def on_import() -> None:
+    text = ss.get(f"{W}import_text") or ""
+    upload = ss.get(f"{W}import_file")
+    if upload is not None:
+        text = upload.getvalue().decode("utf-8", errors="replace")
+    if not text.strip():
+        ss[f"{W}import_error"] = "paste a configuration or choose a file first"
+        return
+    try:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            import yaml
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"not valid JSON or YAML ({str(exc).splitlines()[0]})") from None
+        cfg = from_mergekit_yaml(data) if is_mergekit_config(data) else MergeConfig.from_dict(data)
+        state, warnings = MergeState.from_config(cfg, zoo)
+    except SammergeError as exc:
+        ss[f"{W}import_error"] = str(exc)
+        return
+    ss.pop(f"{W}import_error", None)
+    request(state, "Configuration imported: the controls now show it." + "".join(f" ⚠️ {w}" for w in warnings))
+
+
+def param_control(spec, key: str, label: str | None = None):
+    label = label or spec.label
+    help_ = spec.help + (f" Valid range {spec.range_text()}." if spec.range_text() else "")
+    if spec.kind == "bool":
+        return st.toggle(label, key=key, help=help_)
+    if spec.kind == "choice":
+        return st.radio(label, list(spec.choices), key=key, help=help_, horizontal=True)
+    lo, hi = spec.slider_range
+    if spec.kind == "int":
+        return int(st.number_input(label, min_value=int(lo) if lo is not None else None,
+                                   max_value=int(hi) if hi is not None else None, step=int(spec.step or 1),
+                                   key=key, help=help_))
+    if lo is None or hi is None:
+        return float(st.number_input(label, min_value=lo, max_value=hi, step=spec.step or 0.01, key=key, help=help_))
+    return round(float(st.slider(label, min_value=float(lo), max_value=float(hi), step=float(spec.step or 0.01),
+                                 key=key, help=help_)), 6)
+
+
+# -- the live part of the page: only this reruns when a control moves --------------------------------
+@st.fragment
+def explorer() -> None:
+    state: MergeState = ss[f"{W}state"]
+    if f"{W}pending" in ss:
+        state = ss.pop(f"{W}pending")
+        push_state(state)
+    if ss.pop(f"{W}want_best", False) and state.has_lambda:
+        bar = st.progress(0.0, text="λ sweep on validation")
+        with ui.friendly_errors("λ sweep"):
+            sweeps = ex.sweeps(state, progress=ui.progress_callback(bar, "λ sweep on validation"))
+        bar.empty()
+        best = sweeps["current"].best_lambda
+        state = state.with_params(**{"lambda": best})
+        ss[k_param(state.method, "lambda")] = best
+        ss[f"{W}flash"] = (f"λ set to {best:g}, the best shared λ on validation for this choice of checkpoints "
+                           f"(mean accuracy {sweeps['current'].best_val_mean:.1%}).")
+    if f"{W}flash" in ss:
+        st.success(ss.pop(f"{W}flash"), icon=":material/check_circle:")
+
+    controls, results = st.columns([1.1, 2], gap="large")
+    with controls:
+        state = controls_panel(state)
+    ss[f"{W}state"] = state
+    query = state.to_query()
+    if dict(st.query_params) != query:
+        st.query_params.from_dict(query)
+    with results:
+        results_panel(state)
+    export_panel(state)
+
+
+def controls_panel(state: MergeState) -> MergeState:
+    st.subheader("1 · Method")
+    methods = method_choices()
+    method = st.selectbox("Merge method", methods, key=f"{W}method",
+                          format_func=lambda m: get_method(m).label,
+                          help="How the task vectors τ_t = θ_t − θ₀ are combined into one. "
+                               + " · ".join(f"{get_method(m).label}: {get_method(m).description}" for m in methods))
+    if method != state.method:
+        state = state.with_method(method)
+        for p in state.spec.global_params:
+            ss[k_param(method, p.name)] = _clamp_for(p, state.params[p.name])
+    spec = state.spec
+    st.caption(spec.description + (f" [paper]({spec.reference})" if spec.reference else ""))
+    params = {}
+    ordered = sorted(spec.global_params, key=lambda p: p.name != "lambda")
+    for p in ordered:
+        label = "Global λ (scales the merged task vector)" if p.name == "lambda" else None
+        params[p.name] = param_control(p, k_param(method, p.name), label)
+    state = state.evolve(params=params)
+
+    st.subheader("2 · Tasks and checkpoints")
+    wspec = next((p for p in spec.per_model_params if p.name == "weights"), None)
+    st.caption("Tick a task to merge it; choose its fine-tuned checkpoint (SAM or plain)"
+               + ("; the slider is its own coefficient λ_t (its task vector is scaled by λ·λ_t)." if wspec else "."))
+    shortcut_cols = st.columns(len(zoo.variants))
+    for col, v in zip(shortcut_cols, zoo.variants):
+        col.button(f"All {variant_label(v)}", key=f"{W}all_{v}", on_click=on_all_variant, args=(v,),
+                   width="stretch", help=f"Use the {variant_label(v)} checkpoint for every task.")
+    included, variants, weights = [], dict(state.variants), dict(state.weights)
+    for t in zoo.tasks:
+        c1, c2 = st.columns([1.25, 1], vertical_alignment="center")
+        with c1:
+            if st.checkbox(t, key=k_inc(t), help=zoo.benchmark.tasks[t].description or None):
+                included.append(t)
+        with c2:
+            variants[t] = st.radio(f"checkpoint for {t}", zoo.variants, key=k_var(t), horizontal=True,
+                                   format_func=variant_label, label_visibility="collapsed")
+        if wspec:
+            lo, hi = wspec.slider_range
+            weights[t] = round(float(st.slider(f"λ_t for {t}", float(lo), float(hi), step=float(wspec.step),
+                                               key=k_w(t), label_visibility="collapsed", help=wspec.help)), 6)
+    densities = {t: None for t in zoo.tasks}
+    dspec = next((p for p in spec.per_model_params if p.name == "densities"), None)
+    if dspec is not None:
+        with st.expander("Per-task density (optional)"):
+            if st.toggle("Set a density per task", key=f"{W}dens_on", help=dspec.help):
+                lo, hi = dspec.slider_range
+                for t in zoo.tasks:
+                    ui.seed_widget(k_d(t), float(state.params.get("density", 1.0)))
+                    densities[t] = round(float(st.slider(f"density for {t}", float(lo), float(hi),
+                                                         step=float(dspec.step), key=k_d(t))), 6)
+            else:
+                st.caption("Off: every task uses the global density.")
+    return state.evolve(included=tuple(included), variants=variants, weights=weights, densities=densities)
+
+
+def results_panel(state: MergeState) -> None:
+    if not state.included:
+        st.info("No task is selected: tick at least one task to merge.", icon=":material/touch_app:")
+        return
+    st.subheader("3 · Result")
+    st.caption(f"Accuracy of the merged encoder with each task's frozen head, on the {ex.describe_evaluation()}. "
+               "*Normalized* accuracy divides by the accuracy of the task's own fine-tuned model (100% = no loss "
+               "from merging). Means are over the selected tasks.")
+    cols = st.columns(2 + len(zoo.variants))
+    showing = st.empty()
+    # the merge the user just changed first (streamed to the page), then its all-plain / all-SAM twins
+    with ui.friendly_errors("merge"):
+        state.validate()
+        cur = ex.summary(state, ex.evaluate(state))
+    cols[0].metric("Mean accuracy", f"{cur['mean']:.1%}")
+    cols[1].metric("Normalized accuracy", f"{cur['normalized']:.1%}")
+    showing.caption(f"Showing: {state.describe()}")
+    with ui.friendly_errors("merge"):
+        compared = ex.compare(state)
+        table = ex.accuracy_table(state, compared)
+        summaries = ex.summaries(state, compared)
+    others = {v: summaries[v] for v in zoo.variants}
+    for col, (v, s) in zip(cols[2:], others.items()):
+        ref = next((o for w, o in others.items() if w != v), None)
+        delta = None if ref is None else f"{100 * (s['normalized'] - ref['normalized']):+.1f} pts"
+        col.metric(f"All {variant_label(v)} (norm.)", f"{s['normalized']:.1%}", delta=delta,
+                   help=f"The same merge with every selected task on its {variant_label(v)} checkpoint; "
+                        "delta vs the other fine-tuning method.")
+    sentence = sam_vs_plain_sentence(summaries)
+    if sentence:
+        st.markdown("**Reading:** " + sentence)
+
+    view = st.segmented_control("View", ["Per-task bars", "Radar", "Table"], key=f"{W}view",
+                                selection_mode="single", label_visibility="collapsed") or "Per-task bars"
+    if view == "Per-task bars":
+        ui.plot(ex.bar_figure(table, state), key=f"{W}bars", filename="merge-bars")
+        st.caption("Grey: pretrained encoder; pale: each task's own fine-tuned model; solid: the merged model with all "
+                   "plain (blue) or all SAM (red) checkpoints.")
+    elif view == "Radar":
+        ui.plot(ex.radar_figure(table, state), key=f"{W}radar", filename="merge-radar")
+        st.caption("Each spoke is a task; the further out the better. A merge that kept every fine-tuned model's "
+                   "skill would trace the dashed outline.")
+    else:
+        pct = [c for c in table.columns if c not in ("task", "included", "variant", "λ_t", "loss")]
+        st.dataframe(table.style.format({c: "{:.1%}" for c in pct} | {"loss": "{:.3f}"}), hide_index=True,
+                     width="stretch", key=f"{W}table")
+
+    st.subheader("4 · λ sweep")
+    if not state.has_lambda:
+        st.caption(f"{state.spec.label} has no global λ: nothing to sweep.")
+        return
+    st.caption("Mean validation accuracy of this merge as the global λ goes from 0 (the pretrained model) to 1, for "
+               "all-plain and all-SAM checkpoints; stars mark each curve's best λ, the dashed line the current λ.")
+    c1, c2 = st.columns(2)
+    c1.button("Set λ to the best on validation", key=f"{W}best", on_click=on_best_lambda, type="primary",
+              help="Sweeps λ over 0, 0.05, …, 1 on the validation images and moves the global λ slider to the best.")
+    compute = c2.button("Compute the λ sweep", key=f"{W}sweep",
+                        help="21 merges per fine-tuning method, evaluated in batched passes.")
+    sweeps = ex.cached_sweeps(state)
+    if sweeps is None and compute:
+        bar = st.progress(0.0, text="λ sweep")
+        with ui.friendly_errors("λ sweep"):
+            sweeps = ex.sweeps(state, progress=ui.progress_callback(bar, "λ sweep"))
+        bar.empty()
+    if sweeps is None:
+        st.info("Click **Compute the λ sweep** to draw the curves (a few seconds).", icon=":material/show_chart:")
+        return
+    ui.plot(ex.sweep_figure(sweeps, state), key=f"{W}sweepfig", filename="lambda-sweep")
+    parts = [f"all {variant_label(v)}: best λ {sweeps[v].best_lambda:g} → {sweeps[v].best_val_mean:.1%}"
+             for v in zoo.variants]
+    st.caption("Best shared λ on validation — " + "; ".join(parts) + ".")
+    ss[f"{W}last_sweeps"] = sweeps
+
+
+def export_panel(state: MergeState) -> None:
+    st.divider()
+    st.subheader("5 · Export, share, import")
+    if not state.included:
+        st.caption("Select at least one task to export a merge.")
+        return
+    with ui.friendly_errors("export"):
+        cfg = ex.config(state)
+    name = f"merge-{state.method}"
+    share, downloads, imports = st.tabs(["Share link", "Downloads", "Import a configuration"])
+    with share:
+        st.markdown("The page's address always carries the current merge (method, parameters, tasks, checkpoints "
+                    "and coefficients): copy it from the address bar, or this query string, to reopen the same merge.")
+        st.code("?" + urlencode(state.to_query()), language=None)
+    with downloads:
+        st.caption("Our configuration records provenance (zoo, checkpoint files, sha256, library version) and the "
+                   "measured per-task accuracies; the mergekit YAML runs with `mergekit-pytorch` on the same files.")
+        c = st.columns(3)
+        c[0].download_button("Config (JSON)", cfg.to_json(), f"{name}.json", "application/json",
+                             key=f"{W}dl_json", on_click="ignore", width="stretch")
+        c[1].download_button("Config (YAML)", lambda: cfg.to_yaml(), f"{name}.yaml", "application/x-yaml",
+                             key=f"{W}dl_yaml", on_click="ignore", width="stretch")
+        c[2].download_button("mergekit YAML", lambda: ex.mergekit_yaml(state), f"{name}.mergekit.yaml",
+                             "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
+        c = st.columns(3)
+        c[0].download_button("Merged weights (.safetensors)", lambda: ex.weights_bytes(state), f"{name}.safetensors",
+                             "application/octet-stream", key=f"{W}dl_st", on_click="ignore",
+                             width="stretch", help="The merged encoder; the config is in its metadata.")
+        c[1].download_button("Model card (.md)", lambda: ex.model_card(state), f"{name}.md", "text/markdown",
+                             key=f"{W}dl_card", on_click="ignore", width="stretch")
+        c[2].download_button("Results table (.csv)", lambda: ex.results_csv(state), f"{name}-results.csv", "text/csv",
+                             key=f"{W}dl_csv", on_click="ignore", width="stretch")
+        c = st.columns(3)
+        table = ex.accuracy_table(state)
+        c[0].download_button("Bar chart (.html)", lambda: figure_html(ex.bar_figure(table, state)),
+                             f"{name}-bars.html", "text/html", key=f"{W}dl_bars", on_click="ignore",
+                             width="stretch")
+        c[1].download_button("Radar chart (.html)", lambda: figure_html(ex.radar_figure(table, state)),
+                             f"{name}-radar.html", "text/html", key=f"{W}dl_radar", on_click="ignore",
+                             width="stretch")
+        sweeps = ex.cached_sweeps(state)
+        c[2].download_button("λ-sweep chart (.html)",
+                             (lambda: figure_html(ex.sweep_figure(sweeps, state))) if sweeps else "",
+                             f"{name}-sweep.html", "text/html", key=f"{W}dl_sweep", on_click="ignore",
+                             width="stretch", disabled=sweeps is None,
+                             help=None if sweeps else "Compute the λ sweep first.")
+        if png_available():
+            c = st.columns(3)
+            c[0].download_button("Bar chart (.png)", lambda: figure_png(ex.bar_figure(table, state)),
+                                 f"{name}-bars.png", "image/png", key=f"{W}png_bars", on_click="ignore", width="stretch")
+            c[1].download_button("Radar chart (.png)", lambda: figure_png(ex.radar_figure(table, state)),
+                                 f"{name}-radar.png", "image/png", key=f"{W}png_radar", on_click="ignore",
+                                 width="stretch")
+            c[2].download_button("λ-sweep chart (.png)",
+                                 (lambda: figure_png(ex.sweep_figure(sweeps, state))) if sweeps else b"",
+                                 f"{name}-sweep.png", "image/png", key=f"{W}png_sweep", on_click="ignore",
+                                 width="stretch", disabled=sweeps is None)
+            st.caption("Charts download as self-contained interactive HTML or as PNG (rendered with kaleido).")
+        else:
+            st.caption("Charts download as self-contained interactive HTML; for a PNG use the camera icon in each "
+                       "chart's toolbar (rendered by your browser; server-side PNG needs the optional `kaleido`).")
+        with st.expander("Show the configuration (JSON)"):
+            st.code(cfg.to_json(), language="json")
+    with imports:
+        st.caption("Restore the controls from a configuration saved here (JSON or YAML) or a mergekit YAML whose "
+                   "model files are named `task__variant.safetensors` like the zoo's.")
+        st.file_uploader("Configuration file", type=["json", "yaml", "yml"], key=f"{W}import_file")
+        st.text_area("…or paste it here", key=f"{W}import_text", height=120)
+        st.button("Restore the controls from this configuration", key=f"{W}import", on_click=on_import)
+        if f"{W}import_error" in ss:
+            st.error(f"import: {ss[f'{W}import_error']}", icon=":material/block:")
+
+
+explorer()

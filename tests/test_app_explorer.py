@@ -1,0 +1,260 @@
+"""AppTest: the merge explorer shows exactly what the library computes, for every control it offers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "1_Merge_explorer.py")
+
+
+@pytest.fixture(scope="module")
+def lib(tiny_zoo):
+    """The library's own view of the tiny zoo: merge functions + an evaluator on the app's images."""
+    from sammerge.evaluate import Evaluator
+    from sammerge.zoo import open_zoo
+
+    zoo = open_zoo(tiny_zoo)
+    evaluator = Evaluator.from_zoo(zoo, split="val", n_per_task=256, seed=0)
+    return zoo, evaluator
+
+
+def expected(lib, method="task_arithmetic", variants=None, tasks=None, **params):
+    """Per-task val accuracy of a merge computed directly with the library (not through the app facade)."""
+    from sammerge.merge import get_method
+
+    zoo, evaluator = lib
+    tasks = tasks or zoo.tasks
+    variants = variants or {t: "sam" for t in tasks}
+    tvs = [zoo.task_vector(t, variants[t]) for t in tasks]
+    merged = get_method(method)(zoo.pretrained(), tvs, task_ids=[f"{t}/{variants[t]}" for t in tasks], **params)
+    return {t: r.accuracy for t, r in evaluator.evaluate(merged).items()}
+
+
+def open_page(monkeypatch, zoo_dir, query=None) -> AppTest:
+    monkeypatch.setenv("SAMMERGE_ZOO", str(zoo_dir))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["ex_view"] = "Table"  # show the per-task table (the default view is the bar chart)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def shown(at) -> dict[str, float]:
+    frame = at.dataframe[0].value
+    return dict(zip(frame["task"], frame["merged"]))
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def assert_clean(at):
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_explorer_renders_and_lambda_slider_matches_library(monkeypatch, tiny_zoo, lib):
+    at = open_page(monkeypatch, tiny_zoo)
+    assert_clean(at)
+    # controls generated from the schema: global λ + one λ_t per task, include + variant per task
+    keys = {s.key for s in at.slider}
+    assert {"ex_p_task_arithmetic_lambda", "ex_w_digits", "ex_w_latin_upper", "ex_w_symbols"} <= keys
+    assert at.toggle(key="ex_p_task_arithmetic_normalize").value is False
+    before = shown(at)
+    assert before == expected(lib, **{"lambda": 0.3})
+
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.8).run()
+    assert_clean(at)
+    after = shown(at)
+    want = expected(lib, **{"lambda": 0.8})
+    assert after == want
+    assert after != before
+    mean = sum(want.values()) / len(want)
+    assert metric(at, "Mean accuracy") == f"{mean:.1%}"
+    assert at.query_params["p.lambda"] == ["0.8"] or at.query_params["p.lambda"] == "0.8"
+
+    # a per-task coefficient
+    at.slider(key="ex_w_digits").set_value(0.5).run()
+    assert shown(at) == expected(lib, **{"lambda": 0.8, "weights": [0.5, 1.0, 1.0]})
+
+
+def test_switching_sam_and_plain(monkeypatch, tiny_zoo, lib):
+    at = open_page(monkeypatch, tiny_zoo)
+    sam = shown(at)
+    at.button(key="ex_all_plain").click().run()
+    assert_clean(at)
+    plain = shown(at)
+    assert plain == expected(lib, variants={t: "plain" for t in lib[0].tasks}, **{"lambda": 0.3})
+    assert plain != sam
+    # the side-by-side columns do not depend on the current choice
+    frame = at.dataframe[0].value
+    assert list(frame["merged, all SAM"]) == list(sam.values())
+    # one task back to SAM: a mixed merge
+    at.radio(key="ex_var_digits").set_value("sam").run()
+    mixed = {t: "plain" for t in lib[0].tasks} | {"digits": "sam"}
+    assert shown(at) == expected(lib, variants=mixed, **{"lambda": 0.3})
+    # excluding a task removes it from the merge (it is still measured)
+    at.checkbox(key="ex_inc_symbols").uncheck().run()
+    assert shown(at) == expected(lib, variants=mixed, tasks=["digits", "latin_upper"], **{"lambda": 0.3})
+    assert "tasks" in at.query_params
+
+
+def test_method_controls_come_from_the_schema(monkeypatch, tiny_zoo, lib):
+    at = open_page(monkeypatch, tiny_zoo)
+    at.selectbox(key="ex_method").set_value("ties").run()
+    assert_clean(at)
+    assert at.slider(key="ex_p_ties_density").value == pytest.approx(0.2)
+    assert at.slider(key="ex_p_ties_lambda").value == pytest.approx(0.3)  # λ carried over
+    assert at.radio(key="ex_p_ties_trim_scope").value == "tensor"
+    at.slider(key="ex_p_ties_density").set_value(0.5).run()
+    assert shown(at) == expected(lib, "ties", density=0.5, **{"lambda": 0.3})
+    # optional per-task densities (the schema's per-model `densities`)
+    at.toggle(key="ex_dens_on").set_value(True).run()
+    at.slider(key="ex_d_digits").set_value(0.9).run()
+    assert_clean(at)
+    assert shown(at) == expected(lib, "ties", density=0.5, densities=[0.9, 0.5, 0.5], **{"lambda": 0.3})
+    assert "densities" in at.query_params
+    at.selectbox(key="ex_method").set_value("model_stock").run()
+    assert_clean(at)
+    assert not [s for s in at.slider if s.key.startswith("ex_p_")]
+    assert shown(at) == expected(lib, "model_stock")
+
+
+def test_export_reimports_to_same_state(monkeypatch, tiny_zoo, lib):
+    import json
+
+    at = open_page(monkeypatch, tiny_zoo)
+    at.selectbox(key="ex_method").set_value("dare_ties").run()
+    at.slider(key="ex_p_dare_ties_density").set_value(0.7).run()
+    at.radio(key="ex_var_latin_upper").set_value("plain").run()
+    at.slider(key="ex_w_symbols").set_value(1.5).run()
+    at.checkbox(key="ex_inc_digits").uncheck().run()
+    assert_clean(at)
+    exported = shown(at)
+    text = next(c.value for c in at.code if c.language == "json")
+    cfg = json.loads(text)
+    assert cfg["method"] == "dare_ties" and cfg["params"]["density"] == 0.7
+    assert [t["task"] for t in cfg["tasks"]] == ["latin_upper", "symbols"]
+    assert cfg["results"]["symbols"]["val_accuracy"] == pytest.approx(exported["symbols"], abs=1e-6)
+    assert all(len(t["sha256"]) == 64 for t in cfg["tasks"])
+
+    # disturb the controls, then import the saved config
+    at.selectbox(key="ex_method").set_value("task_arithmetic").run()
+    at.button(key="ex_all_sam").click().run()
+    at.checkbox(key="ex_inc_digits").check().run()
+    assert shown(at) != exported
+    at.text_area(key="ex_import_text").input(text).run()
+    at.button(key="ex_import").click().run()
+    assert_clean(at)
+    assert at.selectbox(key="ex_method").value == "dare_ties"
+    assert at.slider(key="ex_p_dare_ties_density").value == pytest.approx(0.7)
+    assert at.slider(key="ex_w_symbols").value == pytest.approx(1.5)
+    assert at.radio(key="ex_var_latin_upper").value == "plain"
+    assert at.checkbox(key="ex_inc_digits").value is False
+    assert shown(at) == exported
+    assert json.loads(next(c.value for c in at.code if c.language == "json"))["tasks"] == cfg["tasks"]
+
+
+def test_bad_import_is_a_friendly_error(monkeypatch, tiny_zoo):
+    at = open_page(monkeypatch, tiny_zoo)
+    at.text_area(key="ex_import_text").input('{"method": "nope", "tasks": []}').run()
+    at.button(key="ex_import").click().run()
+    assert not at.exception
+    assert at.error and "import" in at.error[0].value
+
+
+def test_link_reopens_the_same_merge(monkeypatch, tiny_zoo, lib):
+    at = open_page(monkeypatch, tiny_zoo)
+    at.selectbox(key="ex_method").set_value("ties").run()
+    at.slider(key="ex_p_ties_lambda").set_value(0.65).run()
+    at.radio(key="ex_var_symbols").set_value("plain").run()
+    query = {k: (v[0] if isinstance(v, list) else v) for k, v in dict(at.query_params).items()}
+    state = shown(at)
+
+    fresh = open_page(monkeypatch, tiny_zoo, query)
+    assert_clean(fresh)
+    assert fresh.selectbox(key="ex_method").value == "ties"
+    assert fresh.slider(key="ex_p_ties_lambda").value == pytest.approx(0.65)
+    assert fresh.radio(key="ex_var_symbols").value == "plain"
+    assert shown(fresh) == state
+
+    bad = open_page(monkeypatch, tiny_zoo, {"method": "ties", "p.density": "7", "variants": "digits:xyz"})
+    assert_clean(bad)
+    assert len(bad.warning) >= 2
+    assert bad.slider(key="ex_p_ties_density").value == pytest.approx(0.2)
+
+
+def test_best_lambda_button(monkeypatch, tiny_zoo, lib):
+    from sammerge.search import sweep_shared_lambda
+
+    zoo, evaluator = lib
+    at = open_page(monkeypatch, tiny_zoo)
+    at.button(key="ex_best").click().run()
+    assert_clean(at)
+    tvs = [zoo.task_vector(t, "sam") for t in zoo.tasks]
+    sweep = sweep_shared_lambda(evaluator, "task_arithmetic", zoo.pretrained(), tvs, {"normalize": False},
+                                task_ids=[f"{t}/sam" for t in zoo.tasks])
+    assert at.slider(key="ex_p_task_arithmetic_lambda").value == pytest.approx(sweep.best_lambda)
+    assert shown(at) == expected(lib, **{"lambda": sweep.best_lambda})
+    assert any("best shared λ" in s.value for s in at.success)
+
+
+def test_state_survives_a_visit_to_another_page(monkeypatch, tiny_zoo, lib):
+    monkeypatch.setenv("SAMMERGE_ZOO", str(tiny_zoo))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Merge_explorer.py").run()
+    assert_clean(at)
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.6).run()
+    at.radio(key="ex_var_digits").set_value("plain").run()
+    at.switch_page("pages/3_Interference.py").run()
+    assert not at.exception
+    at.switch_page("pages/1_Merge_explorer.py").run()
+    assert_clean(at)
+    assert at.slider(key="ex_p_task_arithmetic_lambda").value == pytest.approx(0.6)
+    assert at.radio(key="ex_var_digits").value == "plain"
+
+
+# -- the facade without Streamlit ----------------------------------------------------------------------------
+
+def test_state_round_trips_for_every_method(tiny_zoo):
+    from sammerge.explorer import MergeState, method_choices
+    from sammerge.zoo import open_zoo
+
+    zoo = open_zoo(tiny_zoo)
+    for method in method_choices():
+        state = MergeState.default(zoo).with_method(method).with_all_variants("plain")
+        state = state.evolve(included=("digits", "symbols"), variants={**state.variants, "symbols": "sam"},
+                             weights={**state.weights, "digits": 0.45})
+        back, warnings = MergeState.from_query(state.to_query(), zoo)
+        assert not warnings, method
+        assert back.key() == state.key() if state.has_weights else back.method_kwargs() == state.method_kwargs()
+        cfg = state.to_config(zoo)
+        restored, warnings = MergeState.from_config(type(cfg).from_json(cfg.to_json()), zoo)
+        assert not warnings
+        assert restored.method_kwargs() == state.method_kwargs()
+        assert restored.included == state.included
+        assert {t: restored.variants[t] for t in restored.included} == {t: state.variants[t] for t in state.included}
+
+
+def test_sam_vs_plain_sentence_follows_the_numbers():
+    from sammerge.explorer import sam_vs_plain_sentence
+
+    worse = sam_vs_plain_sentence({"plain": {"normalized": 0.80, "mean": 0.7}, "sam": {"normalized": 0.75, "mean": 0.65}})
+    assert "does **not** beat" in worse and "5.0 points" in worse
+    better = sam_vs_plain_sentence({"plain": {"normalized": 0.70, "mean": 0.6}, "sam": {"normalized": 0.78, "mean": 0.7}})
+    assert "merges better" in better and "8.0 points" in better
+
+
+def test_png_export_when_kaleido_is_installed():
+    from sammerge.explorer import figure_png, png_available
+
+    if not png_available():
+        pytest.skip("kaleido not installed: charts export as HTML (and PNG from the browser's chart toolbar)")
+    import plotly.graph_objects as go
+
+    assert figure_png(go.Figure(go.Bar(x=[1, 2], y=[3, 4])))[:8] == b"\x89PNG\r\n\x1a\n"

@@ -202,7 +202,9 @@ def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: S
         tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]
         for name in methods:
             params = dict((method_params or {}).get(name, {}))
-            sweep = sweep_shared_lambda(val, name, theta0, tvs, params, test_evaluator=test, task_ids=zoo.tasks)
+            # DARE masks are seeded by "task/variant", as in MergeConfig.task_ids and the explorer
+            sweep = sweep_shared_lambda(val, name, theta0, tvs, params, test_evaluator=test,
+                                        task_ids=[f"{t}/{variant}" for t in zoo.tasks])
             rows.append(_row(variant, get_method(name).label, sweep.best_lambda,
                              {t: r.accuracy for t, r in sweep.test.items()}, individual, method=name,
                              val_mean=sweep.best_val_mean))

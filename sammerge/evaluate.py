@@ -46,7 +46,7 @@ class Evaluator:
 
     def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
                  data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
-                 cache_size: int = 512) -> None:
+                 cache_size: int = 512, chunk_size: int = 512) -> None:
         if not data:
             raise ConfigError("evaluation: no tasks to evaluate")
         missing = [t for t in data if t not in heads]
@@ -70,11 +70,13 @@ class Evaluator:
         self.labels = torch.cat(labels).to(self.device)
         self._cache: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()
         self.cache_size = cache_size
+        self.chunk_size = chunk_size  # images per forward: ~512 keeps activations in cache on CPU
         self.forward_count = 0  # number of encoder forward passes over the evaluation set
 
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
-                 tasks: Sequence[str] | None = None, device: str | torch.device = "cpu") -> "Evaluator":
+                 tasks: Sequence[str] | None = None, device: str | torch.device = "cpu",
+                 chunk_size: int = 512) -> "Evaluator":
         """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``."""
         if split not in ("train", "val", "test"):
             raise ConfigError(f"evaluation split must be train, val or test, not '{split}'")
@@ -88,14 +90,17 @@ class Evaluator:
             if n_per_task is not None and n_per_task < len(part.labels):
                 part = part.subset(n_per_task, seed)
             data[task] = (part.images, part.labels)
-        return cls(zoo.create_encoder(), zoo.heads, data, device=device)
+        return cls(zoo.create_encoder(), zoo.heads, data, device=device, chunk_size=chunk_size)
 
     # -- single configuration -------------------------------------------------------------------
     @torch.inference_mode()
     def features(self, params: Params) -> torch.Tensor:
         self.forward_count += 1
         params = {k: v.to(self.device) for k, v in params.items()}
-        return functional_call(self.encoder, params, (self.images,))
+        if self.device.type != "cpu" or len(self.images) <= self.chunk_size:
+            return functional_call(self.encoder, params, (self.images,))
+        return torch.cat([functional_call(self.encoder, params, (self.images[i:i + self.chunk_size],))
+                          for i in range(0, len(self.images), self.chunk_size)])
 
     def _score(self, feats: torch.Tensor) -> dict[str, TaskResult]:
         out = {}
@@ -130,10 +135,25 @@ class Evaluator:
             self._cache.popitem(last=False)
 
     # -- many configurations in one batched pass ------------------------------------------------
-    def evaluate_many(self, params_list: Sequence[Params], chunk_size: int = 8) -> list[dict[str, TaskResult]]:
-        """Evaluate K parameter settings; uncached ones run ``chunk_size`` at a time under vmap."""
+    def evaluate_many(self, params_list: Sequence[Params], chunk_size: int = 8,
+                      strategy: str = "auto") -> list[dict[str, TaskResult]]:
+        """Evaluate K parameter settings (cached ones are not recomputed).
+
+        ``strategy``: "vmap" stacks ``chunk_size`` settings and runs them in one vmapped pass; "loop"
+        runs them one after the other through the chunked forward. "auto" = vmap on GPU, loop on CPU,
+        where the benchmark (benchmarks/merge_eval.py) measured vmap's grouped convolutions slower.
+        """
+        if strategy not in ("auto", "vmap", "loop"):
+            raise ConfigError(f"evaluate_many: unknown strategy '{strategy}' (auto, vmap, loop)")
+        if strategy == "auto":
+            strategy = "vmap" if self.device.type == "cuda" else "loop"
         keys = [params_digest(p) for p in params_list]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if strategy == "loop":
+            for i in todo:
+                if keys[i] not in self._cache:
+                    self.evaluate(params_list[i], key=keys[i])
+            return [self._cache[k] for k in keys]
         for start in range(0, len(todo), chunk_size):
             idx = todo[start:start + chunk_size]
             stacked = {k: torch.stack([params_list[i][k] for i in idx]).to(self.device) for k in params_list[idx[0]]}

@@ -94,9 +94,10 @@ def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: 
 
 def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], method_name: str,
                           pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
-                          params: Mapping | None = None, coarse_step: float = 0.2, fine_step: float = 0.05,
-                          sizes: tuple[int, int] = (32, 64), task_ids: Sequence[str] | None = None) -> tuple[float, int]:
-    """Cheap λ search: a coarse grid on small subsets, then the fine grid around the best on larger ones.
+                          params: Mapping | None = None, coarse_step: float = 0.1, fine_step: float = 0.05,
+                          sizes: tuple[int, int] = (32, 128), task_ids: Sequence[str] | None = None) -> tuple[float, int]:
+    """Cheap λ search: a coarse grid (step 0.1) on small subsets, then the fine grid points next to the
+    best (±0.05) on larger, nested subsets.
 
     ``val_evaluator_factory(n)`` gives an evaluator on n images per task (nested subsets). Returns
     (λ, number of image-forwards used).
@@ -108,7 +109,7 @@ def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], met
     means = [small.mean_accuracy(r) for r in small.evaluate_many([scaled(pretrained, direction, l) for l in coarse])]
     best = coarse[max(range(len(coarse)), key=lambda i: (means[i], -i))]
     work = len(coarse) * small.images.shape[0]
-    fine = sorted({round(min(1.0, max(0.0, best + fine_step * k)), 4) for k in range(-2, 3)})
+    fine = sorted({round(min(1.0, max(0.0, best + fine_step * k)), 4) for k in range(-1, 2)})
     medium = val_evaluator_factory(sizes[1])
     means = [medium.mean_accuracy(r) for r in medium.evaluate_many([scaled(pretrained, direction, l) for l in fine])]
     work += len(fine) * medium.images.shape[0]

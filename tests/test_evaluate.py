@@ -57,8 +57,10 @@ def test_batched_equals_one_by_one(zoo):
     one = Evaluator.from_zoo(zoo, split="val", n_per_task=64)
     many = Evaluator.from_zoo(zoo, split="val", n_per_task=64)
     singles = [one.evaluate(c) for c in configs]
-    batched = many.evaluate_many(configs, chunk_size=3)
-    for s, b in zip(singles, batched):
+    batched = many.evaluate_many(configs, chunk_size=3, strategy="vmap")
+    looped = Evaluator.from_zoo(zoo, split="val", n_per_task=64, chunk_size=40).evaluate_many(configs, strategy="loop")
+    for s, b, c in zip(singles, batched, looped):
+        assert s == c  # the chunked forward gives bit-identical results
         for task in zoo.tasks:
             assert s[task].accuracy == b[task].accuracy  # identical predictions
             assert s[task].loss == pytest.approx(b[task].loss, rel=1e-5, abs=1e-6)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -82,14 +83,20 @@ def atomic_dir(final_path: PathLike, overwrite: bool = False) -> Iterator[Path]:
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
                     metadata: Mapping[str, str] | None = None) -> None:
-    """Save tensors as safetensors atomically (contiguous CPU copies; metadata values are strings)."""
+    """Save tensors as safetensors atomically (contiguous CPU copies).
+
+    ``metadata`` is stored as ONE header entry, ``sammerge`` = sorted JSON: safetensors writes its
+    metadata map in hash order, so several keys would make the file bytes (and sha256) vary from run
+    to run even for identical tensors.
+    """
     path = Path(path)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        header = {"sammerge": json.dumps({k: str(v) for k, v in metadata.items()}, sort_keys=True)} if metadata else None
+        save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

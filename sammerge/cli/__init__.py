@@ -9,7 +9,7 @@ from .. import __version__
 from ..errors import SammergeError
 
 # Sub-command modules; each defines register(subparsers) and sets func(args) -> int.
-COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd")
+COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd", "table_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

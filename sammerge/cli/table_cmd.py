@@ -1,0 +1,57 @@
+"""`sammerge table ZOO`: the paper's table — merge methods × tasks, plain vs SAM, at the best shared λ on val."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._progress import progress_bar
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("table", help="paper-style table: every merge method at its best shared λ, plain vs SAM")
+    p.add_argument("zoo", type=Path)
+    p.add_argument("--methods", nargs="+", default=None, help="merge methods (default: the standard six)")
+    p.add_argument("--n-val", type=int, default=None, help="validation images per task (default: whole split)")
+    p.add_argument("--n-test", type=int, default=None, help="test images per task (default: whole split)")
+    p.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    p.add_argument("--out", type=Path, default=None, help="write here (atomically) instead of stdout")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..io import atomic_write_text
+    from ..merge import get_method
+    from ..search import DEFAULT_TABLE_METHODS, paper_table
+    from ..zoo import open_zoo
+
+    zoo = open_zoo(args.zoo)
+    methods = args.methods or list(DEFAULT_TABLE_METHODS)
+    for name in methods:
+        get_method(name)  # unknown → ConfigError listing the known ones
+    with progress_bar(not args.quiet) as progress:
+        table = paper_table(zoo, methods=methods, n_val=args.n_val, n_test=args.n_test,
+                            progress=lambda done, total: progress("merging and evaluating", done, total))
+    shown = table.drop(columns=["method_id", "val mean"])
+    pct = [c for c in shown.columns if c not in ("variant", "method", "best λ")]
+    shown[pct] = shown[pct] * 100
+    if args.format == "csv":
+        text = shown.to_csv(index=False, float_format="%.2f")
+    elif args.format == "latex":
+        text = shown.to_latex(index=False, float_format="%.1f", na_rep="--")
+    else:
+        header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+        rows = []
+        for _, row in shown.iterrows():
+            cells = [f"{v:.1f}" if isinstance(v, float) and k in pct else
+                     ("—" if v is None or (isinstance(v, float) and v != v) else f"{v:g}" if isinstance(v, float)
+                      else str(v)) for k, v in row.items()]
+            rows.append("| " + " | ".join(cells) + " |")
+        text = (f"{table.attrs['protocol']}; test accuracy (%) on {table.attrs['n_test']} images per task; "
+                f"normalized = merged / individual fine-tuned.\n\n" + header + "\n".join(rows) + "\n")
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -13,7 +13,9 @@ import streamlit as st
 
 from sammerge.errors import SammergeError
 
-DEMO_PRESET = os.environ.get("SAMMERGE_PRESET", "demo")
+def demo_preset() -> str:
+    """The preset of the built-in zoo: $SAMMERGE_PRESET (read on every call; tests use "tiny") or demo."""
+    return os.environ.get("SAMMERGE_PRESET", "demo")
 
 
 def page_setup(title: str, icon: str = "🧪") -> str | None:
@@ -58,15 +60,16 @@ def ensure_demo_zoo():
     from sammerge.presets import get_preset
     from sammerge.zoo import data_sha256, default_zoo_dir, ensure_zoo
 
-    recipe = get_preset(DEMO_PRESET)
+    preset = demo_preset()
+    recipe = get_preset(preset)
     fingerprint = recipe.fingerprint(data_sha256(load_benchmark()))
-    expected = default_zoo_dir() / f"{DEMO_PRESET}-{fingerprint[:12]}"
+    expected = default_zoo_dir() / f"{preset}-{fingerprint[:12]}"
     if (expected / "zoo.json").is_file():
         try:
             return open_zoo_cached(expected)
         except SammergeError:
             pass  # rebuild below
-    with st.status(f"Building the {DEMO_PRESET} zoo on this machine (first start only)…", expanded=True) as status:
+    with st.status(f"Building the {preset} zoo on this machine (first start only)…", expanded=True) as status:
         st.write("Pretraining the encoder, fitting one linear head per task, then fine-tuning every task "
                  "twice — plainly and with SAM — on the same batches. Cached on disk afterwards.")
         bar = st.progress(0.0, text="starting")
@@ -74,8 +77,8 @@ def ensure_demo_zoo():
         def progress(stage: str, done: int, total: int) -> None:
             bar.progress(min(1.0, done / max(total, 1)), text=f"{stage} — step {done}/{total}")
 
-        zoo = ensure_zoo(DEMO_PRESET, progress=progress)
-        status.update(label=f"{DEMO_PRESET} zoo ready ({zoo.manifest.build_wall_time_s:.0f} s)", state="complete",
+        zoo = ensure_zoo(preset, progress=progress)
+        status.update(label=f"{preset} zoo ready ({zoo.manifest.build_wall_time_s:.0f} s)", state="complete",
                       expanded=False)
     return open_zoo_cached(zoo.path)
 
@@ -98,7 +101,7 @@ def zoo_sidebar():
     with st.sidebar:
         st.header("Model zoo")
         source = st.radio("Zoo", ["demo", "directory"], key="zoo_source", horizontal=True, on_change=remember,
-                          format_func=lambda s: f"{DEMO_PRESET} zoo (built here)" if s == "demo" else "a directory",
+                          format_func=lambda s: f"{demo_preset()} zoo (built here)" if s == "demo" else "a directory",
                           help="The demo zoo is built on this machine on first start (no downloads). "
                                "Or point to any zoo built with `sammerge zoo build`.")
         if source == "directory":

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .errors import ConfigError
-from .model import Head
+from .model import Head, pick_device
 
 Params = Mapping[str, torch.Tensor]
 
@@ -52,7 +52,7 @@ class Evaluator:
         missing = [t for t in data if t not in heads]
         if missing:
             raise ConfigError(f"evaluation: no head for task '{missing[0]}'")
-        self.device = torch.device(device)
+        self.device = pick_device(device) if isinstance(device, str) else torch.device(device)
         self.encoder = encoder.to(self.device).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
@@ -75,9 +75,12 @@ class Evaluator:
 
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
-                 tasks: Sequence[str] | None = None, device: str | torch.device = "cpu",
+                 tasks: Sequence[str] | None = None, device: str | torch.device = "auto",
                  chunk_size: int = 512) -> "Evaluator":
-        """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``."""
+        """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``.
+
+        ``device="auto"`` evaluates on CUDA when available, else on the CPU.
+        """
         if split not in ("train", "val", "test"):
             raise ConfigError(f"evaluation split must be train, val or test, not '{split}'")
         tasks = list(tasks) if tasks is not None else zoo.tasks

@@ -225,22 +225,15 @@ class MergeState:
                 variants[t] = v
             else:
                 warnings.append(f"link: ignored variant '{t}:{v}'")
-        wspec = next((p for p in spec.per_model_params if p.name == "weights"), None)
-        for t, v in _pairs(query.get("weights", ""), warnings, "weights"):
-            try:
-                if t not in weights or wspec is None:
-                    raise ValueError("unknown task")
-                weights[t] = wspec.check_value(float(v), f"weights[{t}]")
-            except (ConfigError, ValueError) as exc:
-                warnings.append(f"link: ignored weight '{t}:{v}' ({exc})")
-        dspec = next((p for p in spec.per_model_params if p.name == "densities"), None)
-        for t, v in _pairs(query.get("densities", ""), warnings, "densities"):
-            try:
-                if t not in densities or dspec is None:
-                    raise ValueError("unknown task")
-                densities[t] = dspec.check_value(float(v), f"densities[{t}]")
-            except (ConfigError, ValueError) as exc:
-                warnings.append(f"link: ignored density '{t}:{v}' ({exc})")
+        for name, what, values in (("weights", "weight", weights), ("densities", "density", densities)):
+            pspec = next((p for p in spec.per_model_params if p.name == name), None)
+            for t, v in _pairs(query.get(name, ""), warnings, name):
+                try:
+                    if t not in values or pspec is None:
+                        raise ValueError("unknown task")
+                    values[t] = pspec.check_value(float(v), f"{name}[{t}]")
+                except (ConfigError, ValueError) as exc:
+                    warnings.append(f"link: ignored {what} '{t}:{v}' ({exc})")
         new = cls(method=method, params=params, tasks=state.tasks, included=tuple(included), variants=variants,
                   weights=weights, densities=densities)
         try:

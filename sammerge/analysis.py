@@ -150,18 +150,24 @@ def analyze_zoo(zoo, progress: Progress | None = None, n_images: int | None = No
         return _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, overrides)
 
 
+def _merged_settings(what: str, quick: bool, overrides: dict, n_images: int | None) -> dict:
+    """default_settings(quick) updated with known overrides (unknown → ConfigError) and n_images."""
+    settings = default_settings(quick)
+    unknown = [k for k in overrides if k not in settings]
+    if unknown:
+        raise ConfigError(f"{what}: unknown setting '{unknown[0]}' (known: {', '.join(settings)})")
+    settings.update(overrides)
+    if n_images is not None:
+        settings["n_images"] = int(n_images)
+    return settings
+
+
 def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, overrides) -> dict:
     from .evaluate import Evaluator
     from .interference import cosine_matrix, disentanglement_error, layer_norms, sign_conflict_matrix
     from .sharpness import fixed_batch
 
-    settings = default_settings(quick)
-    unknown = [k for k in overrides if k not in settings]
-    if unknown:
-        raise ConfigError(f"analyze: unknown setting '{unknown[0]}' (known: {', '.join(settings)})")
-    settings.update(overrides)
-    if n_images is not None:
-        settings["n_images"] = int(n_images)
+    settings = _merged_settings("analyze", quick, overrides, n_images)
     if pairs is not None:
         settings["pairs"] = [list(p) for p in pairs]
     variants = list(variants) if variants is not None else zoo.variants
@@ -476,13 +482,7 @@ def sharpness_for(zoo, params: Mapping[str, torch.Tensor], task: str, n_images: 
     from .sharpness import fixed_batch
 
     _check_tasks(zoo, task)
-    s = default_settings()
-    unknown = [k for k in settings if k not in s]
-    if unknown:
-        raise ConfigError(f"sharpness: unknown setting '{unknown[0]}'")
-    s.update(settings)
-    if n_images is not None:
-        s["n_images"] = int(n_images)
+    s = _merged_settings("sharpness", False, settings, n_images)
     inputs = dict(params=params_digest(params), task=task, settings=s)
 
     def compute():

@@ -166,3 +166,22 @@ def test_eval_cli_bad_inputs(zoo, tmp_path, capsys):
     assert "gone.safetensors" in err and "not found" in err
     with pytest.raises(ConfigError, match="unknown variant"):
         config_from_zoo(zoo, "task_arithmetic", selection={"digits": "asam"})
+
+
+def test_table_cli(zoo, tmp_path, capsys):
+    out = tmp_path / "table.csv"
+    assert cli_main(["table", str(zoo.path), "--methods", "task_arithmetic", "ties", "--n-val", "32",
+                     "--n-test", "32", "--format", "csv", "--out", str(out), "--quiet"]) == 0
+    import pandas as pd
+    frame = pd.read_csv(out)
+    assert list(frame["variant"].unique()) == zoo.variants
+    assert set(frame["method"]) == {"pretrained (zero-shot heads)", "individual fine-tuned", "Task arithmetic",
+                                    "TIES merging"}
+    direct = paper_table(zoo, methods=("task_arithmetic", "ties"), n_val=32, n_test=32)
+    for (_, a), (_, b) in zip(frame.iterrows(), direct.iterrows()):
+        assert a["mean"] == pytest.approx(100 * b["mean"], abs=0.01)
+    assert cli_main(["table", str(zoo.path), "--methods", "nope"]) == 2
+    assert "unknown merge method 'nope'" in capsys.readouterr().err
+    assert cli_main(["table", str(zoo.path), "--methods", "task_arithmetic", "--n-val", "16", "--n-test", "16",
+                     "--format", "latex", "--quiet"]) == 0
+    assert "\\begin{tabular}" in capsys.readouterr().out

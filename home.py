@@ -38,7 +38,7 @@ st.markdown("**Every checkpoint** — accuracy of the pretrained encoder with th
 shown = checkpoint_table(zoo, analysis).drop(columns=["time (s)"])
 pct_cols = ["pretrained val", "pretrained test", "fine-tuned val", "fine-tuned test", "gain (test)"]
 sharp_fmt = {c: "{:.3g}" for c in ("λ_max (Hessian)", "Hessian trace") if c in shown.columns}
-st.dataframe(shown.style.format({c: "{:.1%}" for c in pct_cols} | {"‖τ‖": "{:.2f}", "ρ": "{:g}"} | sharp_fmt,
+st.dataframe(shown.style.format({c: "{:.1%}" for c in pct_cols} | {"‖τ‖": "{:.2f}"} | sharp_fmt,
                                 na_rep="—"),
              hide_index=True, width="stretch")
 if analysis is not None:

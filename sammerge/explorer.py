@@ -719,8 +719,8 @@ def checkpoint_table(zoo, analysis: Mapping | None = None) -> pd.DataFrame:
     """The zoo's checkpoint table (task, fine-tuning, ρ, accuracies) plus sharpness when an analysis exists."""
     table = zoo.table()
     rho = {(r.task, r.variant): (r.method.get("rho") if r.method.get("sam") else None) for r in zoo.manifest.checkpoints}
-    table.insert(3, "ρ", pd.to_numeric(pd.Series([rho.get((t, v)) for t, v in zip(table["task"], table["variant"])],
-                                                 dtype="object"), errors="coerce").astype(float))
+    table.insert(3, "ρ", [f"{rho[(t, v)]:g}" if rho.get((t, v)) is not None else "—"  # text: "—" for plain
+                          for t, v in zip(table["task"], table["variant"])])
     if analysis:
         sharp = pd.DataFrame(analysis["sharpness"])[["task", "variant", "top_eigenvalue", "trace_mean"]]
         sharp = sharp.rename(columns={"top_eigenvalue": "λ_max (Hessian)", "trace_mean": "Hessian trace"})

@@ -989,12 +989,18 @@ def paper_sentence(frame: pd.DataFrame) -> str:
     n = len(diff)
     best = diff.idxmax()
     worst = diff.idxmin()
-    verdict = ("SAM fine-tuning merges better for most methods" if wins > n / 2 else
-               "SAM fine-tuning does **not** merge better for most methods" if wins < n / 2 else
-               "SAM and plain fine-tuning split the methods evenly")
+    verdict = ("SAM fine-tuning keeps more of its own accuracy when merged for most methods" if wins > n / 2 else
+               "SAM fine-tuning does **not** keep more of its own accuracy when merged for most methods"
+               if wins < n / 2 else "SAM and plain fine-tuning split the methods evenly on normalized accuracy")
+    absolute = rows.pivot(index="method", columns="variant", values="mean")
+    abs_diff = 100 * (absolute["sam"] - absolute["plain"])
+    abs_wins = int((abs_diff > 0).sum())
     return (f"{verdict} on this zoo: SAM's normalized test accuracy is higher for {wins} of {n} methods "
             f"(mean difference {diff.mean():+.1f} points; largest {diff[best]:+.1f} for {best}, smallest "
-            f"{diff[worst]:+.1f} for {worst}).")
+            f"{diff[worst]:+.1f} for {worst}). In absolute test accuracy the SAM merge is "
+            f"{'higher' if abs_wins > n / 2 else '**not** higher'} for most methods: {abs_wins} of {n} "
+            f"(mean difference {abs_diff.mean():+.1f} points) — normalized accuracy divides by each variant's own "
+            f"fine-tuned accuracy, so weaker individual models can look better normalized.")
 
 
 def png_available() -> bool:

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sammerge.evaluate import Evaluator  # noqa: E402
 from sammerge.presets import get_preset  # noqa: E402
+from sammerge.search import LAMBDA_GRID, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
 from sammerge.zoo import build_zoo, open_zoo  # noqa: E402
 
-LAMBDAS = [round(0.05 * i, 2) for i in range(21)]
+LAMBDAS = LAMBDA_GRID
 
 
 def measure(zoo, n_val: int | None = None) -> dict:
@@ -36,21 +37,20 @@ def measure(zoo, n_val: int | None = None) -> dict:
     for variant in zoo.variants:
         indiv = {t: zoo.manifest.checkpoint(t, variant).accuracy.test for t in zoo.tasks}
         tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]
-        summed = {k: sum(tv[k] for tv in tvs) for k in theta0}
-        candidates = [{k: theta0[k] + lam * summed[k] for k in theta0} for lam in LAMBDAS]
-        val_curve = [val.mean_accuracy(r) for r in val.evaluate_many(candidates)]
-        best = max(range(len(LAMBDAS)), key=lambda i: (val_curve[i], -i))
-        merged = test.evaluate(candidates[best])
-        merged_mean = statistics.mean(r.accuracy for r in merged.values())
+        sweep = sweep_shared_lambda(val, "task_arithmetic", theta0, tvs, lambdas=LAMBDAS, test_evaluator=test)
+        merged = sweep.test
+        merged_mean = sweep.test_mean
         indiv_mean = statistics.mean(indiv.values())
-        test_curve = [test.mean_accuracy(r) for r in test.evaluate_many(candidates)]
+        direction = merged_direction("task_arithmetic", theta0, tvs)
+        test_curve = [test.mean_accuracy(r) for r in test.evaluate_many([scaled(theta0, direction, lam)
+                                                                          for lam in LAMBDAS])]
         out["variants"][variant] = {
             "individual_test": indiv_mean, "individual_per_task": indiv,
-            "best_lambda_val": LAMBDAS[best], "merged_test": merged_mean,
+            "best_lambda_val": sweep.best_lambda, "merged_test": merged_mean,
             "merged_per_task": {t: r.accuracy for t, r in merged.items()},
             "normalized": statistics.mean(merged[t].accuracy / max(indiv[t], 1e-9) for t in zoo.tasks),
             "gap_points": 100 * (indiv_mean - merged_mean),
-            "val_curve": dict(zip(map(str, LAMBDAS), val_curve)),
+            "val_curve": dict(zip(map(str, LAMBDAS), sweep.val_mean)),
             "test_curve": dict(zip(map(str, LAMBDAS), test_curve)),
             "min_gain_points": 100 * min(indiv[t] - out["pretrained_per_task"][t] for t in zoo.tasks),
         }

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 try:  # installed package
-    from importlib.metadata import PackageNotFoundError, version as _version
+    from importlib.metadata import version as _version
 
     __version__ = _version("sammerge")
 except Exception:  # pragma: no cover - running from a source tree without install

@@ -10,7 +10,6 @@ was loaded with :meth:`MergeConfig.load`, else the current directory).
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .errors import CheckpointError, ConfigError, SammergeError
 from .io import atomic_write_text, load_state_dict, sha256_file
-from .merge import MERGE_METHODS, check_compatible, get_method
+from .merge import check_compatible, get_method
 
 __all__ = ["TaskEntry", "MergeConfig", "library_version", "method_kwargs", "to_mergekit_yaml",
            "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "resolve_and_merge",
@@ -36,16 +35,9 @@ MERGEKIT_TO_OURS = {v: k for k, v in OURS_TO_MERGEKIT.items()}
 
 
 def library_version() -> str:
-    """``sammerge.__version__``, else the installed distribution's version, else ``"0.1.0"``."""
-    try:
-        from sammerge import __version__  # type: ignore[attr-defined]
-        return str(__version__)
-    except ImportError:
-        pass
-    try:
-        return importlib.metadata.version("sammerge")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.1.0"
+    """``sammerge.__version__`` (the installed distribution's version, or 0.1.0 from a bare source tree)."""
+    from . import __version__
+    return str(__version__)
 
 
 def _now() -> str:
@@ -282,9 +274,7 @@ def to_mergekit_yaml(config: MergeConfig, root_dir: str | os.PathLike | None = N
     models = []
     for i, t in enumerate(config.tasks):
         params: dict[str, Any] = {}
-        if config.method == "model_stock":
-            pass
-        else:
+        if config.method != "model_stock":  # model_stock has no per-model weight
             params["weight"] = float(t.weight)
         if "density" in kw:
             params["density"] = float(t.density if t.density is not None else kw["density"])

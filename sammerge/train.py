@@ -55,8 +55,11 @@ def _batch(data, idx: torch.Tensor, fresh_noise: bool, generator: torch.Generato
 
 
 def pretrain(encoder: nn.Module, data, num_classes: int, recipe: PretrainRecipe, generator: torch.Generator,
-             on_step: StepCallback | None = None) -> None:
-    """Supervised pretraining with AdamW + cosine on a ``Split``; the temporary classifier is discarded."""
+             on_step: StepCallback | None = None, val=None) -> float | None:
+    """Supervised pretraining with AdamW + cosine on a ``Split``; the temporary classifier is discarded.
+
+    Returns the pretraining accuracy on ``val`` (a Split) when given, else None.
+    """
     device = next(encoder.parameters()).device
     head = nn.Linear(encoder.num_features, num_classes).to(device)
     params = list(encoder.parameters()) + list(head.parameters())
@@ -74,6 +77,10 @@ def pretrain(encoder: nn.Module, data, num_classes: int, recipe: PretrainRecipe,
         if on_step:
             on_step(step)
     encoder.eval()
+    if val is None:
+        return None
+    temp = Head(head.weight.detach().cpu(), head.bias.detach().cpu())
+    return accuracy_and_loss(encoder, temp, val.images, val.labels)[0]
 
 
 def fit_probe(train_features: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: ProbeRecipe,
@@ -87,10 +94,11 @@ def fit_probe(train_features: torch.Tensor, labels: torch.Tensor, num_classes: i
     mean = train_features.mean(0)
     std = (train_features - mean).pow(2).mean().sqrt().clamp_min(1e-6).expand_as(mean)
     z = (train_features - mean) / std
-    linear = nn.Linear(z.shape[1], num_classes).to(z.device)
-    with torch.no_grad():
-        linear.weight.normal_(0, 0.01, generator=generator) if z.device.type == "cpu" else linear.weight.normal_(0, 0.01)
+    linear = nn.Linear(z.shape[1], num_classes)
+    with torch.no_grad():  # seeded init on the CPU, then moved
+        linear.weight.normal_(0, 0.01, generator=generator)
         linear.bias.zero_()
+    linear = linear.to(z.device)
     optimizer = torch.optim.AdamW(linear.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     for _ in range(recipe.steps):
         loss = F.cross_entropy(linear(z), labels)

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -162,7 +161,8 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         encoder = create_encoder(recipe.encoder).to(dev)
         pre_data = _subset_split(bench.pretrain.splits["train"], recipe.pretrain.max_train, recipe.seed)
         gen = torch.Generator().manual_seed(recipe.seed)
-        _train.pretrain(encoder, pre_data, bench.pretrain.num_classes, recipe.pretrain, gen,
+        pretrain_acc = _train.pretrain(encoder, pre_data, bench.pretrain.num_classes, recipe.pretrain, gen,
+                                       val=bench.pretrain.splits["val"],
                         on_step=tick("pretraining encoder"))
         theta0 = encoder_params(encoder)
         stage_times["pretrain"] = time.perf_counter() - t0
@@ -221,8 +221,6 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
                     final_train_loss=losses[-1] if losses else None, wall_time_s=time.perf_counter() - t0))
                 stage_times[f"finetune/{task}/{variant.name}"] = time.perf_counter() - t0
 
-        pre_val = bench.pretrain.splits.get("val")
-        pretrain_acc = None
         manifest = ZooManifest(
             name=out_dir.name, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             recipe=recipe, recipe_fingerprint=recipe.fingerprint(data_sha256(bench)), seed=recipe.seed,
@@ -236,7 +234,6 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
             threads=torch.get_num_threads(), build_wall_time_s=time.perf_counter() - t_start,
             stage_times_s={k: round(v, 3) for k, v in stage_times.items()},
         )
-        del pre_val
         atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2))
     return open_zoo(out_dir)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 PAGES = [
-    st.Page("home.py", title="Zoo", icon=":material/science:", default=True),
+    st.Page("pages/0_Zoo.py", title="Zoo", icon=":material/science:", default=True),
     st.Page("pages/1_Merge_explorer.py", title="Merge explorer", icon=":material/tune:", url_path="Merge_explorer"),
     st.Page("pages/2_Sharpness_and_landscape.py", title="Sharpness & landscape", icon=":material/landscape:",
             url_path="Sharpness_and_landscape"),

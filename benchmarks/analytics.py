@@ -22,8 +22,8 @@ import torch
 
 
 def _demo_setup(zoo_path: str | None, n_images: int):
-    from sammerge.model import EncoderConfig, Head, create_encoder, encoder_params
-    from sammerge.presets import get_preset
+    from sammerge.training.model import EncoderConfig, Head, create_encoder, encoder_params
+    from sammerge.training.presets import get_preset
 
     if zoo_path:
         from sammerge.zoo import open_zoo
@@ -61,9 +61,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sammerge.evaluate import Evaluator
-    from sammerge.landscape import combine, grid, task_plane
-    from sammerge.sharpness import HessianOperator, hvp, num_params, task_loss_fn, top_eigenvalues
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.analytics.landscape import combine, grid, task_plane
+    from sammerge.analytics.sharpness import HessianOperator, hvp, num_params, task_loss_fn, top_eigenvalues
 
     enc, theta0, theta1, tau1, tau2, heads, data, source = _demo_setup(args.zoo, 512)
     t1 = next(iter(heads))

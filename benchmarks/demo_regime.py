@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sammerge.evaluate import Evaluator  # noqa: E402
-from sammerge.presets import get_preset  # noqa: E402
-from sammerge.search import LAMBDA_GRID, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
+from sammerge.evaluation.evaluator import Evaluator  # noqa: E402
+from sammerge.training.presets import get_preset  # noqa: E402
+from sammerge.evaluation.search import LAMBDA_GRID, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
 from sammerge.zoo import build_zoo, open_zoo  # noqa: E402
 
 LAMBDAS = LAMBDA_GRID

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from urllib.parse import urlencode
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ui` when a page is run on its own (AppTest)
-import ui  # noqa: E402
-from sammerge.config import MergeConfig, from_mergekit_yaml, is_mergekit_config
+from sammerge.webapp import ui
+from sammerge.merging.spec import MergeConfig, from_mergekit_yaml, is_mergekit_config
 from sammerge.errors import ConfigError, SammergeError
-from sammerge.explorer import (MergeState, figure_html, figure_png, method_choices,  # noqa: E402
+from sammerge.explorer.service import (MergeState, figure_html, figure_png, method_choices,  # noqa: E402
                                png_available, sam_vs_plain_sentence, variant_label)
-from sammerge.merge import get_method
+from sammerge.merging.methods import get_method
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
 st.title("Merge explorer")

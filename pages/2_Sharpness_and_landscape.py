@@ -1,15 +1,12 @@
 """Sharpness & landscape: how flat is each checkpoint, and what does the loss look like between them?"""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ui` when a page is run on its own (AppTest)
-import ui  # noqa: E402
-from sammerge import analysis as an  # noqa: E402
-from sammerge.explorer import (SHARPNESS_MEASURES, curve_figure, load_analysis_for, plane_figures,  # noqa: E402
+from sammerge.webapp import ui
+from sammerge.analytics import report as an  # noqa: E402
+from sammerge.explorer.service import (SHARPNESS_MEASURES, curve_figure, load_analysis_for, plane_figures,  # noqa: E402
                                plane_sentence, sharpness_figure, sharpness_sentence, sharpness_wide, variant_label)
 
 ui.page_setup("Sharpness & landscape", "⛰️")

@@ -1,15 +1,12 @@
 """Interference: do the task vectors of SAM checkpoints get in each other's way less than plain ones?"""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ui` when a page is run on its own (AppTest)
-import ui  # noqa: E402
-from sammerge import analysis as an  # noqa: E402
-from sammerge.explorer import (disentanglement_figures, disentanglement_from_analysis, layer_norm_figure,  # noqa: E402, E501
+from sammerge.webapp import ui
+from sammerge.analytics import report as an  # noqa: E402
+from sammerge.explorer.service import (disentanglement_figures, disentanglement_from_analysis, layer_norm_figure,  # noqa: E402, E501
                                layer_norm_sentence,
                                disentanglement_sentence, load_analysis_for, matrix_figures, matrix_sentence)
 

@@ -1,14 +1,11 @@
 """The paper's table for this zoo: every merge method at its best λ, plain vs SAM fine-tuning, on test."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ui` when a page is run on its own (AppTest)
-import ui  # noqa: E402
-from sammerge.explorer import paper_latex, paper_sentence, paper_table_display  # noqa: E402
+from sammerge.webapp import ui
+from sammerge.explorer.service import paper_latex, paper_sentence, paper_table_display  # noqa: E402
 
 ui.page_setup("Paper table", "📋")
 st.title("The paper's table")

@@ -8,7 +8,7 @@ try:  # installed package
 except Exception:  # pragma: no cover - running from a source tree without install
     __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from sammerge.errors import (  # noqa: E402
     CheckpointError, ConfigError, DataError, MergeError, SammergeError, ZooError,
 )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from sammerge.errors import DataError
 
 __all__ = ["Split", "TaskData", "Benchmark", "load_benchmark", "default_assets_dir", "SPLITS"]
 

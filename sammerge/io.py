@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from sammerge.errors import CheckpointError
 
 PathLike = str | os.PathLike
 

@@ -6,10 +6,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .config import MergeConfig, resolve_and_merge
-from .errors import ConfigError
-from .evaluate import Evaluator, TaskResult
-from .merge import get_method
+from sammerge.merging.spec import MergeConfig, resolve_and_merge
+from sammerge.errors import ConfigError
+from sammerge.evaluation.evaluator import Evaluator, TaskResult
+from sammerge.merging.methods import get_method
 
 
 def config_from_zoo(zoo, method: str, params: Mapping | None = None,

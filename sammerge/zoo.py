@@ -23,12 +23,12 @@ from typing import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import __version__
-from .errors import CheckpointError, ZooError
-from .io import atomic_dir, atomic_write_text, load_state_dict, save_state_dict, sha256_file
-from .model import EncoderConfig, Head, create_encoder, encoder_params, heads_from_state_dict, heads_to_state_dict, pick_device
-from .presets import VariantSpec, ZooRecipe
-from . import train as _train
+from sammerge import __version__
+from sammerge.errors import CheckpointError, ZooError
+from sammerge.io import atomic_dir, atomic_write_text, load_state_dict, save_state_dict, sha256_file
+from sammerge.training.model import EncoderConfig, Head, create_encoder, encoder_params, heads_from_state_dict, heads_to_state_dict, pick_device
+from sammerge.training.presets import VariantSpec, ZooRecipe
+from sammerge.training import train as _train
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "zoo.json"
@@ -128,7 +128,7 @@ def _subset_split(split, limit: int | None, seed: int):
 def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto", overwrite: bool = False,
               progress: ProgressFn | None = None, benchmark=None) -> "Zoo":
     """Build a zoo from a recipe into ``out_dir`` (atomically: a temp dir moved into place at the end)."""
-    from .data import load_benchmark
+    from sammerge.data import load_benchmark
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -316,7 +316,7 @@ class Zoo:
 
     @cached_property
     def benchmark(self):
-        from .data import load_benchmark
+        from sammerge.data import load_benchmark
         bench = load_benchmark()
         if data_sha256(bench) != self.manifest.data.get("sha256"):
             raise ZooError(f"{self.path / MANIFEST_NAME}: built on benchmark data {self.manifest.data.get('sha256', '?')[:12]}…, "
@@ -377,8 +377,8 @@ def default_zoo_dir() -> Path:
 def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, progress: ProgressFn | None = None,
                device: str = "auto") -> Zoo:
     """Open the cached zoo of a preset, building it first if missing or built from another recipe."""
-    from .data import load_benchmark
-    from .presets import get_preset
+    from sammerge.data import load_benchmark
+    from sammerge.training.presets import get_preset
 
     import fcntl
 

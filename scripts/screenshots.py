@@ -64,7 +64,7 @@ def main() -> None:
     out = Path(args.out)
     print(f"zoo: {zoo_dir}")
     if not args.no_analyze:
-        from sammerge.analysis import analyze_zoo, load_analysis
+        from sammerge.analytics.report import analyze_zoo, load_analysis
         from sammerge.zoo import open_zoo
 
         zoo = open_zoo(zoo_dir)

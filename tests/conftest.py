@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory) -> Path:
     """Path of a `tiny` preset zoo, built once per session. Do not modify; use `tiny_zoo_copy`."""
-    from sammerge.presets import get_preset
+    from sammerge.training.presets import get_preset
     from sammerge.zoo import build_zoo
 
     out = tmp_path_factory.mktemp("zoo") / "tiny"

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sammerge.analysis import (analysis_path, analyze_zoo, cross_task_linearity_for, disentanglement_for,
+from sammerge.analytics.report import (analysis_path, analyze_zoo, cross_task_linearity_for, disentanglement_for,
                                interpolation_for, load_analysis, random_plane_for, sharpness_for, sharpness_table,
                                task_plane_for)
 from sammerge.errors import ConfigError
@@ -18,7 +18,7 @@ from sammerge.zoo import open_zoo
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Small double-backward / vmap workloads run far faster single-threaded on the shared 2-core box."""
-    from sammerge.analysis import torch_threads
+    from sammerge.analytics.report import torch_threads
     with torch_threads(1):
         yield
 
@@ -28,7 +28,7 @@ SMALL = dict(n_images=16, eig_iters=3, trace_samples=2, m=8, avg_samples=2, dise
 
 
 def _micro_zoo(tmp_path_factory):
-    from sammerge.presets import get_preset
+    from sammerge.training.presets import get_preset
     from sammerge.zoo import build_zoo
 
     recipe = get_preset("tiny")
@@ -39,7 +39,7 @@ def _micro_zoo(tmp_path_factory):
     d["finetune"].update(steps=2, batch_size=32)
     d["evaluation"]["max_train_eval"] = 32
     out = tmp_path_factory.mktemp("analysis_zoo") / "zoo"
-    from sammerge.analysis import torch_threads
+    from sammerge.analytics.report import torch_threads
 
     with torch_threads(1):  # much faster for this micro model on a shared 2-core machine
         build_zoo(type(recipe).model_validate(d), out, device="cpu")

@@ -35,7 +35,7 @@ def readings(at) -> list[str]:
 
 
 def test_analysis_pages(monkeypatch, bare_zoo):
-    from sammerge.analysis import load_analysis
+    from sammerge.analytics.report import load_analysis
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(bare_zoo)
@@ -85,7 +85,7 @@ def test_analysis_pages(monkeypatch, bare_zoo):
 
 
 def test_paper_table_page(monkeypatch, tiny_zoo):
-    from sammerge.search import paper_table
+    from sammerge.evaluation.search import paper_table
     from sammerge.zoo import open_zoo
 
     at = run_page(monkeypatch, tiny_zoo, "pages/4_Paper_table.py")

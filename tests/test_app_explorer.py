@@ -13,7 +13,7 @@ PAGE = str(ROOT / "pages" / "1_Merge_explorer.py")
 @pytest.fixture(scope="module")
 def lib(tiny_zoo):
     """The library's own view of the tiny zoo: merge functions + an evaluator on the app's images."""
-    from sammerge.evaluate import Evaluator
+    from sammerge.evaluation.evaluator import Evaluator
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(tiny_zoo)
@@ -23,7 +23,7 @@ def lib(tiny_zoo):
 
 def expected(lib, method="task_arithmetic", variants=None, tasks=None, **params):
     """Per-task val accuracy of a merge computed directly with the library (not through the app facade)."""
-    from sammerge.merge import get_method
+    from sammerge.merging.methods import get_method
 
     zoo, evaluator = lib
     tasks = tasks or zoo.tasks
@@ -189,7 +189,7 @@ def test_link_reopens_the_same_merge(monkeypatch, tiny_zoo, lib):
 
 
 def test_best_lambda_button(monkeypatch, tiny_zoo, lib):
-    from sammerge.search import sweep_shared_lambda
+    from sammerge.evaluation.search import sweep_shared_lambda
 
     zoo, evaluator = lib
     at = open_page(monkeypatch, tiny_zoo)
@@ -222,7 +222,7 @@ def test_state_survives_a_visit_to_another_page(monkeypatch, tiny_zoo, lib):
 # -- the facade without Streamlit ----------------------------------------------------------------------------
 
 def test_state_round_trips_for_every_method(tiny_zoo):
-    from sammerge.explorer import MergeState, method_choices
+    from sammerge.explorer.service import MergeState, method_choices
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(tiny_zoo)
@@ -242,7 +242,7 @@ def test_state_round_trips_for_every_method(tiny_zoo):
 
 
 def test_sam_vs_plain_sentence_follows_the_numbers():
-    from sammerge.explorer import sam_vs_plain_sentence
+    from sammerge.explorer.service import sam_vs_plain_sentence
 
     worse = sam_vs_plain_sentence({"plain": {"normalized": 0.80, "mean": 0.7}, "sam": {"normalized": 0.75, "mean": 0.65}})
     assert "does **not** beat" in worse and "5.0 points" in worse
@@ -251,7 +251,7 @@ def test_sam_vs_plain_sentence_follows_the_numbers():
 
 
 def test_png_export_when_kaleido_is_installed():
-    from sammerge.explorer import figure_png, png_available
+    from sammerge.explorer.service import figure_png, png_available
 
     if not png_available():
         pytest.skip("kaleido not installed: charts export as HTML (and PNG from the browser's chart toolbar)")

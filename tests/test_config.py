@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from sammerge.config import (MergeConfig, from_mergekit_yaml, load_any_config, resolve_and_merge,
+from sammerge.merging.spec import (MergeConfig, from_mergekit_yaml, load_any_config, resolve_and_merge,
                              to_mergekit_yaml)
 from sammerge.errors import CheckpointError, ConfigError, MergeError
 from sammerge.io import save_state_dict, sha256_file

@@ -7,16 +7,16 @@ import torch
 from torch import nn
 
 from sammerge.errors import ConfigError
-from sammerge.evaluate import Evaluator
-from sammerge.landscape import (combine, filter_normalized_direction, grid, interpolate, random_plane,
+from sammerge.evaluation.evaluator import Evaluator
+from sammerge.analytics.landscape import (combine, filter_normalized_direction, grid, interpolate, random_plane,
                                 task_arithmetic, task_plane)
-from sammerge.model import Head
+from sammerge.training.model import Head
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Small double-backward / vmap workloads run far faster single-threaded on the shared 2-core box."""
-    from sammerge.analysis import torch_threads
+    from sammerge.analytics.report import torch_threads
     with torch_threads(1):
         yield
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sammerge.sam import SAM
+from sammerge.training.sam import SAM
 
 
 def _quadratic_setup(adaptive: bool, rho: float):

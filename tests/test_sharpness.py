@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from sammerge.errors import ConfigError
-from sammerge.model import Head
-from sammerge.sharpness import (HessianOperator, average_sharpness, batch_loss_fns, hessian_trace, hvp,
+from sammerge.training.model import Head
+from sammerge.analytics.sharpness import (HessianOperator, average_sharpness, batch_loss_fns, hessian_trace, hvp,
                                 m_sharpness, task_loss_fn, top_eigenvalues)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Small double-backward / vmap workloads run far faster single-threaded on the shared 2-core box."""
-    from sammerge.analysis import torch_threads
+    from sammerge.analytics.report import torch_threads
     with torch_threads(1):
         yield
 

@@ -12,7 +12,7 @@ import torch
 from sammerge.cli import main as cli_main
 from sammerge.errors import CheckpointError, ConfigError, ZooError
 from sammerge.io import sha256_file
-from sammerge.presets import get_preset
+from sammerge.training.presets import get_preset
 from sammerge.zoo import build_zoo, open_zoo, read_manifest
 
 
@@ -102,7 +102,7 @@ def test_existing_output_dir_refused(tiny_zoo, capsys):
 
 def test_no_half_written_zoo_on_failure(tmp_path, monkeypatch):
     """A failure mid-build leaves neither the target nor a temp directory behind."""
-    import sammerge.train as train
+    import sammerge.training.train as train
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during fine-tuning")

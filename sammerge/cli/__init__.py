@@ -5,8 +5,8 @@ import argparse
 import importlib
 import sys
 
-from .. import __version__
-from ..errors import SammergeError
+from sammerge import __version__
+from sammerge.errors import SammergeError
 
 # Sub-command modules; each defines register(subparsers) and sets func(args) -> int.
 COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd", "table_cmd")

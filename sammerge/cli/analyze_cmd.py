@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
-from ._progress import progress_bar
+from sammerge.errors import ConfigError
+from sammerge.cli._progress import progress_bar
 
 
 def register(subparsers) -> None:
@@ -34,8 +34,8 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..analysis import analyze_zoo, disentanglement_summary, load_analysis, sharpness_table
-    from ..zoo import open_zoo
+    from sammerge.analytics.report import analyze_zoo, disentanglement_summary, load_analysis, sharpness_table
+    from sammerge.zoo import open_zoo
 
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {args.threads}")

@@ -22,11 +22,11 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..config import load_any_config
-    from ..errors import ConfigError
-    from ..io import atomic_write_text
-    from ..workflows import evaluate_config, results_table
-    from ..zoo import open_zoo
+    from sammerge.merging.spec import load_any_config
+    from sammerge.errors import ConfigError
+    from sammerge.io import atomic_write_text
+    from sammerge.workflows import evaluate_config, results_table
+    from sammerge.zoo import open_zoo
 
     if args.n_per_task is not None and args.n_per_task < 1:
         raise ConfigError(f"--n-per-task must be ≥ 1, got {args.n_per_task}")

@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import load_any_config, resolve_and_merge, to_mergekit_yaml
-from ..errors import CheckpointError
-from ..io import atomic_dir, save_state_dict
-from ..merge import MERGE_METHODS
+from sammerge.merging.spec import load_any_config, resolve_and_merge, to_mergekit_yaml
+from sammerge.errors import CheckpointError
+from sammerge.io import atomic_dir, save_state_dict
+from sammerge.merging.methods import MERGE_METHODS
 
 
 def run_merge(args: argparse.Namespace) -> int:

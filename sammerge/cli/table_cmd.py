@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._progress import progress_bar
+from sammerge.cli._progress import progress_bar
 
 
 def register(subparsers) -> None:
@@ -21,10 +21,10 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..io import atomic_write_text
-    from ..merge import get_method
-    from ..search import DEFAULT_TABLE_METHODS, paper_table
-    from ..zoo import open_zoo
+    from sammerge.io import atomic_write_text
+    from sammerge.merging.methods import get_method
+    from sammerge.evaluation.search import DEFAULT_TABLE_METHODS, paper_table
+    from sammerge.zoo import open_zoo
 
     zoo = open_zoo(args.zoo)
     methods = args.methods or list(DEFAULT_TABLE_METHODS)

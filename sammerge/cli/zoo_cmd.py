@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError, ZooError
-from ._progress import progress_bar
+from sammerge.errors import ConfigError, ZooError
+from sammerge.cli._progress import progress_bar
 
 
 def register(subparsers) -> None:
@@ -34,8 +34,8 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..presets import VariantSpec, get_preset
-    from ..zoo import build_zoo
+    from sammerge.training.presets import VariantSpec, get_preset
+    from sammerge.zoo import build_zoo
 
     recipe = get_preset(args.preset)
     updates = {}
@@ -82,7 +82,7 @@ def _print_table(zoo) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..zoo import open_zoo
+    from sammerge.zoo import open_zoo
 
     zoo = open_zoo(args.zoo, verify=not args.no_verify)
     if args.json:

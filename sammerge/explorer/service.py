@@ -22,10 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .config import MergeConfig, library_version, to_mergekit_yaml
-from .errors import ConfigError
-from .evaluate import Evaluator, TaskResult
-from .merge import MergeMethod, ParamSpec, get_method, list_methods
+from sammerge.merging.spec import MergeConfig, library_version, to_mergekit_yaml
+from sammerge.errors import ConfigError
+from sammerge.evaluation.evaluator import Evaluator, TaskResult
+from sammerge.merging.methods import MergeMethod, ParamSpec, get_method, list_methods
 
 __all__ = ["MergeState", "Explorer", "VARIANT_COLORS", "variant_label", "method_choices", "sam_vs_plain_sentence",
            "figure_html", "DEFAULT_METHOD", "DEFAULT_LAMBDA", "EXPLORER_SPLIT", "EXPLORER_N_PER_TASK"]
@@ -518,7 +518,7 @@ class Explorer:
     def sweeps(self, state: MergeState, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Shared-λ sweeps on validation (grid 0..1 step 0.05) of the current merge and of the merge with
         every task on each variant (``sammerge.search.sweep_shared_lambda``)."""
-        from .search import sweep_shared_lambda
+        from sammerge.evaluation.search import sweep_shared_lambda
 
         states = self.comparison_states(state)
         out = {}
@@ -662,7 +662,7 @@ class Explorer:
         return self._paper.get("table")
 
     def paper_table(self, progress: ProgressFn | None = None) -> pd.DataFrame:
-        from .search import paper_table
+        from sammerge.evaluation.search import paper_table
 
         with self._lock:
             if "table" not in self._paper:
@@ -697,7 +697,7 @@ def figure_html(fig) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# analytics pages: tables, figures and readings from sammerge.analysis
+# analytics pages: tables, figures and readings from sammerge.analytics.report
 # ----------------------------------------------------------------------------------------------
 
 SHARPNESS_MEASURES = {
@@ -711,7 +711,7 @@ SHARPNESS_MEASURES = {
 
 def load_analysis_for(zoo) -> dict | None:
     """The zoo's precomputed analysis (``sammerge analyze``) if present and current, else None."""
-    from .analysis import load_analysis
+    from sammerge.analytics.report import load_analysis
     return load_analysis(zoo)
 
 
@@ -947,7 +947,7 @@ def disentanglement_sentence(results: Mapping[str, Any]) -> str:
 def disentanglement_from_analysis(analysis: Mapping, pair: Sequence[str]) -> dict[str, Any]:
     import numpy as np
 
-    from .interference import Disentanglement
+    from sammerge.analytics.interference import Disentanglement
 
     out = {}
     for v, results in analysis.get("disentanglement", {}).items():

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import Head
-from .presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec
-from .sam import SAM
+from sammerge.training.model import Head
+from sammerge.training.presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec
+from sammerge.training.sam import SAM
 
 StepCallback = Callable[[int], None]
 

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, Sequenc
 
 import torch
 
-from .errors import ConfigError, MergeError
+from sammerge.errors import ConfigError, MergeError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -185,7 +185,7 @@ class TaskVector:
     def from_files(cls, pretrained_path, finetuned_path, pretrained_sha256: str | None = None,
                    finetuned_sha256: str | None = None) -> "TaskVector":
         """Build from two safetensors files (``sammerge.io.load_state_dict``, never pickle)."""
-        from .io import load_state_dict
+        from sammerge.io import load_state_dict
         pre = load_state_dict(pretrained_path, expected_sha256=pretrained_sha256)
         ft = load_state_dict(finetuned_path, expected_sha256=finetuned_sha256)
         return cls(pretrained=pre, finetuned=ft)

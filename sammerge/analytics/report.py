@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import ConfigError, ZooError
-from .io import atomic_write_text
+from sammerge import __version__
+from sammerge.errors import ConfigError, ZooError
+from sammerge.io import atomic_write_text
 
 ANALYSIS_FORMAT = 1
 Progress = Callable[[str, int, int], None]  # (stage, done, total), like build_zoo
@@ -103,7 +103,7 @@ def _pairs(zoo, pairs) -> list[tuple[str, str]]:
 def checkpoint_sharpness(encoder, head, images, labels, params, settings: Mapping[str, Any]) -> dict:
     """Top Hessian eigenvalue, Hutchinson trace, m-sharpness (plain + adaptive) and average sharpness
     of ``params`` on one fixed batch, with the knobs of ``settings`` (see :func:`default_settings`)."""
-    from .sharpness import (average_sharpness, batch_loss_fns, hessian_trace, m_sharpness, num_params,
+    from sammerge.analytics.sharpness import (average_sharpness, batch_loss_fns, hessian_trace, m_sharpness, num_params,
                             task_loss_fn, top_eigenvalues)
 
     s = {**default_settings(), **settings}
@@ -163,9 +163,9 @@ def _merged_settings(what: str, quick: bool, overrides: dict, n_images: int | No
 
 
 def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, overrides) -> dict:
-    from .evaluate import Evaluator
-    from .interference import cosine_matrix, disentanglement_error, layer_norms, sign_conflict_matrix
-    from .sharpness import fixed_batch
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.analytics.interference import cosine_matrix, disentanglement_error, layer_norms, sign_conflict_matrix
+    from sammerge.analytics.sharpness import fixed_batch
 
     settings = _merged_settings("analyze", quick, overrides, n_images)
     if pairs is not None:
@@ -352,8 +352,8 @@ def task_plane_for(zoo, task_i: str, task_j: str, variant: str, lo: float = -0.5
                    use_cache: bool = True):
     """The (cached) task plane θ0 + α_i τ_i + α_j τ_j of a variant, on both tasks' data → ``Plane``.
     ``merge_point`` (α_i, α_j) only adds a marker (not part of the cache key)."""
-    from .evaluate import Evaluator
-    from .landscape import Plane, grid, task_plane
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.analytics.landscape import Plane, grid, task_plane
 
     _check_tasks(zoo, task_i, task_j)
     _check_variant(zoo, variant)
@@ -376,8 +376,8 @@ def random_plane_for(zoo, task: str, variant: str | None, lo: float = -1.0, hi: 
                      seed: int = 0, n_per_task: int = 256, data_seed: int = 0, split: str = "val",
                      progress: Progress | None = None, use_cache: bool = True):
     """Filter-normalized random plane around θ_task (``variant``) or θ0 (``variant=None``), on the task's data."""
-    from .evaluate import Evaluator
-    from .landscape import Plane, grid, random_plane
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.analytics.landscape import Plane, grid, random_plane
 
     _check_tasks(zoo, task)
     if variant is not None:
@@ -400,8 +400,8 @@ def interpolation_for(zoo, task: str, variant: str, merged: Mapping[str, torch.T
                       progress: Progress | None = None, use_cache: bool = True) -> dict:
     """1-D curves: {"finetuned": Curve θ0→θ_task on the task; "merged": Curve θ0→merged on ``merged_tasks``
     (default: every zoo task), if ``merged`` is given}."""
-    from .evaluate import Evaluator, params_digest
-    from .landscape import Curve, interpolate
+    from sammerge.evaluation.evaluator import Evaluator, params_digest
+    from sammerge.analytics.landscape import Curve, interpolate
 
     _check_tasks(zoo, task)
     _check_variant(zoo, variant)
@@ -434,8 +434,8 @@ def disentanglement_for(zoo, task_1: str, task_2: str, variant: str, lo: float =
                         n: int = 11, n_per_task: int = 256, seed: int = 0, split: str = "val",
                         progress: Progress | None = None, use_cache: bool = True):
     """(Cached) disentanglement-error heatmap of a task pair for a variant → ``Disentanglement``."""
-    from .evaluate import Evaluator
-    from .interference import Disentanglement, disentanglement_error
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.analytics.interference import Disentanglement, disentanglement_error
 
     _check_tasks(zoo, task_1, task_2)
     _check_variant(zoo, variant)
@@ -458,7 +458,7 @@ def cross_task_linearity_for(zoo, task_i: str, task_j: str, variant: str, n_imag
                              alphas: Sequence[float] | None = None, split: str = "val",
                              use_cache: bool = True) -> dict[str, list[float]]:
     """(Cached) cross-task linearity per block between θ_i and θ_j of a variant, on n_images of each task."""
-    from .interference import cross_task_linearity
+    from sammerge.analytics.interference import cross_task_linearity
 
     _check_tasks(zoo, task_i, task_j)
     _check_variant(zoo, variant)
@@ -478,8 +478,8 @@ def sharpness_for(zoo, params: Mapping[str, torch.Tensor], task: str, n_images: 
                   use_cache: bool = True, **settings) -> dict:
     """(Cached) sharpness measures of any parameters (e.g. a merged model) on a task's fixed batch,
     with the same settings as ``analyze_zoo`` unless overridden."""
-    from .evaluate import params_digest
-    from .sharpness import fixed_batch
+    from sammerge.evaluation.evaluator import params_digest
+    from sammerge.analytics.sharpness import fixed_batch
 
     _check_tasks(zoo, task)
     s = _merged_settings("sharpness", False, settings, n_images)

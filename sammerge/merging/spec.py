@@ -20,9 +20,9 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .errors import CheckpointError, ConfigError, SammergeError
-from .io import atomic_write_text, load_state_dict, sha256_file
-from .merge import check_compatible, get_method
+from sammerge.errors import CheckpointError, ConfigError, SammergeError
+from sammerge.io import atomic_write_text, load_state_dict, sha256_file
+from sammerge.merging.methods import check_compatible, get_method
 
 __all__ = ["TaskEntry", "MergeConfig", "library_version", "method_kwargs", "to_mergekit_yaml",
            "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "resolve_and_merge",
@@ -36,7 +36,7 @@ MERGEKIT_TO_OURS = {v: k for k, v in OURS_TO_MERGEKIT.items()}
 
 def library_version() -> str:
     """``sammerge.__version__`` (the installed distribution's version, or 0.1.0 from a bare source tree)."""
-    from . import __version__
+    from sammerge import __version__
     return str(__version__)
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .errors import ConfigError
-from .landscape import combine
+from sammerge.errors import ConfigError
+from sammerge.analytics.landscape import combine
 
 Params = Mapping[str, torch.Tensor]
 Progress = Callable[[int, int], None]

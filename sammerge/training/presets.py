@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import ConfigError
-from .model import EncoderConfig
+from sammerge.errors import ConfigError
+from sammerge.training.model import EncoderConfig
 
 
 class _Strict(BaseModel):

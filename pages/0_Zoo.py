@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui
-from sammerge.explorer import checkpoint_table, load_analysis_for, sharpness_sentence
+from sammerge.webapp import ui
+from sammerge.explorer.service import checkpoint_table, load_analysis_for, sharpness_sentence
 
 ui.page_setup("Zoo")
 st.title("sammerge · model-merging explorer")

@@ -17,9 +17,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .evaluate import Evaluator, TaskResult
-from .merge import get_method
+from sammerge.errors import ConfigError
+from sammerge.evaluation.evaluator import Evaluator, TaskResult
+from sammerge.merging.methods import get_method
 
 StateDict = dict[str, torch.Tensor]
 LAMBDA_GRID: list[float] = [round(0.05 * i, 2) for i in range(21)]

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from sammerge.errors import ConfigError
 
 Params = Mapping[str, torch.Tensor]
 Progress = Callable[[int, int], None]

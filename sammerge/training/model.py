@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.func import functional_call
 
-from .errors import ConfigError
+from sammerge.errors import ConfigError
 
 
 class EncoderConfig(BaseModel):
@@ -104,7 +104,7 @@ def heads_to_state_dict(heads: Mapping[str, Head]) -> dict[str, torch.Tensor]:
 
 
 def heads_from_state_dict(state_dict: Mapping[str, torch.Tensor], tasks: list[str], source: str) -> dict[str, Head]:
-    from .errors import CheckpointError
+    from sammerge.errors import CheckpointError
 
     heads = {}
     for task in tasks:

@@ -57,7 +57,7 @@ def open_zoo_cached(path: str | Path):
 def ensure_demo_zoo():
     """The demo zoo: opened from the on-disk cache or built now with visible progress."""
     from sammerge.data import load_benchmark
-    from sammerge.presets import get_preset
+    from sammerge.training.presets import get_preset
     from sammerge.zoo import data_sha256, default_zoo_dir, ensure_zoo
 
     preset = demo_preset()
@@ -123,7 +123,7 @@ def zoo_sidebar():
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _explorer_cached(path: str, manifest_mtime: float):
-    from sammerge.explorer import Explorer
+    from sammerge.explorer.service import Explorer
     return Explorer(open_zoo_cached(path))
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .errors import ConfigError
-from .model import Head, pick_device
+from sammerge.errors import ConfigError
+from sammerge.training.model import Head, pick_device
 
 Params = Mapping[str, torch.Tensor]
 

@@ -20,8 +20,11 @@ class SAM(torch.optim.Optimizer):
         loss_fn().backward(); opt.first_step(zero_grad=True)
         loss_fn().backward(); opt.second_step(zero_grad=True)
 
-    or ``opt.step(closure)`` where ``closure`` zeroes nothing and returns the loss after backward.
-    LR schedulers should wrap ``opt.base_optimizer``.
+    or ``loss = opt.step(closure)`` where ``closure`` zeroes nothing, calls backward and returns the loss:
+    ``step`` clears the gradients before each of its two evaluations, returns the loss at w, and leaves
+    ``.grad`` holding the gradient at w + e(w) that the base step used.
+    LR schedulers should wrap ``opt.base_optimizer``. ``state_dict()`` holds SAM's groups (ρ, adaptive and
+    the base hyperparameters) and, under ``"base_optimizer"``, the base optimizer's state (e.g. AdamW moments).
     """
 
     def __init__(self, params: Iterable, base_optimizer_cls: type[torch.optim.Optimizer], rho: float = 0.05,
@@ -79,12 +82,23 @@ class SAM(torch.optim.Optimizer):
         if closure is None:
             raise ValueError("SAM.step needs a closure that recomputes the loss and calls backward()")
         closure = torch.enable_grad()(closure)
+        self.zero_grad(set_to_none=True)  # the closure zeroes nothing: drop gradients left from earlier steps
         loss = closure()
         self.first_step(zero_grad=True)
         closure()
         self.second_step()
         return loss
 
-    def load_state_dict(self, state_dict) -> None:  # keep the base optimizer's groups shared
-        super().load_state_dict(state_dict)
+    def state_dict(self) -> dict:
+        state = super().state_dict()  # SAM's own state (a pending e(w)) and the shared param groups
+        state["base_optimizer"] = self.base_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict) -> None:
+        if "base_optimizer" not in state_dict:
+            raise ValueError("SAM.load_state_dict: no 'base_optimizer' entry (a state dict from SAM.state_dict() "
+                             "has one); the base optimizer's state cannot be restored")
+        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
+        # keep one set of param groups, shared by SAM and the base optimizer (LR schedulers on either see it)
         self.base_optimizer.param_groups = self.param_groups

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from sammerge.evaluation.evaluator import Evaluator
-    from sammerge.analytics.landscape import combine, grid, task_plane
+    from sammerge.analytics.landscape import grid, task_plane
+    from sammerge.merging import linear_combination
     from sammerge.analytics.sharpness import HessianOperator, hvp, num_params, task_loss_fn, top_eigenvalues
 
     enc, theta0, theta1, tau1, tau2, heads, data, source = _demo_setup(args.zoo, 512)
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for a, b in points:
         model = copy.deepcopy(enc)
-        model.load_state_dict(combine(theta0, [tau1, tau2], [a, b]))
+        model.load_state_dict(linear_combination(theta0, [tau1, tau2], [a, b]))
         with torch.no_grad():
             feats = model(images)
             for i, (t, (_, yy)) in enumerate(data256.items()):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sammerge.evaluation.evaluator import Evaluator  # noqa: E402
-from sammerge.merging.methods import linear_combination  # noqa: E402
+from sammerge.merging import linear_combination  # noqa: E402
 from sammerge.evaluation.search import LAMBDA_GRID, coarse_to_fine_lambda, scaled  # noqa: E402
 from sammerge.zoo import ensure_zoo, open_zoo  # noqa: E402
 

@@ -11,7 +11,7 @@ from sammerge.merging.spec import MergeConfig, from_mergekit_yaml, is_mergekit_c
 from sammerge.errors import ConfigError, SammergeError
 from sammerge.explorer.service import (MergeState, figure_html, figure_png, method_choices,  # noqa: E402
                                png_available, sam_vs_plain_sentence, variant_label)
-from sammerge.merging.methods import get_method
+from sammerge.merging import get_method
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
 st.title("Merge explorer")

@@ -9,7 +9,7 @@ import torch
 from sammerge.merging.spec import MergeConfig, resolve_and_merge
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
-from sammerge.merging.methods import get_method
+from sammerge.merging import get_method
 
 
 def config_from_zoo(zoo, method: str, params: Mapping | None = None,

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sammerge import __version__
 from sammerge.errors import CheckpointError, ZooError
+from sammerge.merging.task_vector import TaskVector, task_vector
 from sammerge.io import atomic_dir, atomic_write_text, load_state_dict, save_state_dict, sha256_file
 from sammerge.training.model import EncoderConfig, Head, create_encoder, encoder_params, heads_from_state_dict, heads_to_state_dict, pick_device
 from sammerge.training.presets import VariantSpec, ZooRecipe
@@ -204,8 +205,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
                 params = encoder_params(encoder)
                 rel = f"finetuned/{task}__{variant.name}.safetensors"
                 save_state_dict(params, tmp / rel, {"task": task, "variant": variant.name})
-                tv_norm = float(torch.sqrt(sum(((params[k] - theta0[k]).float() ** 2).sum()
-                                               for k in theta0 if theta0[k].is_floating_point())))
+                tv_norm = TaskVector(pretrained=theta0, finetuned=params).norm()
                 scores = _scores(encoder, heads[task], bench.tasks[task], tr_x, tr_y, recipe)
                 method = {"optimizer": recipe.finetune.optimizer, "lr": recipe.finetune.lr,
                           "weight_decay": recipe.finetune.weight_decay, "steps": variant.steps or recipe.finetune.steps,
@@ -306,8 +306,7 @@ class Zoo:
 
     def task_vector(self, task: str, variant: str) -> dict[str, torch.Tensor]:
         """τ_t = θ_t − θ0."""
-        theta0 = self.pretrained()
-        return {k: v - theta0[k] for k, v in self.finetuned(task, variant).items()}
+        return task_vector(self.finetuned(task, variant), self.pretrained(), check_finite=False)
 
     @cached_property
     def heads(self) -> dict[str, Head]:

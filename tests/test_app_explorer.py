@@ -23,7 +23,7 @@ def lib(tiny_zoo):
 
 def expected(lib, method="task_arithmetic", variants=None, tasks=None, **params):
     """Per-task val accuracy of a merge computed directly with the library (not through the app facade)."""
-    from sammerge.merging.methods import get_method
+    from sammerge.merging import get_method
 
     zoo, evaluator = lib
     tasks = tasks or zoo.tasks

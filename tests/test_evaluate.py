@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from sammerge.cli import main as cli_main
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, params_digest
-from sammerge.merging.methods import get_method
+from sammerge.merging import get_method
 from sammerge.evaluation.search import LAMBDA_GRID, paper_table, search_per_task_lambdas, sweep_shared_lambda
 from sammerge.workflows import config_from_zoo, evaluate_config
 from sammerge.zoo import open_zoo

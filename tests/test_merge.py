@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sammerge.errors import ConfigError, MergeError
-from sammerge.merging.methods import (MERGE_METHODS, TaskVector, apply_task_vector, breadcrumbs_mask, check_compatible,
+from sammerge.merging import (MERGE_METHODS, TaskVector, apply_task_vector, breadcrumbs_mask, check_compatible,
                             get_method, linear_combination, task_vector, trim_magnitude)
 
 

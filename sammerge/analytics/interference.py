@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from sammerge.errors import ConfigError
-from sammerge.analytics.landscape import combine
+from sammerge.merging.task_vector import linear_combination
 
 Params = Mapping[str, torch.Tensor]
 Progress = Callable[[int, int], None]
@@ -141,14 +141,14 @@ def disentanglement_error(evaluator, theta0: Params, tau1: Params, tau2: Params,
     single1, single2 = [], []
     for alphas, tau, sink, task in ((a1, tau1, single1, t1), (a2, tau2, single2, t2)):
         for start in range(0, len(alphas), chunk):
-            settings = [combine(theta0, [tau], [a]) for a in alphas[start:start + chunk]]
+            settings = [linear_combination(theta0, [tau], [a], validate=False) for a in alphas[start:start + chunk]]
             sink.extend(p[task] for p in batched_predictions(evaluator, settings, chunk))
             tick(len(settings))
     xi = np.zeros((len(a1), len(a2)))
     points = [(i, j) for i in range(len(a1)) for j in range(len(a2))]
     for start in range(0, len(points), chunk):
         part = points[start:start + chunk]
-        settings = [combine(theta0, [tau1, tau2], [a1[i], a2[j]]) for i, j in part]
+        settings = [linear_combination(theta0, [tau1, tau2], [a1[i], a2[j]], validate=False) for i, j in part]
         for (i, j), pred in zip(part, batched_predictions(evaluator, settings, chunk)):
             xi[i, j] = (float((pred[t1] != single1[i]).float().mean())
                         + float((pred[t2] != single2[j]).float().mean()))

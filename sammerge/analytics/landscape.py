@@ -13,25 +13,10 @@ import numpy as np
 import torch
 
 from sammerge.errors import ConfigError
+from sammerge.merging.task_vector import linear_combination, task_vector
 
 Params = Mapping[str, torch.Tensor]
 Progress = Callable[[int, int], None]
-
-
-def combine(base: Params, directions: Sequence[Params], coeffs: Sequence[float]) -> dict[str, torch.Tensor]:
-    """base + Σ c_k d_k over floating tensors (other tensors copied from base). Task arithmetic:
-    ``combine(θ0, [τ_1, …], [α_1, …])``."""
-    out = {}
-    for key, value in base.items():
-        if not value.is_floating_point():
-            out[key] = value
-            continue
-        acc = value.clone()
-        for d, c in zip(directions, coeffs):
-            if c != 0 and key in d:
-                acc.add_(d[key].to(acc.dtype), alpha=float(c))
-        out[key] = acc
-    return out
 
 
 def _evaluate_points(evaluator, points: Sequence[Sequence[float]], base: Params, directions: Sequence[Params],
@@ -44,7 +29,7 @@ def _evaluate_points(evaluator, points: Sequence[Sequence[float]], base: Params,
         progress(0, n)
     for start in range(0, n, chunk):
         idx = range(start, min(start + chunk, n))
-        settings = [combine(base, directions, points[i]) for i in idx]
+        settings = [linear_combination(base, directions, points[i], validate=False) for i in idx]
         for i, result in zip(idx, evaluator.evaluate_many(settings, chunk_size=chunk)):
             for t, r in result.items():
                 loss[t][i] = r.loss
@@ -77,18 +62,9 @@ def interpolate(evaluator, start: Params, end: Params, alphas: Sequence[float] |
                 progress: Progress | None = None, chunk: int = 4, label: str = "") -> Curve:
     """Loss/accuracy of every evaluator task along θ(α) = start + α (end − start)."""
     alphas = np.linspace(0, 1, 11) if alphas is None else np.asarray(alphas, dtype=float)
-    direction = {k: (end[k] - v) if v.is_floating_point() else v for k, v in start.items()}
+    direction = task_vector(end, start, check_finite=False)
     loss, acc = _evaluate_points(evaluator, [[a] for a in alphas], start, [direction], progress, chunk)
     return Curve(alphas, loss, acc, label)
-
-
-def task_arithmetic(theta0: Params, task_vectors: Sequence[Params], alphas: Sequence[float] | float) -> dict:
-    """θ0 + Σ α_t τ_t (one α for all or one per task vector)."""
-    if isinstance(alphas, (int, float)):
-        alphas = [float(alphas)] * len(task_vectors)
-    if len(alphas) != len(task_vectors):
-        raise ConfigError(f"task arithmetic: {len(alphas)} coefficients for {len(task_vectors)} task vectors")
-    return combine(theta0, task_vectors, alphas)
 
 
 # -- 2-D planes ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sammerge.io import atomic_write_text
-    from sammerge.merging.methods import get_method
+    from sammerge.merging import get_method
     from sammerge.evaluation.search import DEFAULT_TABLE_METHODS, paper_table
     from sammerge.zoo import open_zoo
 

@@ -19,7 +19,7 @@ import torch
 
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
-from sammerge.merging.methods import get_method
+from sammerge.merging import get_method
 
 StateDict = dict[str, torch.Tensor]
 LAMBDA_GRID: list[float] = [round(0.05 * i, 2) for i in range(21)]

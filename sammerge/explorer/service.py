@@ -25,7 +25,7 @@ import torch
 from sammerge.merging.spec import MergeConfig, library_version, to_mergekit_yaml
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
-from sammerge.merging.methods import MergeMethod, ParamSpec, get_method, list_methods
+from sammerge.merging import MergeMethod, ParamSpec, get_method, list_methods
 
 __all__ = ["MergeState", "Explorer", "VARIANT_COLORS", "variant_label", "method_choices", "sam_vs_plain_sentence",
            "figure_html", "DEFAULT_METHOD", "DEFAULT_LAMBDA", "EXPLORER_SPLIT", "EXPLORER_N_PER_TASK"]

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from sammerge.errors import CheckpointError, ConfigError, SammergeError
 from sammerge.io import atomic_write_text, load_state_dict, sha256_file
-from sammerge.merging.methods import check_compatible, get_method
+from sammerge.merging import check_compatible, get_method
 
 __all__ = ["TaskEntry", "MergeConfig", "library_version", "method_kwargs", "to_mergekit_yaml",
            "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "resolve_and_merge",

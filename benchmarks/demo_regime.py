@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sammerge.evaluation.evaluator import Evaluator  # noqa: E402
 from sammerge.training.presets import get_preset  # noqa: E402
-from sammerge.evaluation.search import LAMBDA_GRID, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
+from sammerge.evaluation.search import lambda_grid, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
+LAMBDA_GRID = lambda_grid("task_arithmetic")
 from sammerge.zoo import build_zoo, open_zoo  # noqa: E402
 
 LAMBDAS = LAMBDA_GRID
@@ -42,7 +43,7 @@ def measure(zoo, n_val: int | None = None) -> dict:
         merged_mean = sweep.test_mean
         indiv_mean = statistics.mean(indiv.values())
         direction = merged_direction("task_arithmetic", theta0, tvs)
-        test_curve = [test.mean_accuracy(r) for r in test.evaluate_many([scaled(theta0, direction, lam)
+        test_curve = [mean_accuracy(r) for r in test.evaluate_many([scaled(theta0, direction, lam)
                                                                           for lam in LAMBDAS])]
         out["variants"][variant] = {
             "individual_test": indiv_mean, "individual_per_task": indiv,

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sammerge.evaluation.evaluator import Evaluator  # noqa: E402
 from sammerge.merging import linear_combination  # noqa: E402
-from sammerge.evaluation.search import LAMBDA_GRID, coarse_to_fine_lambda, scaled  # noqa: E402
+from sammerge.evaluation.search import lambda_grid, coarse_to_fine_lambda, scaled  # noqa: E402
+LAMBDA_GRID = lambda_grid("task_arithmetic")
 from sammerge.zoo import ensure_zoo, open_zoo  # noqa: E402
 
 
@@ -153,7 +154,7 @@ def main() -> int:
     t_grid, grid_results = timed(engine_grid, reps_grid)
     t_grid_loop, _ = timed(engine_grid_loop, reps_grid)
     t_grid_naive, naive_grid = timed(lambda: [naive.evaluate(tvs, [lam] * T) for lam in LAMBDA_GRID], reps_grid)
-    grid_means = [engine.mean_accuracy(r) for r in grid_results]
+    grid_means = [mean_accuracy(r) for r in grid_results]
     for r, nr in zip(grid_results, naive_grid):
         for t in zoo.tasks:
             assert r[t].accuracy == nr[t][0]

@@ -4,8 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from sammerge.webapp import ui
-from sammerge.explorer.service import checkpoint_table, load_analysis_for, sharpness_sentence
-
+from sammerge.explorer.analysis_views import checkpoint_table, load_analysis_for, sharpness_sentence
 ui.page_setup("Zoo")
 st.title("sammerge · model-merging explorer")
 st.markdown(

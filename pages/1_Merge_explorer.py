@@ -6,12 +6,14 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from sammerge.webapp import ui
-from sammerge.merging.spec import MergeConfig, from_mergekit_yaml, is_mergekit_config
 from sammerge.errors import ConfigError, SammergeError
-from sammerge.explorer.service import (MergeState, figure_html, figure_png, method_choices,  # noqa: E402
-                               png_available, sam_vs_plain_sentence, variant_label)
-from sammerge.merging import get_method
+from sammerge.explorer.exports import figure_html, figure_png, model_card, png_available, weights_bytes
+from sammerge.explorer.figures import bar_figure, radar_figure, sam_vs_plain_sentence, sweep_figure
+from sammerge.explorer.service import method_choices
+from sammerge.explorer.style import variant_label
+from sammerge.merging import (DENSITIES, LAMBDA, WEIGHTS, MergeSpec, from_mergekit_yaml, get_method,
+                              is_mergekit_config, to_mergekit_yaml)
+from sammerge.webapp import ui
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
 st.title("Merge explorer")
@@ -58,41 +60,49 @@ def _clamp_for(spec, value):
     return value
 
 
-def push_state(state: MergeState, only_missing: bool = False) -> None:
-    """Write a state into the widgets' session-state keys (only before the widgets are created).
+def push_state(state: MergeSpec, only_missing: bool = False) -> None:
+    """Write a spec into the widgets' session-state keys (only before the widgets are created).
 
-    ``only_missing``: fill only keys Streamlit dropped (it forgets widget values when the user visits another page).
+    Tasks the spec leaves out are unticked and keep their other settings. ``only_missing``: fill only keys
+    Streamlit dropped (it forgets widget values when the user visits another page).
     """
-    target = {}
-    target[f"{W}method"] = state.method
+    target = {f"{W}method": state.method}
     spec = state.spec
     for p in spec.global_params:
         target[k_param(state.method, p.name)] = _clamp_for(p, state.params[p.name])
-    wspec = next((p for p in spec.per_model_params if p.name == "weights"), None)
-    dspec = next((p for p in spec.per_model_params if p.name == "densities"), None)
-    for t in state.tasks:
-        target[k_inc(t)] = t in state.included
-        target[k_var(t)] = state.variants[t]
-        if wspec is not None:
-            target[k_w(t)] = float(_clamp_for(wspec, state.weights[t]))
-        if dspec is not None:
-            d = state.densities.get(t)
-            target[k_d(t)] = float(_clamp_for(dspec, d if d is not None else state.params.get("density", 1.0)))
+    wspec = next((p for p in spec.per_model_params if p.name == WEIGHTS), None)
+    dspec = next((p for p in spec.per_model_params if p.name == DENSITIES), None)
+    entries = {t.task: t for t in state.tasks}
+    fallback = state.uniform_variant() or zoo.variants[0]
+    for t in zoo.tasks:
+        e = entries.get(t)
+        target[k_inc(t)] = e is not None
+        if e is not None:
+            target[k_var(t)] = e.variant
+            if wspec is not None:
+                target[k_w(t)] = float(_clamp_for(wspec, e.weight))
+            if dspec is not None:
+                target[k_d(t)] = float(_clamp_for(dspec, e.density if e.density is not None
+                                                  else state.params.get("density", 1.0)))
+        else:
+            ss.setdefault(k_var(t), fallback)
+            if wspec is not None:
+                ss.setdefault(k_w(t), 1.0)
     if dspec is not None:
-        target[f"{W}dens_on"] = any(state.densities.get(t) is not None for t in state.tasks)
+        target[f"{W}dens_on"] = any(e.density is not None for e in state.tasks)
     for key, value in target.items():
         if not only_missing or key not in ss:
             ss[key] = value
 
 
-def initial_state() -> MergeState:
+def initial_state() -> MergeSpec:
     query = dict(st.query_params)
     if "method" in query:
-        state, warnings = MergeState.from_query(query, zoo)
+        state, warnings = MergeSpec.from_query(query, zoo)
         for w in warnings:
             st.warning(w, icon=":material/link:")
         return state
-    return MergeState.default(zoo)
+    return MergeSpec.default_for_zoo(zoo)
 
 
 # -- state bootstrapping: a new zoo, a link, or a pending change from a button --------------------
@@ -105,7 +115,7 @@ elif came_from != "Merge explorer":
 ui.seed_widget(f"{W}view", "Per-task bars")
 
 
-def request(state: MergeState, message: str | None = None) -> None:
+def request(state: MergeSpec, message: str | None = None) -> None:
     """Callback helper: apply ``state`` to the controls at the start of the next run."""
     ss[f"{W}pending"] = state
     if message:
@@ -113,7 +123,9 @@ def request(state: MergeState, message: str | None = None) -> None:
 
 
 def on_all_variant(variant: str) -> None:
-    request(ss[f"{W}state"].with_all_variants(variant))
+    for t in zoo.tasks:  # every task's checkpoint radio, merged or not
+        ss[k_var(t)] = variant
+    request(ss[f"{W}state"].with_variants(variant, zoo))
 
 
 def on_best_lambda() -> None:
@@ -137,8 +149,8 @@ def on_import() -> None:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
                 raise ConfigError(f"not valid JSON or YAML ({str(exc).splitlines()[0]})") from None
-        cfg = from_mergekit_yaml(data) if is_mergekit_config(data) else MergeConfig.from_dict(data)
-        state, warnings = MergeState.from_config(cfg, zoo)
+        cfg = from_mergekit_yaml(data) if is_mergekit_config(data) else MergeSpec.from_dict(data)
+        state, warnings = cfg.rebased(zoo)
     except SammergeError as exc:
         ss[f"{W}import_error"] = str(exc)
         return
@@ -167,7 +179,7 @@ def param_control(spec, key: str, label: str | None = None):
 # -- the live part of the page: only this reruns when a control moves --------------------------------
 @st.fragment
 def explorer() -> None:
-    state: MergeState = ss[f"{W}state"]
+    state: MergeSpec = ss[f"{W}state"]
     if f"{W}pending" in ss:
         state = ss.pop(f"{W}pending")
         push_state(state)
@@ -177,8 +189,8 @@ def explorer() -> None:
             sweeps = ex.sweeps(state, progress=ui.progress_callback(bar, "λ sweep on validation"))
         bar.empty()
         best = sweeps["current"].best_lambda
-        state = state.with_params(**{"lambda": best})
-        ss[k_param(state.method, "lambda")] = best
+        state = state.with_params(**{LAMBDA: best})
+        ss[k_param(state.method, LAMBDA)] = best
         ss[f"{W}flash"] = (f"λ set to {best:g}, the best shared λ on validation for this choice of checkpoints "
                            f"(mean accuracy {sweeps['current'].best_val_mean:.1%}).")
     if f"{W}flash" in ss:
@@ -186,17 +198,22 @@ def explorer() -> None:
 
     controls, results = st.columns([1.1, 2], gap="large")
     with controls:
-        state = controls_panel(state)
-    ss[f"{W}state"] = state
-    query = state.to_query()
+        spec = controls_panel(state)
+    if spec is not None:
+        ss[f"{W}state"] = spec
+        ui.set_current_merge(spec)
+        query = spec.to_query()
+    else:
+        query = {**state.to_query(), "tasks": "-"}
     if dict(st.query_params) != query:
         st.query_params.from_dict(query)
     with results:
-        results_panel(state)
-    export_panel(state)
+        results_panel(spec)
+    export_panel(spec)
 
 
-def controls_panel(state: MergeState) -> MergeState:
+def controls_panel(state: MergeSpec) -> MergeSpec | None:
+    """Draw the controls; returns the spec they show (validated once), or None when no task is ticked."""
     st.subheader("1 · Method")
     methods = method_choices()
     method = st.selectbox("Merge method", methods, key=f"{W}method",
@@ -210,50 +227,61 @@ def controls_panel(state: MergeState) -> MergeState:
     spec = state.spec
     st.caption(spec.description + (f" [paper]({spec.reference})" if spec.reference else ""))
     params = {}
-    ordered = sorted(spec.global_params, key=lambda p: p.name != "lambda")
+    ordered = sorted(spec.global_params, key=lambda p: p.name != LAMBDA)
     for p in ordered:
-        label = "Global λ (scales the merged task vector)" if p.name == "lambda" else None
+        label = "Global λ (scales the merged task vector)" if p.name == LAMBDA else None
         params[p.name] = param_control(p, k_param(method, p.name), label)
-    state = state.evolve(params=params)
 
     st.subheader("2 · Tasks and checkpoints")
-    wspec = next((p for p in spec.per_model_params if p.name == "weights"), None)
+    wspec = next((p for p in spec.per_model_params if p.name == WEIGHTS), None)
     st.caption("Tick a task to merge it; choose its fine-tuned checkpoint (SAM or plain)"
                + ("; the slider is its own coefficient λ_t (its task vector is scaled by λ·λ_t)." if wspec else "."))
     shortcut_cols = st.columns(len(zoo.variants))
     for col, v in zip(shortcut_cols, zoo.variants):
         col.button(f"All {variant_label(v)}", key=f"{W}all_{v}", on_click=on_all_variant, args=(v,),
                    width="stretch", help=f"Use the {variant_label(v)} checkpoint for every task.")
-    included, variants, weights = [], dict(state.variants), dict(state.weights)
+    included, variants, weights = [], {}, {}
     for t in zoo.tasks:
         c1, c2 = st.columns([1.25, 1], vertical_alignment="center")
         with c1:
             if st.checkbox(t, key=k_inc(t), help=zoo.benchmark.tasks[t].description or None):
                 included.append(t)
         with c2:
+            ui.seed_widget(k_var(t), zoo.variants[0])
             variants[t] = st.radio(f"checkpoint for {t}", zoo.variants, key=k_var(t), horizontal=True,
                                    format_func=variant_label, label_visibility="collapsed")
         if wspec:
             lo, hi = wspec.slider_range
+            ui.seed_widget(k_w(t), 1.0)
             weights[t] = round(float(st.slider(f"λ_t for {t}", float(lo), float(hi), step=float(wspec.step),
                                                key=k_w(t), label_visibility="collapsed", help=wspec.help)), 6)
     densities = {t: None for t in zoo.tasks}
-    dspec = next((p for p in spec.per_model_params if p.name == "densities"), None)
+    dspec = next((p for p in spec.per_model_params if p.name == DENSITIES), None)
     if dspec is not None:
         with st.expander("Per-task density (optional)"):
             if st.toggle("Set a density per task", key=f"{W}dens_on", help=dspec.help):
                 lo, hi = dspec.slider_range
                 for t in zoo.tasks:
-                    ui.seed_widget(k_d(t), float(state.params.get("density", 1.0)))
+                    ui.seed_widget(k_d(t), float(params.get("density", 1.0)))
                     densities[t] = round(float(st.slider(f"density for {t}", float(lo), float(hi),
                                                          step=float(dspec.step), key=k_d(t))), 6)
             else:
                 st.caption("Off: every task uses the global density.")
-    return state.evolve(included=tuple(included), variants=variants, weights=weights, densities=densities)
+    if not included:
+        return None
+    with ui.friendly_errors("merge"):
+        return MergeSpec.for_zoo(zoo, method, params, {t: variants[t] for t in included},
+                                 {t: weights[t] for t in included if t in weights},
+                                 {t: densities[t] for t in included}, tasks=included)
 
 
-def results_panel(state: MergeState) -> None:
-    if not state.included:
+def grid_text(state: MergeSpec) -> str:
+    lo, hi, step = state.spec.lambda_range
+    return f"{lo:g}, {lo + step:g}, …, {hi:g}"
+
+
+def results_panel(state: MergeSpec | None) -> None:
+    if state is None:
         st.info("No task is selected: tick at least one task to merge.", icon=":material/touch_app:")
         return
     st.subheader("3 · Result")
@@ -264,15 +292,14 @@ def results_panel(state: MergeState) -> None:
     showing = st.empty()
     # the merge the user just changed first (streamed to the page), then its all-plain / all-SAM twins
     with ui.friendly_errors("merge"):
-        state.validate()
-        cur = ex.summary(state, ex.evaluate(state))
-    cols[0].metric("Mean accuracy", f"{cur['mean']:.1%}")
-    cols[1].metric("Normalized accuracy", f"{cur['normalized']:.1%}")
+        cur = ex.summary(state)
+    cols[0].metric("Mean accuracy", f"{cur.mean:.1%}")
+    cols[1].metric("Normalized accuracy", f"{cur.normalized:.1%}")
     showing.caption(f"Showing: {state.describe()}")
     with ui.friendly_errors("merge"):
-        compared = ex.compare(state)
-        table = ex.accuracy_table(state, compared)
-        summaries = ex.summaries(state, compared)
+        cmp = ex.compare(state)
+        table = cmp.table()
+        summaries = cmp.summaries()
     others = {v: summaries[v] for v in zoo.variants}
     for col, (v, s) in zip(cols[2:], others.items()):
         ref = next((o for w, o in others.items() if w != v), None)
@@ -287,11 +314,11 @@ def results_panel(state: MergeState) -> None:
     view = st.segmented_control("View", ["Per-task bars", "Radar", "Table"], key=f"{W}view",
                                 selection_mode="single", label_visibility="collapsed") or "Per-task bars"
     if view == "Per-task bars":
-        ui.plot(ex.bar_figure(table, state), key=f"{W}bars", filename="merge-bars")
+        ui.plot(bar_figure(cmp), key=f"{W}bars", filename="merge-bars")
         st.caption("Grey: pretrained encoder; pale: each task's own fine-tuned model; solid: the merged model with all "
                    "plain (blue) or all SAM (red) checkpoints.")
     elif view == "Radar":
-        ui.plot(ex.radar_figure(table, state), key=f"{W}radar", filename="merge-radar")
+        ui.plot(radar_figure(cmp), key=f"{W}radar", filename="merge-radar")
         st.caption("Each spoke is a task; the further out the better. A merge that kept every fine-tuned model's "
                    "skill would trace the dashed outline.")
     else:
@@ -303,13 +330,13 @@ def results_panel(state: MergeState) -> None:
     if not state.has_lambda:
         st.caption(f"{state.spec.label} has no global λ: nothing to sweep.")
         return
-    st.caption("Mean validation accuracy of this merge as the global λ goes from 0 (the pretrained model) to 1, for "
+    st.caption(f"Mean validation accuracy of this merge as the global λ goes over {grid_text(state)} (0: the pretrained model), for "
                "all-plain and all-SAM checkpoints; stars mark each curve's best λ, the dashed line the current λ.")
     c1, c2 = st.columns(2)
     c1.button("Set λ to the best on validation", key=f"{W}best", on_click=on_best_lambda, type="primary",
-              help="Sweeps λ over 0, 0.05, …, 1 on the validation images and moves the global λ slider to the best.")
+              help=f"Sweeps λ over {grid_text(state)} on the validation images and moves the global λ slider to the best.")
     compute = c2.button("Compute the λ sweep", key=f"{W}sweep",
-                        help="21 merges per fine-tuning method, evaluated in batched passes.")
+                        help=f"{len(state.spec.lambda_grid())} merges per fine-tuning method, evaluated in batched passes.")
     sweeps = ex.cached_sweeps(state)
     if sweeps is None and compute:
         bar = st.progress(0.0, text="λ sweep")
@@ -319,21 +346,21 @@ def results_panel(state: MergeState) -> None:
     if sweeps is None:
         st.info("Click **Compute the λ sweep** to draw the curves (a few seconds).", icon=":material/show_chart:")
         return
-    ui.plot(ex.sweep_figure(sweeps, state), key=f"{W}sweepfig", filename="lambda-sweep")
+    ui.plot(sweep_figure(sweeps, state, zoo.variants, ex.split), key=f"{W}sweepfig", filename="lambda-sweep")
     parts = [f"all {variant_label(v)}: best λ {sweeps[v].best_lambda:g} → {sweeps[v].best_val_mean:.1%}"
              for v in zoo.variants]
     st.caption("Best shared λ on validation — " + "; ".join(parts) + ".")
-    ss[f"{W}last_sweeps"] = sweeps
 
 
-def export_panel(state: MergeState) -> None:
+def export_panel(state: MergeSpec | None) -> None:
     st.divider()
     st.subheader("5 · Export, share, import")
-    if not state.included:
+    if state is None:
         st.caption("Select at least one task to export a merge.")
         return
     with ui.friendly_errors("export"):
-        cfg = ex.config(state)
+        cfg = ex.export_spec(state)
+        cmp = ex.compare(state)
     name = f"merge-{state.method}"
     share, downloads, imports = st.tabs(["Share link", "Downloads", "Import a configuration"])
     with share:
@@ -348,39 +375,38 @@ def export_panel(state: MergeState) -> None:
                              key=f"{W}dl_json", on_click="ignore", width="stretch")
         c[1].download_button("Config (YAML)", lambda: cfg.to_yaml(), f"{name}.yaml", "application/x-yaml",
                              key=f"{W}dl_yaml", on_click="ignore", width="stretch")
-        c[2].download_button("mergekit YAML", lambda: ex.mergekit_yaml(state), f"{name}.mergekit.yaml",
+        c[2].download_button("mergekit YAML", lambda: to_mergekit_yaml(state), f"{name}.mergekit.yaml",
                              "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
         c = st.columns(3)
-        c[0].download_button("Merged weights (.safetensors)", lambda: ex.weights_bytes(state), f"{name}.safetensors",
+        c[0].download_button("Merged weights (.safetensors)", lambda: weights_bytes(ex.merge(state), state), f"{name}.safetensors",
                              "application/octet-stream", key=f"{W}dl_st", on_click="ignore",
                              width="stretch", help="The merged encoder; the config is in its metadata.")
-        c[1].download_button("Model card (.md)", lambda: ex.model_card(state), f"{name}.md", "text/markdown",
+        c[1].download_button("Model card (.md)", lambda: model_card(cmp, zoo), f"{name}.md", "text/markdown",
                              key=f"{W}dl_card", on_click="ignore", width="stretch")
-        c[2].download_button("Results table (.csv)", lambda: ex.results_csv(state), f"{name}-results.csv", "text/csv",
+        c[2].download_button("Results table (.csv)", lambda: cmp.table().to_csv(index=False), f"{name}-results.csv", "text/csv",
                              key=f"{W}dl_csv", on_click="ignore", width="stretch")
         c = st.columns(3)
-        table = ex.accuracy_table(state)
-        c[0].download_button("Bar chart (.html)", lambda: figure_html(ex.bar_figure(table, state)),
+        c[0].download_button("Bar chart (.html)", lambda: figure_html(bar_figure(cmp)),
                              f"{name}-bars.html", "text/html", key=f"{W}dl_bars", on_click="ignore",
                              width="stretch")
-        c[1].download_button("Radar chart (.html)", lambda: figure_html(ex.radar_figure(table, state)),
+        c[1].download_button("Radar chart (.html)", lambda: figure_html(radar_figure(cmp)),
                              f"{name}-radar.html", "text/html", key=f"{W}dl_radar", on_click="ignore",
                              width="stretch")
         sweeps = ex.cached_sweeps(state)
         c[2].download_button("λ-sweep chart (.html)",
-                             (lambda: figure_html(ex.sweep_figure(sweeps, state))) if sweeps else "",
+                             (lambda: figure_html(sweep_figure(sweeps, state, zoo.variants, ex.split))) if sweeps else "",
                              f"{name}-sweep.html", "text/html", key=f"{W}dl_sweep", on_click="ignore",
                              width="stretch", disabled=sweeps is None,
                              help=None if sweeps else "Compute the λ sweep first.")
         if png_available():
             c = st.columns(3)
-            c[0].download_button("Bar chart (.png)", lambda: figure_png(ex.bar_figure(table, state)),
+            c[0].download_button("Bar chart (.png)", lambda: figure_png(bar_figure(cmp)),
                                  f"{name}-bars.png", "image/png", key=f"{W}png_bars", on_click="ignore", width="stretch")
-            c[1].download_button("Radar chart (.png)", lambda: figure_png(ex.radar_figure(table, state)),
+            c[1].download_button("Radar chart (.png)", lambda: figure_png(radar_figure(cmp)),
                                  f"{name}-radar.png", "image/png", key=f"{W}png_radar", on_click="ignore",
                                  width="stretch")
             c[2].download_button("λ-sweep chart (.png)",
-                                 (lambda: figure_png(ex.sweep_figure(sweeps, state))) if sweeps else b"",
+                                 (lambda: figure_png(sweep_figure(sweeps, state, zoo.variants, ex.split))) if sweeps else b"",
                                  f"{name}-sweep.png", "image/png", key=f"{W}png_sweep", on_click="ignore",
                                  width="stretch", disabled=sweeps is None)
             st.caption("Charts download as self-contained interactive HTML or as PNG (rendered with kaleido).")

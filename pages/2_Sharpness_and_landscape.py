@@ -1,13 +1,13 @@
 """Sharpness & landscape: how flat is each checkpoint, and what does the loss look like between them?"""
 from __future__ import annotations
 
-
 import streamlit as st
 
 from sammerge.webapp import ui
-from sammerge.analytics import report as an  # noqa: E402
-from sammerge.explorer.service import (SHARPNESS_MEASURES, curve_figure, load_analysis_for, plane_figures,  # noqa: E402
-                               plane_sentence, sharpness_figure, sharpness_sentence, sharpness_wide, variant_label)
+from sammerge.analytics import report as an
+from sammerge.explorer.analysis_views import (SHARPNESS_MEASURES, curve_figure, load_analysis_for, plane_figures,
+                                              plane_sentence, sharpness_figure, sharpness_sentence, sharpness_wide)
+from sammerge.explorer.style import variant_label
 
 ui.page_setup("Sharpness & landscape", "⛰️")
 st.title("Sharpness & loss landscape")
@@ -18,12 +18,6 @@ st.markdown(
 
 zoo = ui.zoo_sidebar()
 ss = st.session_state
-
-
-def progress_fn(bar, label):
-    def progress(stage, done, total):
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {stage} — {done}/{total}")
-    return progress
 
 
 # -- 1. the precomputed analysis --------------------------------------------------------------------------
@@ -37,7 +31,7 @@ if analysis is None:
     if st.button("Compute the analysis", type="primary", key="sh_compute"):
         bar = st.progress(0.0, text="starting")
         with ui.friendly_errors("analysis"):
-            analysis = an.analyze_zoo(zoo, progress=progress_fn(bar, "analysis"), quick=quick)
+            analysis = an.analyze_zoo(zoo, progress=ui.progress_callback(bar, "analysis"), quick=quick)
         bar.empty()
         st.rerun()
 else:
@@ -71,7 +65,7 @@ key_1d = ("1d", str(zoo.path), task_1d)
 if st.button("Compute the curves", key="sh_go_1d") or ss.get("sh_have_1d") == key_1d:
     bar = st.progress(0.0, text="interpolation")
     with ui.friendly_errors("interpolation"):
-        curves = {v: an.interpolation_for(zoo, task_1d, v, progress=progress_fn(bar, variant_label(v)))["finetuned"]
+        curves = {v: an.interpolation_for(zoo, task_1d, v, progress=ui.progress_callback(bar, variant_label(v)))["finetuned"]
                   for v in variants}
     bar.empty()
     ss["sh_have_1d"] = key_1d
@@ -89,10 +83,10 @@ n = c3.select_slider("Grid points per axis", [7, 11, 15, 21], value=11, key="sh_
 what = c4.selectbox("Colour", [f"loss {ti}", f"loss {tj}", "mean loss", "mean accuracy"], index=2, key="sh_what")
 surface = st.toggle("3-D surface instead of contours", key="sh_surface")
 merge_point = None
-state = ss.get("ex_state")
-if state is not None and state.method == "task_arithmetic" and not state.params.get("normalize") \
-        and ti in state.included and tj in state.included:
-    merge_point = (state.lam * state.weights[ti], state.lam * state.weights[tj])
+spec = ui.current_merge(zoo)
+if spec is not None and spec.method == "task_arithmetic" and not spec.params.get("normalize") \
+        and ti in spec.task_names and tj in spec.task_names:
+    merge_point = (spec.lam * spec.weights[ti], spec.lam * spec.weights[tj])
     st.caption(f"★ marks the current merge from the explorer at (α_i, α_j) = ({merge_point[0]:g}, {merge_point[1]:g}).")
 key_plane = ("plane", str(zoo.path), ti, tj, n)
 if ti == tj:
@@ -101,7 +95,7 @@ elif st.button("Compute the planes", key="sh_go_plane", type="primary") or ss.ge
     bar = st.progress(0.0, text="task plane")
     with ui.friendly_errors("task plane"):
         planes = {v: an.task_plane_for(zoo, ti, tj, v, n=n, merge_point=merge_point,
-                                       progress=progress_fn(bar, f"{variant_label(v)} plane")) for v in variants}
+                                       progress=ui.progress_callback(bar, f"{variant_label(v)} plane")) for v in variants}
     bar.empty()
     ss["sh_have_plane"] = key_plane
     z_what = what.replace("loss ", "") if what.startswith("loss ") else what
@@ -124,7 +118,7 @@ key_r = ("random", str(zoo.path), task_r, n_r)
 if st.button("Compute the random planes", key="sh_go_r") or ss.get("sh_have_r") == key_r:
     bar = st.progress(0.0, text="random plane")
     with ui.friendly_errors("random plane"):
-        planes_r = {v: an.random_plane_for(zoo, task_r, v, n=n_r, progress=progress_fn(bar, variant_label(v)))
+        planes_r = {v: an.random_plane_for(zoo, task_r, v, n=n_r, progress=ui.progress_callback(bar, variant_label(v)))
                     for v in variants}
     bar.empty()
     ss["sh_have_r"] = key_r

@@ -1,14 +1,13 @@
 """Interference: do the task vectors of SAM checkpoints get in each other's way less than plain ones?"""
 from __future__ import annotations
 
-
 import streamlit as st
 
 from sammerge.webapp import ui
-from sammerge.analytics import report as an  # noqa: E402
-from sammerge.explorer.service import (disentanglement_figures, disentanglement_from_analysis, layer_norm_figure,  # noqa: E402, E501
-                               layer_norm_sentence,
-                               disentanglement_sentence, load_analysis_for, matrix_figures, matrix_sentence)
+from sammerge.analytics import report as an
+from sammerge.explorer.analysis_views import (disentanglement_figures, disentanglement_from_analysis,
+                                              disentanglement_sentence, layer_norm_figure, layer_norm_sentence,
+                                              load_analysis_for, matrix_figures, matrix_sentence)
 
 ui.page_setup("Interference", "🧲")
 st.title("Interference between tasks")
@@ -22,12 +21,6 @@ zoo = ui.zoo_sidebar()
 analysis = load_analysis_for(zoo)
 
 
-def progress_fn(bar, label):
-    def progress(stage, done, total):
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {stage} — {done}/{total}")
-    return progress
-
-
 if analysis is None:
     st.header("Task-vector cosine similarity")
     st.info("No interference analysis is stored for this zoo yet. Run `sammerge analyze " + str(zoo.path) +
@@ -36,7 +29,7 @@ if analysis is None:
     if st.button("Compute the analysis", type="primary", key="if_compute"):
         bar = st.progress(0.0, text="starting")
         with ui.friendly_errors("analysis"):
-            an.analyze_zoo(zoo, progress=progress_fn(bar, "analysis"), quick=quick)
+            an.analyze_zoo(zoo, progress=ui.progress_callback(bar, "analysis"), quick=quick)
         bar.empty()
         st.rerun()
     st.stop()
@@ -78,7 +71,7 @@ if not results:
             results = {v: an.disentanglement_for(zoo, pair[0], pair[1], v, lo=s["disent_range"][0],
                                                  hi=s["disent_range"][1], n=s["disent_n"],
                                                  n_per_task=s["disent_n_per_task"], seed=s["disent_seed"],
-                                                 split=s["split"], progress=progress_fn(bar, v))
+                                                 split=s["split"], progress=ui.progress_callback(bar, v))
                        for v in zoo.variants}
         bar.empty()
         st.session_state["if_have_pair"] = (str(zoo.path), pair)

@@ -1,12 +1,10 @@
 """The paper's table for this zoo: every merge method at its best λ, plain vs SAM fine-tuning, on test."""
 from __future__ import annotations
 
-
 import streamlit as st
 
 from sammerge.webapp import ui
-from sammerge.explorer.service import paper_latex, paper_sentence, paper_table_display  # noqa: E402
-
+from sammerge.explorer.paper import paper_latex, paper_sentence, paper_table_display
 ui.page_setup("Paper table", "📋")
 st.title("The paper's table")
 st.markdown(

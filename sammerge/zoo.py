@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sammerge import __version__
 from sammerge.errors import CheckpointError, ZooError
+from sammerge.progress import Progress
 from sammerge.merging.task_vector import TaskVector, task_vector
 from sammerge.io import atomic_dir, atomic_write_text, load_state_dict, save_state_dict, sha256_file
 from sammerge.training.model import EncoderConfig, Head, create_encoder, encoder_params, heads_from_state_dict, heads_to_state_dict, pick_device
@@ -104,7 +104,6 @@ def data_sha256(bench) -> str:
     return bench.manifest["npz_sha256"]
 
 
-ProgressFn = Callable[[str, int, int], None]  # (stage description, done, total)
 
 
 def _versions() -> dict[str, str]:
@@ -127,7 +126,7 @@ def _subset_split(split, limit: int | None, seed: int):
 
 
 def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto", overwrite: bool = False,
-              progress: ProgressFn | None = None, benchmark=None) -> "Zoo":
+              progress: Progress | None = None, benchmark=None) -> "Zoo":
     """Build a zoo from a recipe into ``out_dir`` (atomically: a temp dir moved into place at the end)."""
     from sammerge.data import load_benchmark
 
@@ -141,7 +140,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         raise ZooError(f"unknown task '{unknown[0]}' (known: {', '.join(bench.tasks)})")
     dev = pick_device(device)
     torch.manual_seed(recipe.seed)
-    report = progress or (lambda stage, done, total: None)
+    report = progress or (lambda done, total, stage="": None)
 
     total_steps = (recipe.pretrain.steps
                    + sum((v.steps or recipe.finetune.steps) * (2 if v.sam else 1) for v in recipe.variants)
@@ -152,7 +151,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         def on_step(_step: int) -> None:
             nonlocal done
             done += 1
-            report(stage, done, total_steps)
+            report(done, total_steps, stage)
         return on_step
 
     stage_times: dict[str, float] = {}
@@ -170,7 +169,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
 
         # 2. linear probes on frozen pretrained features
         t0 = time.perf_counter()
-        report("fitting linear-probe heads", done, total_steps)
+        report(done, total_steps, "fitting linear-probe heads")
         heads: dict[str, Head] = {}
         pretrained_scores: dict[str, SplitScores] = {}
         data = {}
@@ -373,7 +372,7 @@ def default_zoo_dir() -> Path:
     return root / "zoos"
 
 
-def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, progress: Progress | None = None,
                device: str = "auto") -> Zoo:
     """Open the cached zoo of a preset, building it first if missing or built from another recipe."""
     from sammerge.data import load_benchmark

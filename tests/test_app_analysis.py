@@ -85,7 +85,7 @@ def test_analysis_pages(monkeypatch, bare_zoo):
 
 
 def test_paper_table_page(monkeypatch, tiny_zoo):
-    from sammerge.evaluation.search import paper_table
+    from sammerge.evaluation.protocol import paper_table
     from sammerge.zoo import open_zoo
 
     at = run_page(monkeypatch, tiny_zoo, "pages/4_Paper_table.py")

@@ -221,28 +221,28 @@ def test_state_survives_a_visit_to_another_page(monkeypatch, tiny_zoo, lib):
 
 # -- the facade without Streamlit ----------------------------------------------------------------------------
 
-def test_state_round_trips_for_every_method(tiny_zoo):
-    from sammerge.explorer.service import MergeState, method_choices
+def test_spec_round_trips_for_every_method(tiny_zoo):
+    from sammerge.explorer.service import method_choices
+    from sammerge.merging import MergeSpec
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(tiny_zoo)
     for method in method_choices():
-        state = MergeState.default(zoo).with_method(method).with_all_variants("plain")
-        state = state.evolve(included=("digits", "symbols"), variants={**state.variants, "symbols": "sam"},
-                             weights={**state.weights, "digits": 0.45})
-        back, warnings = MergeState.from_query(state.to_query(), zoo)
+        state = MergeSpec.default_for_zoo(zoo).with_method(method).with_variants("plain", zoo)
+        weights = {"digits": 0.45} if state.has_weights else None
+        state = MergeSpec.for_zoo(zoo, method, state.params, {"digits": "plain", "symbols": "sam"}, weights)
+        back, warnings = MergeSpec.from_query(state.to_query(), zoo)
         assert not warnings, method
-        assert back.key() == state.key() if state.has_weights else back.method_kwargs() == state.method_kwargs()
-        cfg = state.to_config(zoo)
-        restored, warnings = MergeState.from_config(type(cfg).from_json(cfg.to_json()), zoo)
+        assert back.key() == state.key()
+        restored, warnings = MergeSpec.from_json(state.to_json()).rebased(zoo)
         assert not warnings
-        assert restored.method_kwargs() == state.method_kwargs()
-        assert restored.included == state.included
-        assert {t: restored.variants[t] for t in restored.included} == {t: state.variants[t] for t in state.included}
+        assert restored.method_kwargs == state.method_kwargs
+        assert restored.task_names == ["digits", "symbols"]
+        assert restored.variants == {"digits": "plain", "symbols": "sam"}
 
 
 def test_sam_vs_plain_sentence_follows_the_numbers():
-    from sammerge.explorer.service import sam_vs_plain_sentence
+    from sammerge.explorer.figures import sam_vs_plain_sentence
 
     worse = sam_vs_plain_sentence({"plain": {"normalized": 0.80, "mean": 0.7}, "sam": {"normalized": 0.75, "mean": 0.65}})
     assert "does **not** beat" in worse and "5.0 points" in worse
@@ -251,7 +251,7 @@ def test_sam_vs_plain_sentence_follows_the_numbers():
 
 
 def test_png_export_when_kaleido_is_installed():
-    from sammerge.explorer.service import figure_png, png_available
+    from sammerge.explorer.exports import figure_png, png_available
 
     if not png_available():
         pytest.skip("kaleido not installed: charts export as HTML (and PNG from the browser's chart toolbar)")

@@ -1,4 +1,4 @@
-"""MergeConfig I/O, mergekit YAML export/import, resolve_and_merge errors."""
+"""MergeSpec I/O, mergekit YAML export/import, resolve_and_merge errors."""
 import json
 import shutil
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from sammerge.merging.spec import (MergeConfig, from_mergekit_yaml, load_any_config, resolve_and_merge,
+from sammerge.merging import (MergeSpec, from_mergekit_yaml, load_any_config, resolve_and_merge,
                              to_mergekit_yaml)
 from sammerge.errors import CheckpointError, ConfigError, MergeError
 from sammerge.io import save_state_dict, sha256_file
@@ -26,7 +26,7 @@ def files(tmp_path):
 
 def make_cfg(root, method="task_arithmetic", params=None, weights=(1.0, 0.5, 2.0), **extra):
     names = [("digits", "plain"), ("letters", "sam"), ("shapes", "plain")]
-    return MergeConfig.from_dict({
+    return MergeSpec.from_dict({
         "method": method, "params": params or {}, "base_model": "base.safetensors", "zoo": str(root),
         "tasks": [{"task": t, "variant": v, "weight": w, "checkpoint": f"{t}__{v}.safetensors"}
                   for (t, v), w in zip(names, weights)], **extra}, root_dir=root)
@@ -43,7 +43,7 @@ def test_save_load_identical_merge(files, method, params, suffix):
     cfg = make_cfg(files, method, params, results={"digits": {"accuracy": 0.9}})
     merged, resolved = resolve_and_merge(cfg)
     resolved.save(files / f"cfg{suffix}")
-    again = MergeConfig.load(files / f"cfg{suffix}")
+    again = MergeSpec.load(files / f"cfg{suffix}")
     assert again.to_dict() == resolved.to_dict()
     merged2, _ = resolve_and_merge(again)
     assert all(torch.equal(merged[k], merged2[k]) for k in merged)
@@ -96,7 +96,7 @@ def test_mergekit_roundtrip_same_merge(files, method, params):
     assert [t.weight for t in back.tasks] == [1.0, 0.5, 2.0]
     assert [(t.task, t.variant) for t in back.tasks] == [("digits", "plain"), ("letters", "sam"), ("shapes", "plain")]
     if method.startswith("dare"):
-        back = back.model_copy(update={"params": dict(back.params, seed=params.get("seed", 0))})
+        back = back.with_params(seed=params.get("seed", 0))
     merged2, _ = resolve_and_merge(back)
     assert all(torch.allclose(merged[k], merged2[k], atol=1e-6) for k in merged)
 
@@ -152,21 +152,21 @@ def test_config_validation_errors(files):
     with pytest.raises(ConfigError, match="density"):
         make_cfg(files, "ties", {"density": 0.0})
     with pytest.raises(ConfigError, match="field 'tasks.0.density'"):
-        MergeConfig.from_dict({"method": "ties", "base_model": "b", "tasks": [
+        MergeSpec.from_dict({"method": "ties", "base_model": "b", "tasks": [
             {"task": "a", "checkpoint": "a", "density": 2.0}]})
     with pytest.raises(ConfigError, match="field 'tasks'"):
-        MergeConfig.from_dict({"method": "ties", "base_model": "b", "tasks": []})
+        MergeSpec.from_dict({"method": "ties", "base_model": "b", "tasks": []})
     with pytest.raises(ConfigError, match="field 'tasks.0.weight'"):
-        MergeConfig.from_dict({"method": "ties", "base_model": "b", "tasks": [
+        MergeSpec.from_dict({"method": "ties", "base_model": "b", "tasks": [
             {"task": "a", "checkpoint": "a", "weight": float("nan")}]})
     with pytest.raises(ConfigError, match="field 'colour'"):
-        MergeConfig.from_dict({"method": "ties", "base_model": "b", "colour": 1,
+        MergeSpec.from_dict({"method": "ties", "base_model": "b", "colour": 1,
                                "tasks": [{"task": "a", "checkpoint": "a"}]})
     with pytest.raises(ConfigError, match="per task"):
         make_cfg(files, "ties", {"weights": [1, 2, 3]})
     (files / "bad.yaml").write_text("method: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml.*invalid YAML"):
-        MergeConfig.load(files / "bad.yaml")
+        MergeSpec.load(files / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_any_config(files / "nope.yaml")
 

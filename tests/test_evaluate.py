@@ -11,8 +11,10 @@ from sammerge.cli import main as cli_main
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, params_digest
 from sammerge.merging import get_method
-from sammerge.evaluation.search import LAMBDA_GRID, paper_table, search_per_task_lambdas, sweep_shared_lambda
-from sammerge.workflows import config_from_zoo, evaluate_config
+from sammerge.evaluation.evaluator import mean_accuracy
+from sammerge.evaluation.protocol import evaluate_spec, paper_table
+from sammerge.evaluation.search import lambda_grid, search_per_task_lambdas, sweep_shared_lambda
+from sammerge.merging import MergeSpec
 from sammerge.zoo import open_zoo
 
 
@@ -101,9 +103,9 @@ def test_shared_lambda_sweep_picks_argmax(zoo, val_eval):
     test_eval = Evaluator.from_zoo(zoo, split="test", n_per_task=64)
     sweep = sweep_shared_lambda(val_eval, "task_arithmetic", theta0, tvs, test_evaluator=test_eval,
                                 task_ids=zoo.tasks)
-    assert sweep.lambdas == LAMBDA_GRID and len(sweep.val_mean) == 21
+    assert sweep.lambdas == lambda_grid("task_arithmetic") and len(sweep.val_mean) == 21
     assert sweep.best_val_mean == max(sweep.val_mean)
-    assert sweep.best_lambda == LAMBDA_GRID[sweep.val_mean.index(max(sweep.val_mean))]
+    assert sweep.best_lambda == lambda_grid("task_arithmetic")[sweep.val_mean.index(max(sweep.val_mean))]
     # the reported test accuracy is that of the merge at the chosen λ, computed directly
     direct = get_method("task_arithmetic")(theta0, tvs, **{"lambda": sweep.best_lambda})
     expected = test_eval.evaluate(direct)
@@ -111,7 +113,7 @@ def test_shared_lambda_sweep_picks_argmax(zoo, val_eval):
         assert sweep.test[task].accuracy == pytest.approx(expected[task].accuracy, abs=1 / 64 + 1e-9)
     # λ = 0 is the pretrained model
     pre = val_eval.evaluate(theta0)
-    assert sweep.val_mean[0] == pytest.approx(val_eval.mean_accuracy(pre))
+    assert sweep.val_mean[0] == pytest.approx(mean_accuracy(pre))
 
 
 def test_per_task_search_never_worse_than_shared(zoo, val_eval):
@@ -135,17 +137,23 @@ def test_paper_table(zoo):
 
 
 def test_eval_cli_json_and_csv(zoo, tmp_path, capsys):
-    config = config_from_zoo(zoo, "task_arithmetic", {"lambda": 0.4},
-                             {"digits": "sam", "latin_upper": "plain", "symbols": "sam"})
+    config = MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": 0.4},
+                               {"digits": "sam", "latin_upper": "plain", "symbols": "sam"})
     path = tmp_path / "merge.yaml"
     config.save(path)
     assert cli_main(["eval", str(zoo.path), str(path), "--split", "val", "--n-per-task", "64"]) == 0
     data = json.loads(capsys.readouterr().out)
-    results, _, _ = evaluate_config(zoo, config, split="val", n_per_task=64)
+    results, individual, _, _ = evaluate_spec(zoo, config, split="val", n_per_task=64)
     assert data["mean_accuracy"] == pytest.approx(sum(r.accuracy for r in results.values()) / 3)
     by_task = {row["task"]: row for row in data["per_task"]}
     assert by_task["digits"]["variant"] == "sam"
     assert by_task["digits"]["accuracy"] == pytest.approx(results["digits"].accuracy)
+    # normalized accuracy: numerator and denominator on the same 64 images (an independent plain evaluation)
+    from sammerge.evaluation.evaluator import Evaluator
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=64, tasks=["digits"])
+    own = ev.evaluate(zoo.finetuned("digits", "sam"))["digits"].accuracy
+    assert individual["digits"].accuracy == pytest.approx(own)
+    assert by_task["digits"]["normalized"] == pytest.approx(results["digits"].accuracy / own)
     out = tmp_path / "r.csv"
     assert cli_main(["eval", str(zoo.path), str(path), "--format", "csv", "--out", str(out), "--n-per-task", "64",
                      "--split", "val"]) == 0
@@ -155,7 +163,7 @@ def test_eval_cli_json_and_csv(zoo, tmp_path, capsys):
 def test_eval_cli_bad_inputs(zoo, tmp_path, capsys):
     assert cli_main(["eval", str(zoo.path), str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
-    config = config_from_zoo(zoo, "task_arithmetic", {"lambda": 0.4})
+    config = MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": 0.4})
     data = config.to_dict()
     data["tasks"][0]["checkpoint"] = str(tmp_path / "gone.safetensors")
     data["tasks"][0]["sha256"] = None
@@ -165,7 +173,7 @@ def test_eval_cli_bad_inputs(zoo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gone.safetensors" in err and "not found" in err
     with pytest.raises(ConfigError, match="unknown variant"):
-        config_from_zoo(zoo, "task_arithmetic", selection={"digits": "asam"})
+        MergeSpec.for_zoo(zoo, "task_arithmetic", variants={"digits": "asam"})
 
 
 def test_table_cli(zoo, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The paper-table reading follows the numbers: normalized and absolute comparisons are both stated."""
 import pandas as pd
 
-from sammerge.explorer.service import paper_sentence
+from sammerge.explorer.paper import paper_sentence
 
 
 def _frame(norm_sam, abs_sam):

@@ -214,7 +214,12 @@ def test_registry_schema():
     assert weights.per_model and weights.kind == "float" and weights.mergekit_name == "weight"
     assert weights.entry_default == 1.0
     lam = ties.param("lambda")
-    assert lam.mergekit_name == "lambda" and lam.default == 1.0 and lam.slider_range == (0.0, 2.0)
+    # each method declares its own λ grid (TIES' disjoint mean is searched up to 2.5, as by the TIES authors)
+    assert lam.mergekit_name == "lambda" and lam.default == 1.0 and lam.slider_range == (0.0, 2.5)
+    assert ties.lambda_grid()[0] == 0.0 and ties.lambda_grid()[-1] == 2.5 and len(ties.lambda_grid()) == 26
+    ta = get_method("task_arithmetic")
+    assert ta.lambda_grid() == [round(0.05 * i, 2) for i in range(21)] and ta.param("lambda").slider_range == (0.0, 2.0)
+    assert get_method("weight_average").lambda_grid() == [] and get_method("model_stock").lambda_range is None
     assert ties.param("trim_scope").choices == ("tensor", "model") and ties.param("trim_scope").default == "tensor"
     assert ties.param("normalize").default is True
     assert get_method("task_arithmetic").param("normalize").default is False

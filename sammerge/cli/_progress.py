@@ -1,23 +1,23 @@
-"""A tqdm bar driven by the library's ``progress(stage, done, total)`` callbacks."""
+"""A tqdm bar driven by the library's ``progress(done, total, stage)`` callbacks (:mod:`sammerge.progress`)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
 
-ProgressFn = Callable[[str, int, int], None]
+from sammerge.progress import Progress
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
+def progress_bar(enabled: bool = True) -> Iterator[Progress]:
     """Yield a callback that shows stage and step count; a no-op when ``enabled`` is false."""
     if not enabled:
-        yield lambda stage, done, total: None
+        yield lambda done, total, stage="": None
         return
     from tqdm import tqdm
 
     bar = tqdm(total=1, unit="step", dynamic_ncols=True)
 
-    def progress(stage: str, done: int, total: int) -> None:
+    def progress(done: int, total: int, stage: str = "") -> None:
         bar.total = total
         bar.set_description(stage[:48])
         bar.n = done

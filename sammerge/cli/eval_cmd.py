@@ -22,19 +22,19 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sammerge.merging.spec import load_any_config
     from sammerge.errors import ConfigError
+    from sammerge.evaluation.protocol import evaluate_spec, results_table
     from sammerge.io import atomic_write_text
-    from sammerge.workflows import evaluate_config, results_table
+    from sammerge.merging import load_any_config
     from sammerge.zoo import open_zoo
 
     if args.n_per_task is not None and args.n_per_task < 1:
         raise ConfigError(f"--n-per-task must be ≥ 1, got {args.n_per_task}")
     zoo = open_zoo(args.zoo)
     config = load_any_config(args.config)
-    results, resolved, _ = evaluate_config(zoo, config, split=args.split, n_per_task=args.n_per_task,
-                                           tasks=zoo.tasks if args.all_tasks else None, seed=args.seed)
-    table = results_table(results, zoo, resolved, args.split)
+    results, individual, resolved, _ = evaluate_spec(zoo, config, split=args.split, n_per_task=args.n_per_task,
+                                                     tasks=zoo.tasks if args.all_tasks else None, seed=args.seed)
+    table = results_table(results, individual, resolved, args.split)
     if args.format == "csv":
         text = table.to_csv(index=False)
     else:

@@ -14,10 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from sammerge.merging.spec import load_any_config, resolve_and_merge, to_mergekit_yaml
 from sammerge.errors import CheckpointError
 from sammerge.io import atomic_dir, save_state_dict
-from sammerge.merging import MERGE_METHODS
+from sammerge.merging import MERGE_METHODS, load_any_config, resolve_and_merge, to_mergekit_yaml
 
 
 def run_merge(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from sammerge.io import atomic_write_text
     from sammerge.merging import get_method
-    from sammerge.evaluation.search import DEFAULT_TABLE_METHODS, paper_table
+    from sammerge.evaluation.protocol import DEFAULT_TABLE_METHODS, paper_table
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(args.zoo)
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         get_method(name)  # unknown → ConfigError listing the known ones
     with progress_bar(not args.quiet) as progress:
         table = paper_table(zoo, methods=methods, n_val=args.n_val, n_test=args.n_test,
-                            progress=lambda done, total: progress("merging and evaluating", done, total))
+                            progress=progress)
     shown = table.drop(columns=["method_id", "val mean"])
     pct = [c for c in shown.columns if c not in ("variant", "method", "best λ")]
     shown[pct] = shown[pct] * 100

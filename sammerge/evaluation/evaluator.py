@@ -115,12 +115,6 @@ class Evaluator:
                                    loss=float(F.cross_entropy(logits, labels)), n=len(labels))
         return out
 
-    @torch.inference_mode()
-    def predictions(self, params: Params) -> dict[str, torch.Tensor]:
-        """Predicted class per image, per task (used by the disentanglement error)."""
-        feats = self.features(params)
-        return {t: self.heads[t](feats[self.slices[t]]).argmax(1) for t in self.tasks}
-
     def evaluate(self, params: Params, key: str | None = None) -> dict[str, TaskResult]:
         """{task: TaskResult(accuracy, loss, n)} for one set of encoder parameters (cached)."""
         key = key or params_digest(params)
@@ -170,5 +164,7 @@ class Evaluator:
         feats = vmap(lambda p: functional_call(self.encoder, p, (self.images,)))(dict(stacked))
         return [self._score(f) for f in feats]
 
-    def mean_accuracy(self, result: Mapping[str, TaskResult]) -> float:
-        return sum(r.accuracy for r in result.values()) / len(result)
+
+def mean_accuracy(result: Mapping[str, TaskResult]) -> float:
+    """Mean accuracy over the tasks of one result."""
+    return sum(r.accuracy for r in result.values()) / len(result)

@@ -1,31 +1,40 @@
 """Coefficient search on validation, reported on test.
 
 Protocols (named in every output):
-- "best shared λ (val)": one λ for all tasks, chosen on the validation split from LAMBDA_GRID
-  (0..1 step 0.05) by mean accuracy; test accuracy reported at that λ.
-- "best per-task λ (val)": coordinate ascent on one λ_t per task, started at the best shared λ.
-Normalized accuracy of task t = acc_merged(t) / acc_finetuned(t) (the individual fine-tuned model).
+- "best shared λ (val)": one λ for all tasks, chosen on the validation split from the *method's own* λ grid
+  (``MergeMethod.lambda_grid()``: 0..1 step 0.05 for task arithmetic, 0..2.5 step 0.1 for TIES' disjoint mean)
+  by mean accuracy, ties → smaller λ; test accuracy reported at that λ.
+- "best per-task λ (val)": coordinate ascent on per-task weights w_t (effective λ_t = λ·w_t), started from the
+  best shared λ with w_t = 1, accepting only improvements — so it is never worse on validation than the shared λ.
 
-Every method in the registry whose result is θ0 + λ·τ_merged(other params) is swept by merging once
-at λ = 1 and scaling: θ(λ) = θ0 + λ (θ(1) − θ0). Methods without λ are a single point.
+A method whose result is θ0 + λ·τ_merged(other params) is swept by merging once at λ = 1 and scaling:
+θ(λ) = θ0 + λ τ_merged. Methods without λ are a single point.
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from sammerge.errors import ConfigError
-from sammerge.evaluation.evaluator import Evaluator, TaskResult
-from sammerge.merging import get_method
+from sammerge.evaluation.evaluator import Evaluator, TaskResult, mean_accuracy
+from sammerge.merging import LAMBDA, WEIGHTS, get_method, linear_combination, task_vector
+from sammerge.progress import Progress
 
 StateDict = dict[str, torch.Tensor]
-LAMBDA_GRID: list[float] = [round(0.05 * i, 2) for i in range(21)]
-SHARED_PROTOCOL = "best shared λ on validation (grid 0..1 step 0.05, mean accuracy); test accuracy at that λ"
-PER_TASK_PROTOCOL = "best per-task λ on validation (coordinate ascent from the best shared λ); test accuracy there"
-ProgressFn = Callable[[int, int], None]
+SHARED_PROTOCOL = "best shared λ on validation (the method's λ grid, mean accuracy); test accuracy at that λ"
+PER_TASK_PROTOCOL = ("best per-task λ on validation (coordinate ascent on per-task weights from the best shared λ); "
+                     "test accuracy there")
+
+
+def lambda_grid(method_name: str) -> list[float]:
+    """The method's declared λ grid ([] for methods without λ)."""
+    return get_method(method_name).lambda_grid()
+
+
+def has_lambda(method_name: str) -> bool:
+    return any(p.name == LAMBDA for p in get_method(method_name).params)
 
 
 @dataclass
@@ -42,11 +51,7 @@ class SweepResult:
 
     @property
     def test_mean(self) -> float | None:
-        return None if self.test is None else statistics.mean(r.accuracy for r in self.test.values())
-
-
-def has_lambda(method_name: str) -> bool:
-    return any(p.name == "lambda" for p in get_method(method_name).params)
+        return None if self.test is None else mean_accuracy(self.test)
 
 
 def merged_direction(method_name: str, pretrained: Mapping[str, torch.Tensor],
@@ -54,40 +59,41 @@ def merged_direction(method_name: str, pretrained: Mapping[str, torch.Tensor],
                      task_ids: Sequence[str] | None = None) -> StateDict:
     """τ_merged = merge(θ0, τ; λ=1, params) − θ0, so that merge(λ) = θ0 + λ τ_merged."""
     method = get_method(method_name)
-    params = {k: v for k, v in dict(params or {}).items() if k != "lambda"}
+    params = {k: v for k, v in dict(params or {}).items() if k != LAMBDA}
     if has_lambda(method_name):
-        params["lambda"] = 1.0
+        params[LAMBDA] = 1.0
     merged = method(pretrained, list(task_vectors), task_ids=task_ids, **params)
-    return {k: merged[k] - pretrained[k] for k in pretrained}
+    return task_vector(merged, pretrained, check_finite=False)
 
 
 def scaled(pretrained: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], lam: float) -> StateDict:
-    return {k: pretrained[k] + lam * direction[k] if pretrained[k].is_floating_point() else pretrained[k]
-            for k in pretrained}
+    """θ0 + λ τ_merged."""
+    return linear_combination(pretrained, [direction], [lam], validate=False)
 
 
 def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: Mapping[str, torch.Tensor],
                         task_vectors: Sequence[Mapping[str, torch.Tensor]], params: Mapping | None = None,
-                        lambdas: Sequence[float] = LAMBDA_GRID, test_evaluator: Evaluator | None = None,
+                        lambdas: Sequence[float] | None = None, test_evaluator: Evaluator | None = None,
                         task_ids: Sequence[str] | None = None) -> SweepResult:
-    """Evaluate merge(λ) for every λ on validation (batched); pick the best mean accuracy (ties → smaller λ)."""
-    if not lambdas:
-        raise ConfigError("λ sweep: empty grid")
+    """Evaluate merge(λ) for every λ of the grid (default: the method's) on validation; best mean, ties → smaller λ."""
     if not has_lambda(method_name):
         merged = get_method(method_name)(pretrained, list(task_vectors), task_ids=task_ids,
-                                         **{k: v for k, v in dict(params or {}).items() if k != "lambda"})
+                                         **{k: v for k, v in dict(params or {}).items() if k != LAMBDA})
         result = val_evaluator.evaluate(merged)
-        mean = val_evaluator.mean_accuracy(result)
+        mean = mean_accuracy(result)
         return SweepResult(SHARED_PROTOCOL + " (method has no λ: one point)", method_name, [], [mean],
                            [{t: r.accuracy for t, r in result.items()}], None, mean,
                            test_evaluator.evaluate(merged) if test_evaluator else None, 1)
+    lambdas = list(lambda_grid(method_name) if lambdas is None else lambdas)
+    if not lambdas:
+        raise ConfigError("λ sweep: empty grid")
     direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids)
     candidates = [scaled(pretrained, direction, lam) for lam in lambdas]
     results = val_evaluator.evaluate_many(candidates)
-    means = [val_evaluator.mean_accuracy(r) for r in results]
+    means = [mean_accuracy(r) for r in results]
     best = max(range(len(lambdas)), key=lambda i: (round(means[i], 12), -i))
     test = test_evaluator.evaluate(candidates[best]) if test_evaluator else None
-    return SweepResult(SHARED_PROTOCOL, method_name, list(lambdas), means,
+    return SweepResult(SHARED_PROTOCOL, method_name, lambdas, means,
                        [{t: r.accuracy for t, r in res.items()} for res in results], float(lambdas[best]),
                        means[best], test, len(lambdas))
 
@@ -96,22 +102,23 @@ def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], met
                           pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
                           params: Mapping | None = None, coarse_step: float = 0.1, fine_step: float = 0.05,
                           sizes: tuple[int, int] = (32, 128), task_ids: Sequence[str] | None = None) -> tuple[float, int]:
-    """Cheap λ search: a coarse grid (step 0.1) on small subsets, then the fine grid points next to the
-    best (±0.05) on larger, nested subsets.
+    """Cheap λ search over the method's λ range: a coarse grid on small subsets, then the fine points next to
+    the best (± fine_step) on larger, nested subsets.
 
     ``val_evaluator_factory(n)`` gives an evaluator on n images per task (nested subsets). Returns
     (λ, number of image-forwards used).
     """
+    lo, hi, _ = get_method(method_name).lambda_range or (0.0, 1.0, fine_step)
     direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids)
-    n_coarse = int(round(1 / coarse_step))
-    coarse = [round(coarse_step * i, 4) for i in range(n_coarse + 1)]
+    n_coarse = int(round((hi - lo) / coarse_step))
+    coarse = [round(lo + coarse_step * i, 4) for i in range(n_coarse + 1)]
     small = val_evaluator_factory(sizes[0])
-    means = [small.mean_accuracy(r) for r in small.evaluate_many([scaled(pretrained, direction, l) for l in coarse])]
+    means = [mean_accuracy(r) for r in small.evaluate_many([scaled(pretrained, direction, lam) for lam in coarse])]
     best = coarse[max(range(len(coarse)), key=lambda i: (means[i], -i))]
     work = len(coarse) * small.images.shape[0]
-    fine = sorted({round(min(1.0, max(0.0, best + fine_step * k)), 4) for k in range(-1, 2)})
+    fine = sorted({round(min(hi, max(lo, best + fine_step * k)), 4) for k in range(-1, 2)})
     medium = val_evaluator_factory(sizes[1])
-    means = [medium.mean_accuracy(r) for r in medium.evaluate_many([scaled(pretrained, direction, l) for l in fine])]
+    means = [mean_accuracy(r) for r in medium.evaluate_many([scaled(pretrained, direction, lam) for lam in fine])]
     work += len(fine) * medium.images.shape[0]
     return fine[max(range(len(fine)), key=lambda i: (means[i], -i))], work
 
@@ -120,35 +127,47 @@ def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], met
 class PerTaskResult:
     protocol: str
     method: str
-    lambdas: dict[str, float]
+    weights: dict[str, float]          # per-task weight w_t at the optimum
+    shared_lambda: float | None        # the global λ the search ran at (best shared λ; None without λ)
     val_mean: float
-    start_lambda: float
+    start_val_mean: float              # validation mean at the start point (the best shared λ)
     test: dict[str, TaskResult] | None = None
     n_evaluations: int = 0
     history: list[float] = field(default_factory=list)
 
+    @property
+    def lambdas(self) -> dict[str, float]:
+        """Effective per-task coefficient λ·w_t (w_t where the method has no λ)."""
+        lam = 1.0 if self.shared_lambda is None else self.shared_lambda
+        return {t: round(lam * w, 6) for t, w in self.weights.items()}
+
 
 def search_per_task_lambdas(val_evaluator: Evaluator, method_name: str, pretrained: Mapping[str, torch.Tensor],
                             task_vectors: Mapping[str, Mapping[str, torch.Tensor]], params: Mapping | None = None,
-                            deltas: Sequence[float] = (-0.1, -0.05, 0.05, 0.1), rounds: int = 2,
-                            bounds: tuple[float, float] = (0.0, 1.5), test_evaluator: Evaluator | None = None,
-                            progress: ProgressFn | None = None) -> PerTaskResult:
-    """Coordinate ascent over per-task λ_t (the method's per-task ``weights``, with λ = 1)."""
+                            deltas: Sequence[float] = (-0.5, -0.25, 0.25, 0.5), rounds: int = 2,
+                            bounds: tuple[float, float] = (0.0, 3.0), test_evaluator: Evaluator | None = None,
+                            progress: Progress | None = None) -> PerTaskResult:
+    """Coordinate ascent over per-task weights w_t at the best shared λ (start: w_t = 1, i.e. exactly the shared merge).
+
+    Each round tries w_t + δ for every task (δ in ``deltas``, clipped to ``bounds``) and keeps the best strict
+    improvement of validation mean accuracy; stops after ``rounds`` or when nothing improves.
+    """
     method = get_method(method_name)
-    if not any(p.name == "weights" for p in method.params):
+    if not any(p.name == WEIGHTS for p in method.params):
         raise ConfigError(f"merge method '{method_name}' has no per-task weights to search")
     tasks = list(task_vectors)
     tvs = [task_vectors[t] for t in tasks]
-    shared = sweep_shared_lambda(val_evaluator, method_name, pretrained, tvs, params, task_ids=tasks)
-    lam = {t: shared.best_lambda for t in tasks}
-    base = {k: v for k, v in dict(params or {}).items() if k not in ("lambda", "weights")}
-    if has_lambda(method_name):
-        base["lambda"] = 1.0
+    base = {k: v for k, v in dict(params or {}).items() if k not in (LAMBDA, WEIGHTS)}
+    shared = sweep_shared_lambda(val_evaluator, method_name, pretrained, tvs, base, task_ids=tasks)
+    if shared.best_lambda is not None:
+        base[LAMBDA] = shared.best_lambda
 
     def merge_with(weights: dict[str, float]) -> StateDict:
         return method(pretrained, tvs, task_ids=tasks, validate=False, weights=[weights[t] for t in tasks], **base)
 
-    current = val_evaluator.mean_accuracy(val_evaluator.evaluate(merge_with(lam)))
+    w = {t: 1.0 for t in tasks}
+    current = mean_accuracy(val_evaluator.evaluate(merge_with(w)))
+    start = current
     history, n_eval = [current], shared.n_evaluations + 1
     total = rounds * len(tasks)
     for r in range(rounds):
@@ -156,74 +175,19 @@ def search_per_task_lambdas(val_evaluator: Evaluator, method_name: str, pretrain
         for i, task in enumerate(tasks):
             trials = []
             for d in deltas:
-                value = round(min(bounds[1], max(bounds[0], lam[task] + d)), 4)
-                if value != lam[task]:
-                    trials.append({**lam, task: value})
-            results = val_evaluator.evaluate_many([merge_with(w) for w in trials])
+                value = round(min(bounds[1], max(bounds[0], w[task] + d)), 4)
+                if value != w[task]:
+                    trials.append({**w, task: value})
+            results = val_evaluator.evaluate_many([merge_with(trial) for trial in trials]) if trials else []
             n_eval += len(trials)
-            scores = [val_evaluator.mean_accuracy(res) for res in results]
+            scores = [mean_accuracy(res) for res in results]
             if scores and max(scores) > current + 1e-12:
                 j = max(range(len(scores)), key=lambda k: scores[k])
-                lam, current, improved = trials[j], scores[j], True
+                w, current, improved = trials[j], scores[j], True
             history.append(current)
             if progress:
-                progress(r * len(tasks) + i + 1, total)
+                progress(r * len(tasks) + i + 1, total, "per-task λ search")
         if not improved:
             break
-    test = test_evaluator.evaluate(merge_with(lam)) if test_evaluator else None
-    return PerTaskResult(PER_TASK_PROTOCOL, method_name, lam, current, shared.best_lambda, test, n_eval, history)
-
-
-DEFAULT_TABLE_METHODS = ("weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs")
-
-
-def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: Sequence[str] | None = None,
-                n_val: int | None = None, n_test: int | None = None, progress: ProgressFn | None = None,
-                method_params: Mapping[str, Mapping] | None = None):
-    """The paper's table: rows (variant, method) at the best shared λ on val; test accuracy per task,
-    mean absolute and mean normalized accuracy. Also rows for the pretrained and individual models."""
-    import pandas as pd
-
-    variants = list(variants or zoo.variants)
-    val = Evaluator.from_zoo(zoo, split="val", n_per_task=n_val)
-    test = Evaluator.from_zoo(zoo, split="test", n_per_task=n_test)
-    theta0 = zoo.pretrained()
-    rows = []
-    pre = test.evaluate(theta0)
-    total = len(variants) * (len(methods) + 1)
-    done = 0
-    for variant in variants:
-        individual = {t: test.evaluate(zoo.finetuned(t, variant))[t].accuracy for t in zoo.tasks}
-        rows.append(_row(variant, "pretrained (zero-shot heads)", None, {t: pre[t].accuracy for t in zoo.tasks},
-                         individual))
-        rows.append(_row(variant, "individual fine-tuned", None, individual, individual))
-        done += 1
-        if progress:
-            progress(done, total)
-        tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]
-        for name in methods:
-            params = dict((method_params or {}).get(name, {}))
-            # DARE masks are seeded by "task/variant", as in MergeConfig.task_ids and the explorer
-            sweep = sweep_shared_lambda(val, name, theta0, tvs, params, test_evaluator=test,
-                                        task_ids=[f"{t}/{variant}" for t in zoo.tasks])
-            rows.append(_row(variant, get_method(name).label, sweep.best_lambda,
-                             {t: r.accuracy for t, r in sweep.test.items()}, individual, method=name,
-                             val_mean=sweep.best_val_mean))
-            done += 1
-            if progress:
-                progress(done, total)
-    frame = pd.DataFrame(rows)
-    frame.attrs["protocol"] = SHARED_PROTOCOL
-    frame.attrs["n_val"] = val.images.shape[0] // max(1, len(zoo.tasks))
-    frame.attrs["n_test"] = test.images.shape[0] // max(1, len(zoo.tasks))
-    return frame
-
-
-def _row(variant: str, label: str, lam: float | None, per_task: Mapping[str, float],
-         individual: Mapping[str, float], method: str | None = None, val_mean: float | None = None) -> dict:
-    row = {"variant": variant, "method": label, "method_id": method, "best λ": lam}
-    row.update({t: acc for t, acc in per_task.items()})
-    row["mean"] = statistics.mean(per_task.values())
-    row["normalized"] = statistics.mean(per_task[t] / individual[t] if individual[t] > 0 else 0.0 for t in per_task)
-    row["val mean"] = val_mean
-    return row
+    test = test_evaluator.evaluate(merge_with(w)) if test_evaluator else None
+    return PerTaskResult(PER_TASK_PROTOCOL, method_name, w, shared.best_lambda, current, start, test, n_eval, history)

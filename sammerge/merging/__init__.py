@@ -11,3 +11,7 @@ from sammerge.merging.registry import (MERGE_METHODS, MergeMethod, Param, ParamS
 from sammerge.merging import methods  # noqa: F401  (registers the methods)
 from sammerge.merging.methods import (breadcrumbs, dare_linear, dare_ties, model_stock, task_arithmetic,  # noqa: F401
                                       ties, weight_average)
+from sammerge.merging.spec import LAMBDA, WEIGHTS, DENSITIES, MergeSpec, TaskEntry, task_id  # noqa: F401,E402
+from sammerge.merging.mergekit import (from_mergekit_yaml, is_mergekit_config, load_any_config,  # noqa: F401,E402
+                                       to_mergekit_yaml)
+from sammerge.merging.apply import merge_zoo, resolve_and_merge  # noqa: F401,E402

@@ -154,7 +154,8 @@ def weight_average(pretrained: StateDict, task_vectors: list[StateDict], weights
 
 @merge_method(name="task_arithmetic", label="Task arithmetic",
               description="θ0 + λ Σ w_t τ_t (optionally divided by Σ w_t); one shared λ and/or one weight per task.",
-              mergekit_name="task_arithmetic", reference="https://arxiv.org/abs/2212.04089")
+              mergekit_name="task_arithmetic", reference="https://arxiv.org/abs/2212.04089",
+              lambda_range=(0.0, 1.0, 0.05))
 def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict],
                     lambda_: Lambda = 1.0, weights: Weights = None,
                     normalize: Annotated[bool, Param(label="normalize", mergekit_name="normalize",
@@ -176,7 +177,8 @@ TrimScope = Annotated[Literal["tensor", "model"], Param(
 @merge_method(name="ties", label="TIES merging",
               description="Trim each task vector to its top-density entries by |value|, elect a sign per entry, "
                           "average the agreeing entries (disjoint mean), scale by λ.",
-              mergekit_name="ties", reference="https://arxiv.org/abs/2306.01708")
+              mergekit_name="ties", reference="https://arxiv.org/abs/2306.01708",
+              lambda_range=(0.0, 2.5, 0.1))
 def ties(pretrained: StateDict, task_vectors: list[StateDict], density: Density = 0.2, lambda_: Lambda = 1.0,
          weights: Weights = None, densities: Densities = None, trim_scope: TrimScope = "tensor",
          normalize: Annotated[bool, Param(label="normalize (disjoint mean)", mergekit_name="normalize",
@@ -198,7 +200,8 @@ def ties(pretrained: StateDict, task_vectors: list[StateDict], density: Density 
 @merge_method(name="dare_linear", label="DARE + task arithmetic",
               description="Randomly drop 1−density of each task vector's entries, rescale survivors by 1/density, "
                           "then task arithmetic.",
-              mergekit_name="dare_linear", reference="https://arxiv.org/abs/2311.03099")
+              mergekit_name="dare_linear", reference="https://arxiv.org/abs/2311.03099",
+              lambda_range=(0.0, 1.0, 0.05))
 def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
                 density: Density = 0.5, lambda_: Lambda = 1.0, weights: Weights = None, densities: Densities = None,
                 seed: Seed = 0,
@@ -217,7 +220,8 @@ def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: 
 @merge_method(name="dare_ties", label="DARE + TIES",
               description="Randomly drop 1−density of each task vector's entries, rescale by 1/density, "
                           "then TIES sign election and disjoint merge.",
-              mergekit_name="dare_ties", reference="https://arxiv.org/abs/2311.03099")
+              mergekit_name="dare_ties", reference="https://arxiv.org/abs/2311.03099",
+              lambda_range=(0.0, 1.0, 0.05))
 def dare_ties(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
               density: Density = 0.5, lambda_: Lambda = 1.0, weights: Weights = None, densities: Densities = None,
               seed: Seed = 0,
@@ -244,7 +248,8 @@ def _check_breadcrumbs(params: dict[str, Any]) -> None:
               description="Per tensor, drop the largest gamma fraction (outliers) and the smallest entries so that "
                           "density remain, then task arithmetic.",
               mergekit_name="breadcrumbs", reference="https://arxiv.org/abs/2312.06795",
-              validator=_check_breadcrumbs)
+              validator=_check_breadcrumbs,
+              lambda_range=(0.0, 1.0, 0.05))
 def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], density: Density = 0.9,
                 gamma: Annotated[float, Param(low=0.0, high=1.0, high_exclusive=True, step=0.01, label="gamma",
                                               mergekit_name="gamma",
@@ -268,13 +273,15 @@ def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], density: D
 
 @merge_method(name="model_stock", label="Model Stock",
               description="Per tensor, interpolate between the average fine-tuned weights and θ0 with a ratio set by "
-                          "the angle between task vectors.",
+                          "the angle between task vectors (clamped to [0, 1]: vectors pointing apart give θ0).",
               mergekit_name="model_stock", reference="https://arxiv.org/abs/2403.19522")
 def model_stock(pretrained: StateDict, task_vectors: list[StateDict]) -> StateDict:
     """Model Stock: per tensor, cos = mean pairwise cosine of the task vectors (1 for one task),
-    t = T·cos / (1 + (T−1)·cos) (t = 0 where the denominator vanishes); θ = θ_0 + t · (1/T) Σ_t τ_t.
+    t = clamp(T·cos / (1 + (T−1)·cos), 0, 1) (t = 0 where the denominator vanishes); θ = θ_0 + t · (1/T) Σ_t τ_t.
 
-    Same formula as mergekit 0.1.5 ``model_stock`` (filter_wise: false); mergekit needs ≥ 2 fine-tuned models.
+    Same formula as mergekit 0.1.5 ``model_stock`` (filter_wise: false) for cos ≥ 0; mergekit does not clamp, so
+    for tasks whose vectors point apart (cos < 0) its ratio is unbounded (even negative or > 1) while ours stays
+    in [0, 1]. mergekit needs ≥ 2 fine-tuned models.
     """
     T = len(task_vectors)
     out: StateDict = {}
@@ -293,6 +300,7 @@ def model_stock(pretrained: StateDict, task_vectors: list[StateDict]) -> StateDi
             cos = float(cosm[iu[0], iu[1]].mean())
         denom = 1 + (T - 1) * cos
         t = 0.0 if abs(denom) < 1e-6 else T * cos / denom
+        t = min(1.0, max(0.0, t))  # unbounded when the vectors point apart (cos < 0): clamp to [θ0, mean]
         mean = flat.mean(0).reshape(base.shape)
         out[key] = (base.float() + t * mean).to(base.dtype)
     return out

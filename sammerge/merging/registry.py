@@ -16,7 +16,7 @@ import math
 import numbers
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -194,12 +194,20 @@ class MergeMethod:
     mergekit_name: str | None = None
     reference: str = ""
     validator: Callable[[dict[str, Any]], None] | None = None
+    lambda_range: tuple[float, float, float] | None = None
     _argnames: dict[str, str] = field(default_factory=dict, repr=False)
     _wants_task_ids: bool = False
 
     @property
     def doc(self) -> str:
         return inspect.getdoc(self.fn) or ""
+
+    def lambda_grid(self) -> list[float]:
+        """The λ values that sweeps, searches and the paper table try: low..high by step ([] without λ)."""
+        if self.lambda_range is None:
+            return []
+        lo, hi, step = self.lambda_range
+        return [round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1)]
 
     @property
     def global_params(self) -> tuple[ParamSpec, ...]:
@@ -293,8 +301,13 @@ MERGE_METHODS: dict[str, MergeMethod] = {}
 
 
 def merge_method(name: str, label: str, description: str, mergekit_name: str | None = None,
-                 reference: str = "", validator: Callable[[dict[str, Any]], None] | None = None):
-    """Register ``fn(pretrained, task_vectors, *, <typed params>)`` in :data:`MERGE_METHODS`."""
+                 reference: str = "", validator: Callable[[dict[str, Any]], None] | None = None,
+                 lambda_range: tuple[float, float, float] | None = None):
+    """Register ``fn(pretrained, task_vectors, *, <typed params>)`` in :data:`MERGE_METHODS`.
+
+    ``lambda_range`` = (low, high, step) of the λ grid searched for this method (required iff it has λ);
+    the λ slider spans at least [low, max(2, high)].
+    """
     def decorate(fn):
         sig = inspect.signature(fn)
         hints = typing.get_type_hints(fn, include_extras=True)
@@ -307,13 +320,17 @@ def merge_method(name: str, label: str, description: str, mergekit_name: str | N
                 wants_ids = True
                 continue
             spec = _spec_from_annotation(p.name, hints[p.name], p.default)
+            if spec.name == "lambda":
+                if lambda_range is None:
+                    raise TypeError(f"merge method '{name}' has λ but declares no lambda_range")
+                spec = replace(spec, ui_low=lambda_range[0], ui_high=max(2.0, lambda_range[1]))
             specs.append(spec)
             argnames[spec.name] = p.name
         if name in MERGE_METHODS:
             raise ValueError(f"merge method '{name}' registered twice")
         MERGE_METHODS[name] = MergeMethod(name=name, label=label, description=description, fn=fn,
                                           params=tuple(specs), mergekit_name=mergekit_name,
-                                          reference=reference, validator=validator,
+                                          reference=reference, validator=validator, lambda_range=lambda_range,
                                           _argnames=argnames, _wants_task_ids=wants_ids)
         return fn
     return decorate

@@ -74,7 +74,7 @@ def ensure_demo_zoo():
                  "twice — plainly and with SAM — on the same batches. Cached on disk afterwards.")
         bar = st.progress(0.0, text="starting")
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(done: int, total: int, stage: str = "") -> None:
             bar.progress(min(1.0, done / max(total, 1)), text=f"{stage} — step {done}/{total}")
 
         zoo = ensure_zoo(preset, progress=progress)
@@ -145,9 +145,9 @@ def plot(fig, key: str | None = None, filename: str = "sammerge-chart") -> None:
 
 
 def progress_callback(bar, label: str):
-    """A ``progress(done, total)`` function that drives an ``st.progress`` bar."""
-    def progress(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label} — {done}/{total}")
+    """A ``progress(done, total, stage)`` function (:mod:`sammerge.progress`) that drives an ``st.progress`` bar."""
+    def progress(done: int, total: int, stage: str = "") -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{stage or label} — {done}/{total}")
     return progress
 
 
@@ -155,3 +155,17 @@ def seed_widget(key: str, value) -> None:
     """Give a keyed widget its initial value through session state (before the widget is created)."""
     if key not in st.session_state:
         st.session_state[key] = value
+
+
+_CURRENT_MERGE = "sammerge_current_merge"
+
+
+def set_current_merge(spec) -> None:
+    """Record the merge the explorer shows (other pages mark it, e.g. on the task plane)."""
+    st.session_state[_CURRENT_MERGE] = spec
+
+
+def current_merge(zoo):
+    """The explorer's current :class:`~sammerge.merging.MergeSpec` for this zoo, or None."""
+    spec = st.session_state.get(_CURRENT_MERGE)
+    return spec if spec is not None and spec.zoo == str(zoo.path.absolute()) else None

@@ -1,0 +1,147 @@
+"""The evaluation protocol: one normalized accuracy, one summary, merge-spec evaluation, the paper table.
+
+Normalized accuracy of task t = acc_merged(t) / acc_individual(t), both measured by the *same evaluator* (same
+split, same images), where the individual model is the fine-tuned checkpoint the merge uses for t. It is NaN
+(shown as "—") when the individual model scores 0 on those images: undefined, never silently 0.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sammerge.evaluation.evaluator import Evaluator, TaskResult
+from sammerge.evaluation.search import SHARED_PROTOCOL, sweep_shared_lambda
+from sammerge.merging import MergeSpec, get_method, resolve_and_merge, task_id
+from sammerge.errors import ConfigError
+from sammerge.progress import Progress
+
+__all__ = ["normalized_accuracy", "Summary", "summarize", "individual_results", "evaluate_spec", "results_table",
+           "paper_table", "DEFAULT_TABLE_METHODS"]
+
+DEFAULT_TABLE_METHODS = ("weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs")
+
+
+def normalized_accuracy(merged: float, individual: float) -> float:
+    """acc_merged / acc_individual on the same images; NaN when the individual accuracy is 0."""
+    return merged / individual if individual > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over the merged tasks: absolute accuracy, normalized accuracy, loss."""
+    mean: float
+    normalized: float
+    mean_loss: float
+    per_task_normalized: dict[str, float]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "normalized": self.normalized, "mean_loss": self.mean_loss}
+
+
+def summarize(result: Mapping[str, TaskResult], individual: Mapping[str, TaskResult | float],
+              tasks: Sequence[str] | None = None) -> Summary:
+    """Summary of ``result`` over ``tasks`` (default: all), normalized by ``individual`` (same images)."""
+    tasks = list(tasks if tasks is not None else result)
+    ind = {t: (v.accuracy if isinstance(v, TaskResult) else float(v)) for t, v in individual.items()}
+    norm = {t: normalized_accuracy(result[t].accuracy, ind[t]) for t in tasks}
+    return Summary(mean=statistics.mean(result[t].accuracy for t in tasks),
+                   normalized=statistics.mean(norm.values()),
+                   mean_loss=statistics.mean(result[t].loss for t in tasks), per_task_normalized=norm)
+
+
+def individual_results(evaluator: Evaluator, zoo, variants: Mapping[str, str]) -> dict[str, TaskResult]:
+    """task → result of the task's own fine-tuned checkpoint (``variants[task]``) on ``evaluator``'s images."""
+    tasks = [t for t in evaluator.tasks if t in variants]
+    results = evaluator.evaluate_many([zoo.finetuned(t, variants[t]) for t in tasks])
+    return {t: res[t] for t, res in zip(tasks, results)}
+
+
+def evaluate_spec(zoo, spec: MergeSpec, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
+                  tasks: Sequence[str] | None = None):
+    """Merge as ``spec`` says (files checked) and evaluate on the zoo's tasks.
+
+    Returns (results, individual, resolved spec, merged state dict): ``individual`` holds the fine-tuned model of
+    each merged task on the same images, so normalized accuracy compares like with like.
+    """
+    merged, resolved = resolve_and_merge(spec)
+    mismatch = set(zoo.pretrained()) ^ set(merged)
+    if mismatch:
+        raise ConfigError(f"config's checkpoints do not match zoo '{zoo.path}' (e.g. key '{sorted(mismatch)[0]}')")
+    tasks = list(tasks) if tasks is not None else [t.task for t in spec.tasks if t.task in zoo.tasks] or zoo.tasks
+    evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed,
+                                   tasks=sorted(set(tasks), key=zoo.tasks.index))
+    variants = {t.task: t.variant for t in spec.tasks if t.task in zoo.tasks and t.variant in zoo.variants}
+    return evaluator.evaluate(merged), individual_results(evaluator, zoo, variants), resolved, merged
+
+
+def results_table(results: Mapping[str, TaskResult], individual: Mapping[str, TaskResult] | None = None,
+                  spec: MergeSpec | None = None, split: str = "val"):
+    """pandas table: task, variant used, accuracy, loss, n, and normalized accuracy (same images)."""
+    import pandas as pd
+
+    variants = spec.variants if spec else {}
+    rows = []
+    for task, r in results.items():
+        row = {"task": task, "variant": variants.get(task, "—"), "split": split, "accuracy": r.accuracy,
+               "loss": r.loss, "n": r.n}
+        if individual is not None and task in individual:
+            row["normalized"] = normalized_accuracy(r.accuracy, individual[task].accuracy)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.attrs["mean_accuracy"] = statistics.mean(r.accuracy for r in results.values())
+    return frame
+
+
+def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: Sequence[str] | None = None,
+                n_val: int | None = None, n_test: int | None = None, progress: Progress | None = None,
+                method_params: Mapping[str, Mapping] | None = None):
+    """The paper's table: rows (variant, method) at the best shared λ on *validation* (the method's λ grid);
+    test accuracy per task, mean absolute and mean normalized accuracy (normalized by the individual models on
+    the same test images). Also rows for the pretrained and the individual models."""
+    import pandas as pd
+
+    variants = list(variants or zoo.variants)
+    val = Evaluator.from_zoo(zoo, split="val", n_per_task=n_val)
+    test = Evaluator.from_zoo(zoo, split="test", n_per_task=n_test)
+    theta0 = zoo.pretrained()
+    rows = []
+    pre = test.evaluate(theta0)
+    total = len(variants) * (len(methods) + 1)
+    done = 0
+    for variant in variants:
+        individual = {t: r.accuracy for t, r in individual_results(test, zoo, {t: variant for t in zoo.tasks}).items()}
+        rows.append(_row(variant, "pretrained (zero-shot heads)", None, {t: pre[t].accuracy for t in zoo.tasks},
+                         individual))
+        rows.append(_row(variant, "individual fine-tuned", None, individual, individual))
+        done += 1
+        if progress:
+            progress(done, total, f"paper table: {variant}")
+        tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]
+        for name in methods:
+            params = dict((method_params or {}).get(name, {}))
+            # DARE masks are seeded by "task/variant", as in MergeSpec.task_ids
+            sweep = sweep_shared_lambda(val, name, theta0, tvs, params, test_evaluator=test,
+                                        task_ids=[task_id(t, variant) for t in zoo.tasks])
+            rows.append(_row(variant, get_method(name).label, sweep.best_lambda,
+                             {t: r.accuracy for t, r in sweep.test.items()}, individual, method=name,
+                             val_mean=sweep.best_val_mean))
+            done += 1
+            if progress:
+                progress(done, total, f"paper table: {variant} {name}")
+    frame = pd.DataFrame(rows)
+    frame.attrs["protocol"] = SHARED_PROTOCOL
+    frame.attrs["n_val"] = val.images.shape[0] // max(1, len(zoo.tasks))
+    frame.attrs["n_test"] = test.images.shape[0] // max(1, len(zoo.tasks))
+    return frame
+
+
+def _row(variant: str, label: str, lam: float | None, per_task: Mapping[str, float],
+         individual: Mapping[str, float], method: str | None = None, val_mean: float | None = None) -> dict:
+    row = {"variant": variant, "method": label, "method_id": method, "best λ": lam}
+    row.update({t: acc for t, acc in per_task.items()})
+    row["mean"] = statistics.mean(per_task.values())
+    row["normalized"] = statistics.mean(normalized_accuracy(per_task[t], individual[t]) for t in per_task)
+    row["val mean"] = val_mean
+    return row

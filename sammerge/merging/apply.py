@@ -1,0 +1,68 @@
+"""Apply a :class:`MergeSpec`: load its checkpoints (sha256-checked, never unpickled) and run the method."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sammerge.errors import CheckpointError
+from sammerge.io import load_state_dict, sha256_file
+from sammerge.merging.spec import MergeSpec, library_version, now
+from sammerge.merging.task_vector import StateDict, check_compatible, task_vector
+
+__all__ = ["resolve_and_merge", "merge_zoo"]
+
+
+def merge_zoo(zoo, spec: MergeSpec, task_vectors=None) -> StateDict:
+    """θ for ``spec`` over a zoo's loaded checkpoints (``task_vectors``: an optional (task, variant) → τ cache)."""
+    tvs = [task_vectors(t.task, t.variant) if task_vectors else zoo.task_vector(t.task, t.variant) for t in spec.tasks]
+    return spec.spec(zoo.pretrained(), tvs, task_ids=spec.task_ids, validate=False, **spec.method_kwargs)
+
+
+
+def _load_checked(path: Path, sha: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    actual = sha256_file(path) if path.is_file() else None
+    if sha is not None and actual is not None and actual != sha:
+        raise CheckpointError(f"{path}: sha256 mismatch (expected {sha[:12]}…, got {actual[:12]}…)")
+    sd = load_state_dict(path)  # existence / format / NaN-Inf checks (CheckpointError)
+    return sd, actual or ""
+
+
+def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = None
+                      ) -> tuple[dict[str, torch.Tensor], MergeSpec]:
+    """Load base + task checkpoints (verifying sha256 when recorded), check them, run the method.
+
+    Returns ``(merged_state_dict, resolved_config)``; the resolved config has absolute paths, sha256 of
+    every file, every global parameter (defaults filled in), the current library version and time.
+    Nothing is written. Missing files → CheckpointError naming the path; incompatible tensors → MergeError.
+    """
+    method = config.spec
+    kwargs = config.method_kwargs
+    base_path = config.resolve_path(config.base_model, root_dir)
+    paths = [config.resolve_path(t.checkpoint, root_dir) for t in config.tasks]
+    missing = [str(p) for p in [base_path, *paths] if not p.exists()]
+    if missing:
+        raise CheckpointError("; ".join(f"{p}: file not found" for p in missing))
+    base, base_sha = _load_checked(base_path, config.base_sha256)
+    finetuned, shas = [], []
+    for t, p in zip(config.tasks, paths):
+        sd, sha = _load_checked(p, t.sha256)
+        finetuned.append(sd)
+        shas.append(sha)
+    check_compatible([base, *finetuned], [str(base_path), *map(str, paths)])
+    tvs = [task_vector(ft, base, check_finite=False) for ft in finetuned]
+    merged = method(base, tvs, task_ids=config.task_ids, validate=False, **kwargs)
+    global_names = {p.name for p in method.global_params}
+    resolved = config.model_copy(update={
+        "params": {k: v for k, v in kwargs.items() if k in global_names},
+        "tasks": [t.model_copy(update={"checkpoint": str(p), "sha256": s})
+                  for t, p, s in zip(config.tasks, paths, shas)],
+        "base_model": str(base_path), "base_sha256": base_sha,
+        "library_version": library_version(), "created": now(),
+    }, deep=True)
+    resolved._root_dir = None
+    # re-validate the resolved config (model_copy skips validation)
+    return merged, MergeSpec.from_dict(resolved.to_dict())

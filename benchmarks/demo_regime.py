@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sammerge.evaluation.evaluator import Evaluator  # noqa: E402
+from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.training.presets import get_preset  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
 LAMBDA_GRID = lambda_grid("task_arithmetic")

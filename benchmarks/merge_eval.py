@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sammerge.evaluation.evaluator import Evaluator  # noqa: E402
+from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.merging import linear_combination  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, coarse_to_fine_lambda, scaled  # noqa: E402
 LAMBDA_GRID = lambda_grid("task_arithmetic")

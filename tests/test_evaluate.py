@@ -193,3 +193,71 @@ def test_table_cli(zoo, tmp_path, capsys):
     assert cli_main(["table", str(zoo.path), "--methods", "task_arithmetic", "--n-val", "16", "--n-test", "16",
                      "--format", "latex", "--quiet"]) == 0
     assert "\\begin{tabular}" in capsys.readouterr().out
+
+
+# -- the protocol against independent computations ------------------------------------------------------------
+
+@pytest.mark.parametrize("method,params", [("ties", {"density": 0.5}), ("task_arithmetic", {}),
+                                           ("weight_average", {})])
+def test_per_task_search_starts_at_the_best_shared_merge(zoo, val_eval, method, params):
+    """Defect: the ascent started at λ = 1 with w_t = best λ — for TIES (normalized) that is the λ = 1 merge."""
+    theta0 = zoo.pretrained()
+    tvs = {t: zoo.task_vector(t, "plain") for t in zoo.tasks}
+    shared = sweep_shared_lambda(val_eval, method, theta0, list(tvs.values()), params, task_ids=list(tvs))
+    result = search_per_task_lambdas(val_eval, method, theta0, tvs, params, rounds=1)
+    assert result.shared_lambda == shared.best_lambda
+    assert result.start_val_mean == pytest.approx(shared.best_val_mean, abs=1e-12)
+    assert result.val_mean >= shared.best_val_mean - 1e-12
+    # the result is reproducible as a plain merge with the reported weights
+    kw = dict(params, weights=[result.weights[t] for t in tvs])
+    if shared.best_lambda is not None:
+        kw["lambda"] = shared.best_lambda
+    merged = get_method(method)(theta0, list(tvs.values()), task_ids=list(tvs), **kw)
+    assert mean_accuracy(val_eval.evaluate(merged)) == pytest.approx(result.val_mean, abs=1e-12)
+
+
+def test_paper_table_against_a_hand_computed_protocol(zoo):
+    """Brute force, independently: λ by argmax of *validation* mean over the grid (ties → smaller λ), plain
+    tensor arithmetic, a fresh module per model; test accuracy at that λ; the pretrained and individual rows."""
+    n_val, n_test = 16, 64
+    table = paper_table(zoo, methods=("task_arithmetic",), variants=["plain"], n_val=n_val, n_test=n_test)
+    theta0 = zoo.pretrained()
+    taus = [zoo.task_vector(t, "plain") for t in zoo.tasks]
+    grid = [round(0.05 * i, 2) for i in range(21)]
+
+    def model(lam):
+        return {k: v + lam * sum(t[k] for t in taus) if v.is_floating_point() else v for k, v in theta0.items()}
+
+    val = {lam: _direct(zoo, model(lam), "val", n_val) for lam in grid}
+    val_mean = {lam: sum(a for a, _ in r.values()) / len(r) for lam, r in val.items()}
+    best = max(grid, key=lambda lam: (round(val_mean[lam], 12), -lam))
+    test_at = {lam: _direct(zoo, model(lam), "test", n_test) for lam in grid}
+    test_best = max(grid, key=lambda lam: (sum(a for a, _ in test_at[lam].values()), -lam))
+    row = table[table["method_id"] == "task_arithmetic"].iloc[0]
+    assert row["best λ"] == best
+    assert row["val mean"] == pytest.approx(val_mean[best], abs=1e-6)
+    for t in zoo.tasks:
+        assert row[t] == pytest.approx(test_at[best][t][0], abs=1e-6)
+    # this data separates the two protocols: choosing λ on test would give another row
+    assert best != test_best
+    pre = _direct(zoo, theta0, "test", n_test)
+    ind = {t: _direct(zoo, zoo.finetuned(t, "plain"), "test", n_test)[t][0] for t in zoo.tasks}
+    pre_row = table[table["method"].str.startswith("pretrained")].iloc[0]
+    ind_row = table[table["method"] == "individual fine-tuned"].iloc[0]
+    for t in zoo.tasks:
+        assert pre_row[t] == pytest.approx(pre[t][0], abs=1e-6)
+        assert ind_row[t] == pytest.approx(ind[t], abs=1e-6)
+    assert row["normalized"] == pytest.approx(sum(test_at[best][t][0] / ind[t] for t in zoo.tasks) / len(zoo.tasks))
+    assert pre_row["normalized"] == pytest.approx(sum(pre[t][0] / ind[t] for t in zoo.tasks) / len(zoo.tasks))
+
+
+def test_normalized_accuracy_is_undefined_not_zero_for_a_zero_reference():
+    import math
+
+    from sammerge.evaluation.evaluator import TaskResult
+    from sammerge.evaluation.protocol import normalized_accuracy, summarize
+
+    assert normalized_accuracy(0.3, 0.6) == pytest.approx(0.5)
+    assert math.isnan(normalized_accuracy(0.3, 0.0))
+    s = summarize({"a": TaskResult(0.5, 1.0, 10), "b": TaskResult(0.2, 2.0, 10)}, {"a": 1.0, "b": 0.4})
+    assert s.mean == pytest.approx(0.35) and s.normalized == pytest.approx(0.5) and s.mean_loss == pytest.approx(1.5)

@@ -296,3 +296,23 @@ def test_batched_trim_equals_per_tensor_trim():
     ref = get_method("ties")(pre, manual, density=1.0, normalize=False)
     assert close(out, ref, atol=0)
     assert math.isfinite(float(get_method("dare_ties")(pre, tvs, validate=False)["l0"].sum()))
+
+
+def test_model_stock_ratio_is_clamped_for_vectors_pointing_apart():
+    """Defect: t = T·cos/(1+(T−1)·cos) is unbounded for cos < 0 (outputs of −16 from inputs of order 1)."""
+    base = {"w": torch.zeros(4)}
+    v = torch.tensor([1.0, -2.0, 0.5, 1.5])
+    opposite = [{"w": v}, {"w": -0.9 * v}]  # cos = −1 → unclamped t = 2·(−1)/(1 − 1) → denominator 0 → 0
+    near = [{"w": v}, {"w": -0.9 * v + torch.tensor([0.3, 0.0, 0.0, 0.0])}]
+    cos = float(torch.nn.functional.cosine_similarity(near[0]["w"], near[1]["w"], dim=0))
+    unclamped = 2 * cos / (1 + cos)
+    assert cos < 0 and abs(unclamped) > 10  # the case the clamp is for
+    for tvs in (opposite, near):
+        merged = get_method("model_stock")(base, tvs)
+        # t = 0 (clamped): θ = θ0 exactly
+        assert torch.equal(merged["w"], base["w"])
+    # agreeing vectors are untouched by the clamp: t = 2c/(1+c), by hand
+    same = [{"w": v}, {"w": v + torch.tensor([0.5, 0.0, 0.0, 0.0])}]
+    c = float(torch.nn.functional.cosine_similarity(same[0]["w"], same[1]["w"], dim=0))
+    want = (2 * c / (1 + c)) * (same[0]["w"] + same[1]["w"]) / 2
+    assert torch.allclose(get_method("model_stock")(base, same)["w"], want, atol=1e-6)

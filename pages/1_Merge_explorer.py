@@ -202,6 +202,8 @@ def explorer() -> None:
     if spec is not None:
         ss[f"{W}state"] = spec
         ui.set_current_merge(spec)
+        # the download buttons make their files from this when clicked (see export_panel), not when drawn
+        ss.setdefault(f"{W}export", {})["spec"] = spec
         query = spec.to_query()
     else:
         query = {**state.to_query(), "tasks": "-"}
@@ -360,8 +362,18 @@ def export_panel(state: MergeSpec | None) -> None:
         return
     with ui.friendly_errors("export"):
         cfg = ex.export_spec(state)
-        cmp = ex.compare(state)
     name = f"merge-{state.method}"
+    # Every file is made when its button is clicked, from the spec the controls committed last (a plain dict in
+    # session state: the callables run off the script thread). Data fixed at drawing time would be that of the last
+    # run that reached these buttons, which sit below the slow results: a click while a run is under way, or after
+    # a quick control change cut it short, would export an older merge than the controls and results show.
+    box = ss[f"{W}export"]
+
+    def at_click(make):
+        return lambda: make(box["spec"])
+
+    def sweep(s):
+        return sweep_figure(ex.sweeps(s), s, zoo.variants, ex.split)
     share, downloads, imports = st.tabs(["Share link", "Downloads", "Import a configuration"])
     with share:
         st.markdown("The page's address always carries the current merge (method, parameters, tasks, checkpoints "
@@ -371,42 +383,42 @@ def export_panel(state: MergeSpec | None) -> None:
         st.caption("Our configuration records provenance (zoo, checkpoint files, sha256, library version) and the "
                    "measured per-task accuracies; the mergekit YAML runs with `mergekit-pytorch` on the same files.")
         c = st.columns(3)
-        c[0].download_button("Config (JSON)", cfg.to_json(), f"{name}.json", "application/json",
+        c[0].download_button("Config (JSON)", at_click(lambda s: ex.export_spec(s).to_json()), f"{name}.json", "application/json",
                              key=f"{W}dl_json", on_click="ignore", width="stretch")
-        c[1].download_button("Config (YAML)", lambda: cfg.to_yaml(), f"{name}.yaml", "application/x-yaml",
+        c[1].download_button("Config (YAML)", at_click(lambda s: ex.export_spec(s).to_yaml()), f"{name}.yaml", "application/x-yaml",
                              key=f"{W}dl_yaml", on_click="ignore", width="stretch")
-        c[2].download_button("mergekit YAML", lambda: to_mergekit_yaml(state), f"{name}.mergekit.yaml",
+        c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
                              "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
         c = st.columns(3)
-        c[0].download_button("Merged weights (.safetensors)", lambda: weights_bytes(ex.merge(state), state), f"{name}.safetensors",
+        c[0].download_button("Merged weights (.safetensors)", at_click(lambda s: weights_bytes(ex.merge(s), s)), f"{name}.safetensors",
                              "application/octet-stream", key=f"{W}dl_st", on_click="ignore",
                              width="stretch", help="The merged encoder; the config is in its metadata.")
-        c[1].download_button("Model card (.md)", lambda: model_card(cmp, zoo), f"{name}.md", "text/markdown",
+        c[1].download_button("Model card (.md)", at_click(lambda s: model_card(ex.compare(s), zoo)), f"{name}.md", "text/markdown",
                              key=f"{W}dl_card", on_click="ignore", width="stretch")
-        c[2].download_button("Results table (.csv)", lambda: cmp.table().to_csv(index=False), f"{name}-results.csv", "text/csv",
+        c[2].download_button("Results table (.csv)", at_click(lambda s: ex.compare(s).table().to_csv(index=False)), f"{name}-results.csv", "text/csv",
                              key=f"{W}dl_csv", on_click="ignore", width="stretch")
         c = st.columns(3)
-        c[0].download_button("Bar chart (.html)", lambda: figure_html(bar_figure(cmp)),
+        c[0].download_button("Bar chart (.html)", at_click(lambda s: figure_html(bar_figure(ex.compare(s)))),
                              f"{name}-bars.html", "text/html", key=f"{W}dl_bars", on_click="ignore",
                              width="stretch")
-        c[1].download_button("Radar chart (.html)", lambda: figure_html(radar_figure(cmp)),
+        c[1].download_button("Radar chart (.html)", at_click(lambda s: figure_html(radar_figure(ex.compare(s)))),
                              f"{name}-radar.html", "text/html", key=f"{W}dl_radar", on_click="ignore",
                              width="stretch")
         sweeps = ex.cached_sweeps(state)
         c[2].download_button("λ-sweep chart (.html)",
-                             (lambda: figure_html(sweep_figure(sweeps, state, zoo.variants, ex.split))) if sweeps else "",
+                             at_click(lambda s: figure_html(sweep(s))) if sweeps else "",
                              f"{name}-sweep.html", "text/html", key=f"{W}dl_sweep", on_click="ignore",
                              width="stretch", disabled=sweeps is None,
                              help=None if sweeps else "Compute the λ sweep first.")
         if png_available():
             c = st.columns(3)
-            c[0].download_button("Bar chart (.png)", lambda: figure_png(bar_figure(cmp)),
+            c[0].download_button("Bar chart (.png)", at_click(lambda s: figure_png(bar_figure(ex.compare(s)))),
                                  f"{name}-bars.png", "image/png", key=f"{W}png_bars", on_click="ignore", width="stretch")
-            c[1].download_button("Radar chart (.png)", lambda: figure_png(radar_figure(cmp)),
+            c[1].download_button("Radar chart (.png)", at_click(lambda s: figure_png(radar_figure(ex.compare(s)))),
                                  f"{name}-radar.png", "image/png", key=f"{W}png_radar", on_click="ignore",
                                  width="stretch")
             c[2].download_button("λ-sweep chart (.png)",
-                                 (lambda: figure_png(sweep_figure(sweeps, state, zoo.variants, ex.split))) if sweeps else b"",
+                                 at_click(lambda s: figure_png(sweep(s))) if sweeps else b"",
                                  f"{name}-sweep.png", "image/png", key=f"{W}png_sweep", on_click="ignore",
                                  width="stretch", disabled=sweeps is None)
             st.caption("Charts download as self-contained interactive HTML or as PNG (rendered with kaleido).")

@@ -86,10 +86,18 @@ PAGES = {  # screenshot name → (URL path, regex of text at the END of the page
 }
 
 
+# A JavaScript condition, true when no script run is under way: from a run's start until its end Streamlit marks
+# every element that the run has not redrawn yet with data-stale="true". The status widget alone is no such signal:
+# it shows only once a run has lasted a while (the merge explorer's fragment runs end before it ever does).
+IDLE_JS = "!document.querySelector('[data-stale=true], [data-testid=stStatusWidget]')"
+
+
 def wait_idle(page, timeout_ms: int = 120_000) -> None:
-    """Wait until Streamlit has finished running the script (its 'running' status widget is gone)."""
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
+    """Wait until Streamlit has finished running the script: no element awaits a redraw, no status widget.
+
+    It cannot see a rerun the browser has not requested yet (a slider sends its value a moment after a key press):
+    first wait for something on the page that only the new run can draw, then for this."""
+    page.wait_for_function(f"() => {IDLE_JS}", timeout=timeout_ms)
 
 
 def open_page(page, url: str, name: str, timeout_ms: int = 180_000) -> None:

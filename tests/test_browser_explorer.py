@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from browser import (ARTIFACTS, PAGES, chromium_available, chromium_page, metric_values, open_page, screenshot,
-                     streamlit_server, wait_idle)
+from browser import (ARTIFACTS, IDLE_JS, PAGES, chromium_available, chromium_page, metric_values, open_page,
+                     screenshot, streamlit_server, wait_idle)
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not chromium_available(), reason="Debian chromium not installed (./dev test installs it)")]
@@ -17,6 +17,30 @@ pytestmark = [pytest.mark.browser,
 
 def _lambda_slider(page):
     return page.locator("[data-testid=stSlider] input[type=range]").first
+
+
+# The global λ slider's value and the λ of the "Showing: …" line, once that line describes the slider's value and the
+# run that drew it has ended (checked in one go in the page, so nothing can change between the reads).
+SETTLED_JS = f"""() => {{
+  const slider = document.querySelector('[data-testid=stSlider] input[type=range]').getAttribute('value');
+  const line = Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'), e => e.innerText)
+      .find(t => t.startsWith('Showing:'));
+  const described = line && line.match(/λ = ([0-9.]+) ·/);
+  if (!described || Math.abs(parseFloat(described[1]) - parseFloat(slider)) > 1e-9 || !({IDLE_JS})) return null;
+  return {{slider: parseFloat(slider), described: parseFloat(described[1]), line}};
+}}"""
+
+
+def _settled(page) -> dict:
+    """Wait until the results on screen are those of the slider's value and nothing is being redrawn."""
+    return page.wait_for_function(SETTLED_JS, timeout=120_000).json_value()
+
+
+def _download_config(page) -> dict:
+    page.get_by_role("tab", name="Downloads").click()
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name="Config (JSON)").click()
+    return json.loads(open(info.value.path()).read())
 
 
 def _move(page, key: str, expect_text: str) -> float:
@@ -58,14 +82,22 @@ def test_explorer_in_chromium(tiny_zoo):
             "times_s": [round(t, 4) for t in times]}, indent=2))
         assert median < 10
 
-        # the config download parses and records the current λ
-        page.get_by_role("tab", name="Downloads").click()
-        with page.expect_download(timeout=60_000) as info:
-            page.get_by_role("button", name="Config (JSON)").click()
-        cfg = json.loads(open(info.value.path()).read())
+        # the config download parses and records the λ on screen
+        shown = _settled(page)
+        cfg = _download_config(page)
         assert cfg["method"] == "task_arithmetic"
-        assert cfg["params"]["lambda"] == pytest.approx(1.7)
+        assert shown["slider"] == pytest.approx(1.7) and cfg["params"]["lambda"] == pytest.approx(1.7), (shown, cfg)
         assert {t["task"] for t in cfg["tasks"]} == {"digits", "latin_upper", "symbols"}
+
+        # six quick moves, no waiting between them: each key press reruns the fragment and cuts the run before it
+        # short; once the page has settled, the slider, the "Showing" line and the downloaded config agree
+        _lambda_slider(page).focus()
+        for _ in range(6):
+            page.keyboard.press("ArrowLeft")
+        shown = _settled(page)
+        cfg = _download_config(page)
+        assert shown["slider"] == pytest.approx(1.4), shown
+        assert cfg["params"]["lambda"] == pytest.approx(shown["slider"]), (shown, cfg["params"])
         assert "Traceback" not in page.content()
         screenshot(page, shots, "merge_explorer")
 

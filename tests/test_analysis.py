@@ -65,8 +65,12 @@ def zoo(analysis_zoo_src, tmp_path):
 
 def test_analyze_store_load_and_invalidate(zoo):
     stages = []
-    result = analyze_zoo(zoo, quick=True, progress=lambda s, d, t: stages.append((s, d, t)), **SMALL)
-    assert stages[-1][1] == stages[-1][2]
+    result = analyze_zoo(zoo, quick=True, progress=lambda d, t, s="": stages.append((d, t, s)), **SMALL)
+    # the package's one progress signature: progress(done, total, stage)
+    assert stages[0] == (0, stages[-1][1], "starting"), stages[0]
+    assert all(isinstance(d, int) and isinstance(t, int) and isinstance(s, str) for d, t, s in stages), stages
+    assert stages[-1][0] == stages[-1][1]
+    assert [d for d, _, _ in stages] == sorted(d for d, _, _ in stages)
     n_ckpt = len(zoo.tasks) * len(zoo.variants)
     assert len(result["sharpness"]) == n_ckpt
     row = result["sharpness"][0]
@@ -123,8 +127,10 @@ def test_bad_settings(zoo):
 def test_on_demand_caches(zoo):
     t1, t2 = zoo.tasks[:2]
     v = zoo.variants[-1]
-    plane = task_plane_for(zoo, t1, t2, v, n=3, n_per_task=16)
+    calls = []
+    plane = task_plane_for(zoo, t1, t2, v, n=3, n_per_task=16, progress=lambda d, t, s="": calls.append((d, t, s)))
     assert plane.loss[t1].shape == (3, 3) and plane.markers[t1] == (1.0, 0.0)
+    assert calls[0] == (0, 9, "task plane") and calls[-1] == (9, 9, "task plane")
     cache_files = list((zoo.path / "analysis" / "cache").glob("task_plane-*.json"))
     assert len(cache_files) == 1
     marked = task_plane_for(zoo, t1, t2, v, n=3, n_per_task=16, merge_point=(0.4, 0.4))
@@ -132,24 +138,115 @@ def test_on_demand_caches(zoo):
     assert marked.markers["merge"] == (0.4, 0.4)
     assert len(list((zoo.path / "analysis" / "cache").glob("task_plane-*.json"))) == 1
 
-    rp = random_plane_for(zoo, t1, v, n=3, n_per_task=16)
+    calls.clear()
+    rp = random_plane_for(zoo, t1, v, n=3, n_per_task=16, progress=lambda d, t, s="": calls.append((d, t, s)))
     assert rp.kind == "random" and rp.loss[t1].shape == (3, 3)
+    assert calls[-1] == (9, 9, "random plane")
 
-    theta0 = zoo.pretrained()
-    merged = {k: theta0[k] + 0.5 * (zoo.task_vector(t1, v)[k] + zoo.task_vector(t2, v)[k]) for k in theta0}
-    curves = interpolation_for(zoo, t1, v, merged=merged, alphas=[0, 1], n_per_task=16)
-    assert curves["finetuned"].loss[t1].shape == (2,)
-    assert set(curves["merged"].loss) == set(zoo.tasks)
+    calls.clear()
+    curves = interpolation_for(zoo, t1, v, alphas=[0, 1], n_per_task=16,
+                               progress=lambda d, t, s="": calls.append((d, t, s)))
+    assert set(curves) == {"finetuned"} and curves["finetuned"].loss[t1].shape == (2,)
+    assert calls[-1] == (2, 2, "interpolation θ0→θ_t")
 
-    d = disentanglement_for(zoo, t1, t2, v, n=2, n_per_task=16)
+    calls.clear()
+    d = disentanglement_for(zoo, t1, t2, v, n=2, n_per_task=16, progress=lambda d, t, s="": calls.append((d, t, s)))
     assert d.xi.shape == (2, 2) and d.xi[0, 0] == 0.0
+    assert calls[-1] == (8, 8, "disentanglement")
 
     ctl = cross_task_linearity_for(zoo, t1, t2, v, n_images=4, alphas=[0, 0.5, 1])
     assert set(ctl["blocks"]) == {"stem", "layer1", "layer2", "layer3", "layer4"}
 
+    theta0 = zoo.pretrained()
+    merged = {k: theta0[k] + 0.5 * (zoo.task_vector(t1, v)[k] + zoo.task_vector(t2, v)[k]) for k in theta0}
     s = sharpness_for(zoo, merged, t1, n_images=16, eig_iters=3, trace_samples=2, m=8, avg_samples=2)
     s2 = sharpness_for(zoo, merged, t1, n_images=16, eig_iters=3, trace_samples=2, m=8, avg_samples=2)
     assert s == s2 and np.isfinite(s["top_eigenvalue"])
+
+
+def _rewrite_checkpoint(zoo, task, variant, scale):
+    """Scale a fine-tuned checkpoint's weights, rewrite its file and its sha256 in zoo.json; reopen the zoo."""
+    rec = zoo.manifest.checkpoint(task, variant)
+    params = {k: v * scale if v.is_floating_point() else v for k, v in zoo.finetuned(task, variant).items()}
+    save_state_dict(params, zoo.path / rec.file)
+    manifest = json.loads((zoo.path / "zoo.json").read_text())
+    for c in manifest["checkpoints"]:
+        if c["file"] == rec.file:
+            c["sha256"] = sha256_file(zoo.path / rec.file)
+    (zoo.path / "zoo.json").write_text(json.dumps(manifest))
+    return open_zoo(zoo.path)
+
+
+@pytest.fixture
+def plane_calls(monkeypatch):
+    """Counts the real computations behind task_plane_for (cache hits do not call task_plane)."""
+    import sammerge.analytics.landscape as landscape
+
+    calls = []
+    real = landscape.task_plane
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(landscape, "task_plane", counting)
+    return calls
+
+
+def _same_plane(a, b):
+    np.testing.assert_array_equal(a.xs, b.xs)
+    for t in a.loss:
+        np.testing.assert_array_equal(a.loss[t], b.loss[t])
+        np.testing.assert_array_equal(a.accuracy[t], b.accuracy[t])
+
+
+def test_cache_agrees_with_recomputation_and_invalidates(zoo, plane_calls):
+    """A cache hit equals an uncached recomputation; another setting or a changed checkpoint recomputes."""
+    t1, t2 = zoo.tasks[:2]
+    v = zoo.variants[-1]
+    args = dict(task_i=t1, task_j=t2, variant=v, n_per_task=16)
+    first = task_plane_for(zoo, n=2, **args)
+    again = task_plane_for(zoo, n=2, **args)
+    assert len(plane_calls) == 1  # the second call read the cache
+    fresh = task_plane_for(zoo, n=2, use_cache=False, **args)
+    assert len(plane_calls) == 2
+    _same_plane(again, fresh)  # what the cache returns is what an uncached computation gives
+    _same_plane(first, fresh)
+
+    # a changed setting is another computation (and another entry), not the old result
+    bigger = task_plane_for(zoo, n=3, **args)
+    assert len(plane_calls) == 3 and bigger.loss[t1].shape == (3, 3)
+    other_data = task_plane_for(zoo, n=2, seed=1, **args)
+    assert len(plane_calls) == 4
+    _same_plane(other_data, task_plane_for(zoo, n=2, seed=1, use_cache=False, **args))
+    assert len(list((zoo.path / "analysis" / "cache").glob("task_plane-*.json"))) == 3
+
+    # a changed checkpoint (bytes and manifest hash) invalidates every entry of that zoo
+    changed = _rewrite_checkpoint(zoo, t1, v, 1.5)
+    n_before = len(plane_calls)
+    after = task_plane_for(changed, n=2, **args)
+    assert len(plane_calls) == n_before + 1
+    _same_plane(after, task_plane_for(changed, n=2, use_cache=False, **args))
+    assert not np.array_equal(after.loss[t1], first.loss[t1])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "null", "list", "other entry"])
+def test_corrupt_cache_entry_is_recomputed(zoo, plane_calls, damage):
+    """A damaged entry is recomputed and rewritten (not returned, not a traceback)."""
+    t1, t2 = zoo.tasks[:2]
+    v = zoo.variants[-1]
+    args = dict(task_i=t1, task_j=t2, variant=v, n=2, n_per_task=16)
+    good = task_plane_for(zoo, **args)
+    (path,) = (zoo.path / "analysis" / "cache").glob("task_plane-*.json")
+    text = path.read_text()
+    path.write_text({"truncated": text[: len(text) // 2], "empty": "", "null": "null", "list": "[1, 2]",
+                     "other entry": json.dumps({"result": {"xs": [0.0]}})}[damage])
+    again = task_plane_for(zoo, **args)
+    assert len(plane_calls) == 2  # recomputed, not a traceback
+    _same_plane(again, good)
+    json.loads(path.read_text())  # and the entry was rewritten
+    task_plane_for(zoo, **args)
+    assert len(plane_calls) == 2
 
 
 def test_analyze_cli(zoo, capsys):

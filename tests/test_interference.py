@@ -105,10 +105,10 @@ def test_disentanglement_positive_when_entangled():
     mixed2 = {k: tau2[k] - 0.7 * tau1[k] for k in tau1}
     calls = []
     res = disentanglement_error(ev, theta0, mixed1, mixed2, ("t1", "t2"), alphas1=[0, 1, 2], alphas2=[0, 1, 2],
-                                progress=lambda d, t: calls.append((d, t)))
+                                progress=lambda d, t, s="": calls.append((d, t, s)))
     assert res.xi[0, 0] == 0.0  # both sides are θ0
     assert res.mean > 0 and np.all((res.xi >= 0) & (res.xi <= 2))
-    assert calls[-1] == (15, 15)
+    assert calls[0] == (0, 15, "disentanglement") and calls[-1] == (15, 15, "disentanglement")
     assert res.to_json()["mean"] == pytest.approx(res.mean)
 
 
@@ -139,3 +139,61 @@ def test_cross_task_linearity_resnet_blocks():
     assert out["layer4"][1] > 0
     with pytest.raises(ConfigError):
         cross_task_linearity(enc, pi, pj, x, blocks=["nope"])
+
+
+class Line(nn.Module):
+    """A scalar input x (images of shape [n, 1, 1, 1]) ↦ features (w₀x + b₀, w₁x + b₁)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 2)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1))
+
+
+def test_disentanglement_error_known_values():
+    """ξ on a model small enough to predict by hand: task a's head reads feature 0, task b's feature 1;
+    τ1 steepens feature 0 but also shifts feature 1, τ2 steepens feature 1 but also shifts feature 0.
+    Each head predicts class 1 iff its feature is < 0 (logits [f, 0]), so f_t(x; θ) is a sign test and
+    the expected ξ is a count of sign flips, computed here with plain float64 arithmetic."""
+    w0, b0 = torch.tensor([1.0, -1.0]), torch.tensor([0.1, 0.1])
+    dw1, db1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, -0.6])
+    dw2, db2 = torch.tensor([0.0, -1.0]), torch.tensor([0.45, 0.0])
+    xa = torch.tensor([-1.3, -0.65, -0.35, -0.15, 0.2, 0.9])
+    xb = torch.tensor([-1.1, -0.4, -0.15, 0.3, 0.8])
+    a1, a2 = [0.0, 0.5, 1.0, 1.5], [0.0, 0.75, 1.5]  # different lengths: a swapped index cannot pass
+
+    enc = Line().eval()
+    theta0 = {"lin.weight": w0.reshape(2, 1).clone(), "lin.bias": b0.clone()}
+    tau1 = {"lin.weight": dw1.reshape(2, 1), "lin.bias": db1}
+    tau2 = {"lin.weight": dw2.reshape(2, 1), "lin.bias": db2}
+    heads = {"a": Head(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.zeros(2)),
+             "b": Head(torch.tensor([[0.0, 1.0], [0.0, 0.0]]), torch.zeros(2))}
+    data = {"a": (xa.reshape(-1, 1, 1, 1), torch.zeros(6, dtype=torch.long)),
+            "b": (xb.reshape(-1, 1, 1, 1), torch.zeros(5, dtype=torch.long))}
+    res = disentanglement_error(Evaluator(enc, heads, data), theta0, tau1, tau2, ("a", "b"), a1, a2, chunk=5)
+
+    def feature(row, c1, c2, x):  # feature `row` at θ0 + c1 τ1 + c2 τ2, in float64
+        w = float(w0[row]) + c1 * float(dw1[row]) + c2 * float(dw2[row])
+        b = float(b0[row]) + c1 * float(db1[row]) + c2 * float(db2[row])
+        return w * x.double() + b
+
+    expected = np.zeros((len(a1), len(a2)))
+    for i, c1 in enumerate(a1):
+        for j, c2 in enumerate(a2):
+            fa_single, fa_merged = feature(0, c1, 0.0, xa), feature(0, c1, c2, xa)  # task a: θ0 + α1τ1 vs merged
+            fb_single, fb_merged = feature(1, 0.0, c2, xb), feature(1, c1, c2, xb)  # task b: θ0 + α2τ2 vs merged
+            for f in (fa_single, fa_merged, fb_single, fb_merged):
+                assert float(f.abs().min()) > 0.04  # no feature near 0: the reference is not a float32 tie
+            expected[i, j] = (float(((fa_single < 0) != (fa_merged < 0)).double().mean())
+                              + float(((fb_single < 0) != (fb_merged < 0)).double().mean()))
+    # two entries by hand: (α1, α2) = (0, 0.75): task a's feature goes from x + 0.1 to x + 0.4375, flipping
+    # x = −0.35 and −0.15 (2 of 6); task b is untouched (α1 = 0). (1.5, 0): task a is untouched (α2 = 0);
+    # task b's goes from −x + 0.1 to −x − 0.8, flipping x = −0.4 and −0.15 (2 of 5).
+    assert expected[0, 1] == pytest.approx(2 / 6) and expected[3, 0] == pytest.approx(2 / 5)
+    assert res.xi.shape == (4, 3)
+    np.testing.assert_allclose(res.xi, expected, rtol=0, atol=1e-6)
+    assert res.mean == pytest.approx(expected.mean(), abs=1e-6)
+    np.testing.assert_array_equal(res.alphas1, a1)
+    np.testing.assert_array_equal(res.alphas2, a2)

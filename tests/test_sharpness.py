@@ -221,3 +221,75 @@ def test_bad_arguments(quad):
         m_sharpness(f, params, rho=-1)
     with pytest.raises(ConfigError):
         hessian_trace(f, params, keys=["nope"])
+
+
+# -- device placement of the random draws ---------------------------------------------------------------
+META = torch.device("meta")  # the only non-CPU device on a CPU-only machine: shapes and devices, no data
+
+
+class _Stop(Exception):
+    """Raised by a spy once it has seen the tensors it checks (meta tensors cannot be read back)."""
+
+
+def _meta_params():
+    return {"w": torch.empty(3, 4, dtype=torch.float64, device=META),
+            "u": torch.empty(8, dtype=torch.float64, device=META)}
+
+
+def _sum_sq(p):
+    return sum((t * t).sum() for t in p.values())
+
+
+def test_probe_vectors_on_the_parameters_device(monkeypatch):
+    """Lanczos/power start vectors and Hutchinson probes are made where the parameters live."""
+    params = _meta_params()
+    op = HessianOperator(_sum_sq, params)
+    assert [t.device for t in op.random_normal(torch.Generator().manual_seed(0))] == [META, META]
+    seen = []
+
+    def spy(self, vs):  # the first Hessian product: record the devices of the vectors, then stop
+        seen.append({t.device for t in vs})
+        raise _Stop
+
+    monkeypatch.setattr(HessianOperator, "matvec", spy)
+    monkeypatch.setattr(HessianOperator, "matvec_batched", spy)
+    for run in (lambda: top_eigenvalues(_sum_sq, params, method="lanczos"),
+                lambda: top_eigenvalues(_sum_sq, params, method="power"),
+                lambda: hessian_trace(_sum_sq, params, n_samples=2, batch=1),
+                lambda: hessian_trace(_sum_sq, params, n_samples=2, batch=2)):
+        with pytest.raises(_Stop):
+            run()
+    assert seen == [{META}] * 4
+
+
+def test_noise_on_the_parameters_device(monkeypatch):
+    """m-sharpness and average sharpness perturb θ with noise made on θ's device."""
+    import sammerge.analytics.sharpness as sh
+
+    params = _meta_params()
+    seen = []
+
+    def loss(p):  # odd calls: L(θ), returned on the CPU so that float() works; even calls: L(θ + δ) → stop
+        seen.append({t.device for t in p.values()})
+        if len(seen) % 2 == 0:
+            raise _Stop
+        return torch.zeros((), dtype=torch.float64)
+
+    for adaptive in (False, True):
+        with pytest.raises(_Stop):
+            average_sharpness(loss, params, n_samples=1, adaptive=adaptive)
+    monkeypatch.setattr(sh, "_norm", lambda a: torch.ones((), dtype=torch.float64))  # float(‖u‖) of meta u
+    for adaptive in (False, True):
+        with pytest.raises(_Stop):
+            m_sharpness(loss, params, adaptive=adaptive)
+    assert seen == [{META}] * 8
+
+
+def test_random_draws_are_the_seeded_cpu_stream(quad):
+    """Seeded draws are the CPU generator's stream (so a seed gives the same numbers on any device)."""
+    _, _, f, params = quad
+    op = HessianOperator(f, params)
+    ref = torch.Generator().manual_seed(5)
+    got = op.random_normal(torch.Generator().manual_seed(5))
+    for key, t in zip(op.keys, got):
+        assert torch.equal(t, torch.randn(params[key].shape, generator=ref, dtype=params[key].dtype))

@@ -6,18 +6,18 @@ All take plain state dicts, so plain and SAM task vectors go through exactly the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from sammerge.analytics.landscape import Progress  # progress(done, total, stage)
 from sammerge.errors import ConfigError
 from sammerge.merging.task_vector import linear_combination
 
 Params = Mapping[str, torch.Tensor]
-Progress = Callable[[int, int], None]
 
 
 def flatten(tv: Params, keys: Sequence[str] | None = None) -> torch.Tensor:
@@ -134,10 +134,10 @@ def disentanglement_error(evaluator, theta0: Params, tau1: Params, tau2: Params,
         nonlocal done
         done += n
         if progress:
-            progress(done, total)
+            progress(done, total, "disentanglement")
 
     if progress:
-        progress(0, total)
+        progress(0, total, "disentanglement")
     single1, single2 = [], []
     for alphas, tau, sink, task in ((a1, tau1, single1, t1), (a2, tau2, single2, t2)):
         for start in range(0, len(alphas), chunk):

@@ -2,12 +2,13 @@
 
 Every landscape point is a full parameter setting evaluated with :meth:`Evaluator.evaluate_many`
 (batched under ``vmap``, ``chunk`` settings per pass), never one model copy at a time. Arrays of a
-plane are indexed ``[i, j]`` = (first coordinate, second coordinate).
+plane are indexed ``[i, j]`` = (first coordinate, second coordinate). ``progress`` callbacks are
+called as ``progress(done, total, stage)`` (:class:`Progress`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -16,17 +17,24 @@ from sammerge.errors import ConfigError
 from sammerge.merging.task_vector import linear_combination, task_vector
 
 Params = Mapping[str, torch.Tensor]
-Progress = Callable[[int, int], None]
+
+
+class Progress(Protocol):
+    """The package's one progress signature (same as ``sammerge.progress.Progress``): ``done`` of ``total``
+    units of ``stage`` are finished. The analytics always pass all three arguments."""
+
+    def __call__(self, done: int, total: int, stage: str = "") -> None: ...
 
 
 def _evaluate_points(evaluator, points: Sequence[Sequence[float]], base: Params, directions: Sequence[Params],
-                     progress: Progress | None, chunk: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                     progress: Progress | None, chunk: int,
+                     stage: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """loss and accuracy per task for base + Σ c_k d_k at every point (flat arrays, one per task)."""
     n = len(points)
     loss = {t: np.zeros(n) for t in evaluator.tasks}
     acc = {t: np.zeros(n) for t in evaluator.tasks}
     if progress:
-        progress(0, n)
+        progress(0, n, stage)
     for start in range(0, n, chunk):
         idx = range(start, min(start + chunk, n))
         settings = [linear_combination(base, directions, points[i], validate=False) for i in idx]
@@ -35,7 +43,7 @@ def _evaluate_points(evaluator, points: Sequence[Sequence[float]], base: Params,
                 loss[t][i] = r.loss
                 acc[t][i] = r.accuracy
         if progress:
-            progress(idx[-1] + 1, n)
+            progress(idx[-1] + 1, n, stage)
     return loss, acc
 
 
@@ -63,7 +71,8 @@ def interpolate(evaluator, start: Params, end: Params, alphas: Sequence[float] |
     """Loss/accuracy of every evaluator task along θ(α) = start + α (end − start)."""
     alphas = np.linspace(0, 1, 11) if alphas is None else np.asarray(alphas, dtype=float)
     direction = task_vector(end, start, check_finite=False)
-    loss, acc = _evaluate_points(evaluator, [[a] for a in alphas], start, [direction], progress, chunk)
+    loss, acc = _evaluate_points(evaluator, [[a] for a in alphas], start, [direction], progress, chunk,
+                                 "interpolation")
     return Curve(alphas, loss, acc, label)
 
 
@@ -101,11 +110,12 @@ def grid(lo: float, hi: float, n: int) -> np.ndarray:
 
 
 def plane(evaluator, base: Params, d1: Params, d2: Params, xs: Sequence[float], ys: Sequence[float],
-          progress: Progress | None = None, chunk: int = 4) -> tuple[dict, dict]:
-    """Raw evaluation of base + x d1 + y d2 over xs × ys → (loss, accuracy), each task → [nx, ny]."""
+          progress: Progress | None = None, chunk: int = 4, stage: str = "plane") -> tuple[dict, dict]:
+    """Raw evaluation of base + x d1 + y d2 over xs × ys → (loss, accuracy), each task → [nx, ny].
+    ``stage``: the name ``progress`` reports."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     points = [[x, y] for x in xs for y in ys]
-    loss, acc = _evaluate_points(evaluator, points, base, [d1, d2], progress, chunk)
+    loss, acc = _evaluate_points(evaluator, points, base, [d1, d2], progress, chunk, stage)
     shape = (len(xs), len(ys))
     return {t: v.reshape(shape) for t, v in loss.items()}, {t: v.reshape(shape) for t, v in acc.items()}
 
@@ -118,7 +128,7 @@ def task_plane(evaluator, theta0: Params, tau_i: Params, tau_j: Params, xs: Sequ
     merge (α_i, α_j) if given (e.g. task arithmetic with λ: (λ, λ))."""
     xs = grid(-0.5, 1.5, 21) if xs is None else np.asarray(xs, float)
     ys = grid(-0.5, 1.5, 21) if ys is None else np.asarray(ys, float)
-    loss, acc = plane(evaluator, theta0, tau_i, tau_j, xs, ys, progress, chunk)
+    loss, acc = plane(evaluator, theta0, tau_i, tau_j, xs, ys, progress, chunk, "task plane")
     markers = {"θ0": (0.0, 0.0), names[0]: (1.0, 0.0), names[1]: (0.0, 1.0)}
     if merge_point is not None:
         markers["merge"] = (float(merge_point[0]), float(merge_point[1]))
@@ -136,7 +146,8 @@ def filter_normalized_direction(params: Params, seed: int = 0) -> dict[str, torc
         if not value.is_floating_point() or value.dim() < 2:
             out[key] = torch.zeros_like(value)
             continue
-        d = torch.randn(value.shape, generator=gen, dtype=value.dtype)
+        # drawn on the CPU generator, then moved: CPU numbers as always, and the same direction on any device
+        d = torch.randn(value.shape, generator=gen, dtype=value.dtype).to(value.device)
         d_norm = d.reshape(d.shape[0], -1).norm(dim=1)
         t_norm = value.reshape(value.shape[0], -1).norm(dim=1)
         scale = t_norm / d_norm.clamp_min(1e-12)
@@ -152,5 +163,5 @@ def random_plane(evaluator, center: Params, xs: Sequence[float] | None = None, y
     ys = grid(-1.0, 1.0, 21) if ys is None else np.asarray(ys, float)
     d1 = filter_normalized_direction(center, seed)
     d2 = filter_normalized_direction(center, seed + 1)
-    loss, acc = plane(evaluator, center, d1, d2, xs, ys, progress, chunk)
+    loss, acc = plane(evaluator, center, d1, d2, xs, ys, progress, chunk, "random plane")
     return Plane(xs, ys, loss, acc, {"center": (0.0, 0.0)}, "random", ("d1", "d2"))

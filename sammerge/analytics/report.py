@@ -4,6 +4,9 @@
 ``zoo.checkpoint_hashes()`` so that any changed checkpoint invalidates it. On-demand functions
 (landscape planes, 1-D curves, disentanglement for another pair, sharpness of a merged model) are
 cached under ``ZOO/analysis/cache/{kind}-{hash}.json``, keyed by a hash of every input.
+
+Progress callbacks have the package's one signature, ``progress(done, total, stage)``
+(:class:`sammerge.analytics.landscape.Progress`).
 """
 from __future__ import annotations
 
@@ -19,11 +22,11 @@ import numpy as np
 import torch
 
 from sammerge import __version__
+from sammerge.analytics.landscape import Progress
 from sammerge.errors import ConfigError, ZooError
 from sammerge.io import atomic_write_text
 
 ANALYSIS_FORMAT = 1
-Progress = Callable[[str, int, int], None]  # (stage, done, total), like build_zoo
 
 
 @contextlib.contextmanager
@@ -143,7 +146,7 @@ def analyze_zoo(zoo, progress: Progress | None = None, n_images: int | None = No
     ``Split.subset(n_images, batch_seed)`` of its task's ``split``. Per variant: task-vector cosine
     and sign-conflict matrices, and the disentanglement-error heatmap + mean for ``pairs`` (default:
     the first two tasks). Per (task, variant, layer): task-vector norm. ``overrides`` set any key of
-    :func:`default_settings`. ``progress(stage, done, total)`` is called as work completes.
+    :func:`default_settings`. ``progress(done, total, stage)`` is called as work completes.
     ``threads``: torch CPU threads while computing (restored afterwards; None = unchanged).
     """
     with torch_threads(threads):
@@ -192,10 +195,10 @@ def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, o
         nonlocal done
         done += n
         if progress:
-            progress(stage, done, total)
+            progress(done, total, stage)
 
     if progress:
-        progress("starting", 0, total)
+        progress(0, total, "starting")
     timings: dict[str, float] = {}
     encoder = zoo.create_encoder()
     for p in encoder.parameters():
@@ -314,25 +317,33 @@ def cache_key(zoo, kind: str, inputs: Mapping[str, Any]) -> str:
 
 def cached(zoo, kind: str, inputs: Mapping[str, Any], compute: Callable[[], dict], use_cache: bool = True,
            threads: int | None = 1) -> dict:
-    """Return ``compute()`` (a JSON-able dict), cached in ``ZOO/analysis/cache/{kind}-{key}.json``."""
-    path = analysis_dir(zoo) / "cache" / f"{kind}-{cache_key(zoo, kind, inputs)[:24]}.json"
+    """Return ``compute()`` (a JSON-able dict), cached in ``ZOO/analysis/cache/{kind}-{key}.json``.
+
+    The file holds ``{"kind", "key", "result"}``; an entry that does not parse, lacks those fields or
+    was written for another key (truncated, emptied, overwritten, an older format) is recomputed and
+    rewritten, not returned. ``use_cache=False`` neither reads nor writes the cache."""
+    key = cache_key(zoo, kind, inputs)
+    path = analysis_dir(zoo) / "cache" / f"{kind}-{key[:24]}.json"
     if use_cache and path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            pass  # corrupt entry: recompute
+            entry = None  # unreadable or corrupt entry: recompute
+        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("result"), dict):
+            return entry["result"]
     with torch_threads(threads):
         result = _jsonable(compute())
     if use_cache:
         try:
-            _write_json(path, result)
+            _write_json(path, {"kind": kind, "key": key, "result": result})
         except ZooError:
             pass  # read-only zoo: still return the result
     return result
 
 
-def _sub(progress: Progress | None, stage: str):
-    return (lambda d, t: progress(stage, d, t)) if progress else None
+def _sub(progress: Progress | None, stage: str) -> Progress | None:
+    """``progress`` reporting under ``stage`` (the stage name the inner computation passes is replaced)."""
+    return (lambda done, total, _inner="": progress(done, total, stage)) if progress else None
 
 
 def _check_tasks(zoo, *tasks):
@@ -394,40 +405,24 @@ def random_plane_for(zoo, task: str, variant: str | None, lo: float = -1.0, hi: 
     return Plane.from_json(cached(zoo, "random_plane", inputs, compute, use_cache))
 
 
-def interpolation_for(zoo, task: str, variant: str, merged: Mapping[str, torch.Tensor] | None = None,
-                      alphas: Sequence[float] | None = None, n_per_task: int = 256, seed: int = 0,
-                      split: str = "val", merged_tasks: Sequence[str] | None = None,
-                      progress: Progress | None = None, use_cache: bool = True) -> dict:
-    """1-D curves: {"finetuned": Curve θ0→θ_task on the task; "merged": Curve θ0→merged on ``merged_tasks``
-    (default: every zoo task), if ``merged`` is given}."""
-    from sammerge.evaluation.evaluator import Evaluator, params_digest
+def interpolation_for(zoo, task: str, variant: str, alphas: Sequence[float] | None = None, n_per_task: int = 256,
+                      seed: int = 0, split: str = "val", progress: Progress | None = None,
+                      use_cache: bool = True) -> dict:
+    """(Cached) 1-D curve θ0→θ_task of a variant on the task's data: ``{"finetuned": Curve}``."""
+    from sammerge.evaluation.evaluator import Evaluator
     from sammerge.analytics.landscape import Curve, interpolate
 
     _check_tasks(zoo, task)
     _check_variant(zoo, variant)
     alphas = np.linspace(0, 1, 11) if alphas is None else np.asarray(alphas, float)
-    out = {}
     inputs = dict(task=task, variant=variant, alphas=alphas, n_per_task=n_per_task, seed=seed, split=split)
 
-    def compute_ft():
+    def compute():
         ev = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, tasks=[task])
         return interpolate(ev, zoo.pretrained(), zoo.finetuned(task, variant), alphas,
                            _sub(progress, "interpolation θ0→θ_t"), label=f"θ0→θ_{task} ({variant})").to_json()
 
-    out["finetuned"] = Curve.from_json(cached(zoo, "interp", inputs, compute_ft, use_cache))
-    if merged is not None:
-        tasks = list(merged_tasks) if merged_tasks is not None else zoo.tasks
-        _check_tasks(zoo, *tasks)
-        m_inputs = dict(merged=params_digest(merged), tasks=tasks, alphas=alphas, n_per_task=n_per_task,
-                        seed=seed, split=split)
-
-        def compute_m():
-            ev = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, tasks=tasks)
-            return interpolate(ev, zoo.pretrained(), merged, alphas, _sub(progress, "interpolation θ0→merged"),
-                               label="θ0→θ_merged").to_json()
-
-        out["merged"] = Curve.from_json(cached(zoo, "interp_merged", m_inputs, compute_m, use_cache))
-    return out
+    return {"finetuned": Curve.from_json(cached(zoo, "interp", inputs, compute, use_cache))}
 
 
 def disentanglement_for(zoo, task_1: str, task_2: str, variant: str, lo: float = 0.0, hi: float = 1.5,

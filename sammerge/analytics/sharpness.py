@@ -8,11 +8,14 @@ and GroupNorm affine weights/biases; the frozen head is not included), unless ``
 Hessian-vector products use double backward (reverse-over-reverse) with the gradient graph built
 once per operator and reused for every product (``HessianOperator``); :func:`hvp` is the stand-alone
 forward-over-reverse version (``torch.func.jvp(grad(f))``).
+
+Random draws (start vectors, Hutchinson probes, perturbations) come from a seeded CPU generator and are
+then moved to the parameters' device: a seed gives the same numbers on any device.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -95,6 +98,13 @@ def _norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(_dot(a, a))
 
 
+def _randn(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws of ``shape`` with ``like``'s dtype on ``like``'s device."""
+    # drawn on the generator's device (the CPU for every seed here), then moved: the CPU numbers are the
+    # ones CPU runs always had, and a seed gives the same draws on any device
+    return torch.randn(shape, generator=gen, dtype=like.dtype, device=gen.device).to(like.device)
+
+
 def num_params(params: Params, keys: Sequence[str] | None = None) -> int:
     return sum(params[k].numel() for k in _float_keys(params, keys))
 
@@ -145,7 +155,7 @@ class HessianOperator:
         return [o.detach() for o in out]
 
     def random_normal(self, gen: torch.Generator) -> list[torch.Tensor]:
-        return [torch.randn(s, generator=gen, dtype=self.leaves[k].dtype) for k, s in zip(self.keys, self.shapes)]
+        return [_randn(s, gen, self.leaves[k]) for k, s in zip(self.keys, self.shapes)]
 
     def as_dict(self, vecs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         return dict(zip(self.keys, vecs))
@@ -154,7 +164,7 @@ class HessianOperator:
         """The full Hessian (dim × dim); only for tiny models and tests."""
         cols = []
         for i in range(self.dim):
-            e = torch.zeros(self.dim)
+            e = torch.zeros(self.dim, device=self.leaves[self.keys[0]].device)
             e[i] = 1
             cols.append(torch.cat([t.reshape(-1) for t in self.matvec(self._unflatten(e))]))
         return torch.stack(cols, 1)
@@ -176,11 +186,6 @@ class EigenResult:
     converged: bool
     method: str
     eigenvectors: list[dict[str, torch.Tensor]] | None = field(default=None, repr=False)
-
-    def record(self) -> dict:
-        d = asdict(self)
-        d.pop("eigenvectors")
-        return d
 
 
 def top_eigenvalues(loss_fn: LossFn, params: Params, k: int = 1, iters: int = 100, tol: float = 1e-3,
@@ -288,9 +293,6 @@ class TraceResult:
     se: float          # standard error of the mean over the probe vectors
     n_samples: int
 
-    def record(self) -> dict:
-        return asdict(self)
-
 
 def hessian_trace(loss_fn: LossFn, params: Params, n_samples: int = 20, seed: int = 0,
                   keys: Sequence[str] | None = None, batch: int = 1) -> TraceResult:
@@ -305,8 +307,8 @@ def hessian_trace(loss_fn: LossFn, params: Params, n_samples: int = 20, seed: in
     samples: list[float] = []
     while len(samples) < n_samples:
         b = min(batch, n_samples - len(samples))
-        probes = [[(torch.randint(0, 2, s, generator=gen) * 2 - 1).to(op.leaves[key].dtype)
-                   for key, s in zip(op.keys, op.shapes)] for _ in range(b)]  # same draws for any batch
+        probes = [[(torch.randint(0, 2, s, generator=gen) * 2 - 1).to(op.leaves[key].device, op.leaves[key].dtype)
+                   for key, s in zip(op.keys, op.shapes)] for _ in range(b)]  # same draws for any batch, any device
         vs = [torch.stack(parts) for parts in zip(*probes)]
         if b == 1:
             hv = [h.unsqueeze(0) for h in op.matvec([t[0] for t in vs])]
@@ -327,9 +329,6 @@ class SharpnessResult:
     values: list[float]        # one per batch (m-sharpness) or per noise sample (average sharpness)
     base_loss: float           # mean L(θ) over the batches
     settings: dict
-
-    def record(self) -> dict:
-        return asdict(self)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -365,7 +364,7 @@ def m_sharpness(loss_fns: Sequence[LossFn] | LossFn, params: Params, rho: float 
     for fn in fns:
         with torch.no_grad():
             l0 = float(fn(base))
-        u = {k: torch.randn(base[k].shape, generator=gen, dtype=base[k].dtype) for k in names}
+        u = {k: _randn(base[k].shape, gen, base[k]) for k in names}
         nu = float(_norm(list(u.values())))
         u = {k: t * (init_scale * rho / max(nu, 1e-30)) for k, t in u.items()}
         for _ in range(steps):
@@ -409,7 +408,7 @@ def average_sharpness(loss_fn: LossFn, params: Params, sigma: float = 0.01, n_sa
         for _ in range(n_samples):
             pert = {}
             for k in names:
-                d = torch.randn(base[k].shape, generator=gen, dtype=base[k].dtype) * sigma
+                d = _randn(base[k].shape, gen, base[k]) * sigma
                 pert[k] = base[k] + (d * base[k].abs() if adaptive else d)
             values.append(float(loss_fn({**base, **pert})) - l0)
     mean, se = _mean_se(values)

@@ -70,7 +70,7 @@ def main() -> None:
         zoo = open_zoo(zoo_dir)
         if load_analysis(zoo) is None:
             print("computing the analysis (once; stored next to the zoo)…")
-            analyze_zoo(zoo, progress=lambda stage, done, total: print(f"  {stage} {done}/{total}", flush=True))
+            analyze_zoo(zoo, progress=lambda done, total, stage="": print(f"  {stage} {done}/{total}", flush=True))
 
     with streamlit_server({"SAMMERGE_ZOO": str(zoo_dir)}, timeout=300) as url, \
             chromium_page(viewport=(1440, 1000)) as page:

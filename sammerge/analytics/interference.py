@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from sammerge.analytics.landscape import Progress  # progress(done, total, stage)
+from sammerge.progress import Progress  # progress(done, total, stage)
 from sammerge.errors import ConfigError
 from sammerge.merging.task_vector import linear_combination
 

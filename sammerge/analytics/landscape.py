@@ -8,22 +8,16 @@ called as ``progress(done, total, stage)`` (:class:`Progress`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from sammerge.errors import ConfigError
+from sammerge.progress import Progress
 from sammerge.merging.task_vector import linear_combination, task_vector
 
 Params = Mapping[str, torch.Tensor]
-
-
-class Progress(Protocol):
-    """The package's one progress signature (same as ``sammerge.progress.Progress``): ``done`` of ``total``
-    units of ``stage`` are finished. The analytics always pass all three arguments."""
-
-    def __call__(self, done: int, total: int, stage: str = "") -> None: ...
 
 
 def _evaluate_points(evaluator, points: Sequence[Sequence[float]], base: Params, directions: Sequence[Params],

@@ -6,7 +6,7 @@
 cached under ``ZOO/analysis/cache/{kind}-{hash}.json``, keyed by a hash of every input.
 
 Progress callbacks have the package's one signature, ``progress(done, total, stage)``
-(:class:`sammerge.analytics.landscape.Progress`).
+(:mod:`sammerge.progress`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sammerge import __version__
-from sammerge.analytics.landscape import Progress
+from sammerge.progress import Progress
 from sammerge.errors import ConfigError, ZooError
 from sammerge.io import atomic_write_text
 

@@ -10,7 +10,7 @@ from sammerge.errors import ConfigError, SammergeError
 from sammerge.explorer.exports import figure_html, figure_png, model_card, png_available, weights_bytes
 from sammerge.explorer.figures import bar_figure, radar_figure, sam_vs_plain_sentence, sweep_figure
 from sammerge.explorer.service import method_choices
-from sammerge.explorer.style import variant_label
+from sammerge.explorer.style import describe, variant_label
 from sammerge.merging import (DENSITIES, LAMBDA, WEIGHTS, MergeSpec, from_mergekit_yaml, get_method,
                               is_mergekit_config, to_mergekit_yaml)
 from sammerge.webapp import ui
@@ -297,7 +297,7 @@ def results_panel(state: MergeSpec | None) -> None:
         cur = ex.summary(state)
     cols[0].metric("Mean accuracy", f"{cur.mean:.1%}")
     cols[1].metric("Normalized accuracy", f"{cur.normalized:.1%}")
-    showing.caption(f"Showing: {state.describe()}")
+    showing.caption(f"Showing: {describe(state)}")
     with ui.friendly_errors("merge"):
         cmp = ex.compare(state)
         table = cmp.table()

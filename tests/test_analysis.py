@@ -63,6 +63,24 @@ def zoo(analysis_zoo_src, tmp_path):
     return open_zoo(dst)
 
 
+def _rewrite_checkpoint(zoo, task, variant, edit):
+    """Rewrite a fine-tuned checkpoint as ``edit(params)`` and its sha256 in zoo.json; reopen the zoo."""
+    rec = zoo.manifest.checkpoint(task, variant)
+    save_state_dict(edit({k: v.clone() for k, v in zoo.finetuned(task, variant).items()}), zoo.path / rec.file)
+    manifest = json.loads((zoo.path / "zoo.json").read_text())
+    for c in manifest["checkpoints"]:
+        if c["file"] == rec.file:
+            c["sha256"] = sha256_file(zoo.path / rec.file)
+    (zoo.path / "zoo.json").write_text(json.dumps(manifest))
+    return open_zoo(zoo.path)
+
+
+def _nudge_first(params):
+    first = next(iter(params))
+    params[first] = params[first] + 1e-3
+    return params
+
+
 def test_analyze_store_load_and_invalidate(zoo):
     stages = []
     result = analyze_zoo(zoo, quick=True, progress=lambda d, t, s="": stages.append((d, t, s)), **SMALL)
@@ -96,16 +114,7 @@ def test_analyze_store_load_and_invalidate(zoo):
 
     # a changed checkpoint (file rewritten, manifest updated) invalidates the stored analysis
     rec = zoo.manifest.checkpoints[0]
-    params = {k: v.clone() for k, v in zoo.finetuned(rec.task, rec.variant).items()}
-    first = next(iter(params))
-    params[first] = params[first] + 1e-3
-    save_state_dict(params, zoo.path / rec.file)
-    manifest = json.loads((zoo.path / "zoo.json").read_text())
-    for c in manifest["checkpoints"]:
-        if c["file"] == rec.file:
-            c["sha256"] = sha256_file(zoo.path / rec.file)
-    (zoo.path / "zoo.json").write_text(json.dumps(manifest))
-    changed = open_zoo(zoo.path)
+    changed = _rewrite_checkpoint(zoo, rec.task, rec.variant, _nudge_first)
     assert changed.checkpoint_hashes() != zoo.checkpoint_hashes()
     assert load_analysis(changed) is None
     # a corrupt file is "no analysis", not a crash
@@ -164,19 +173,6 @@ def test_on_demand_caches(zoo):
     assert s == s2 and np.isfinite(s["top_eigenvalue"])
 
 
-def _rewrite_checkpoint(zoo, task, variant, scale):
-    """Scale a fine-tuned checkpoint's weights, rewrite its file and its sha256 in zoo.json; reopen the zoo."""
-    rec = zoo.manifest.checkpoint(task, variant)
-    params = {k: v * scale if v.is_floating_point() else v for k, v in zoo.finetuned(task, variant).items()}
-    save_state_dict(params, zoo.path / rec.file)
-    manifest = json.loads((zoo.path / "zoo.json").read_text())
-    for c in manifest["checkpoints"]:
-        if c["file"] == rec.file:
-            c["sha256"] = sha256_file(zoo.path / rec.file)
-    (zoo.path / "zoo.json").write_text(json.dumps(manifest))
-    return open_zoo(zoo.path)
-
-
 @pytest.fixture
 def plane_calls(monkeypatch):
     """Counts the real computations behind task_plane_for (cache hits do not call task_plane)."""
@@ -222,7 +218,8 @@ def test_cache_agrees_with_recomputation_and_invalidates(zoo, plane_calls):
     assert len(list((zoo.path / "analysis" / "cache").glob("task_plane-*.json"))) == 3
 
     # a changed checkpoint (bytes and manifest hash) invalidates every entry of that zoo
-    changed = _rewrite_checkpoint(zoo, t1, v, 1.5)
+    changed = _rewrite_checkpoint(
+        zoo, t1, v, lambda p: {k: t * 1.5 if t.is_floating_point() else t for k, t in p.items()})
     n_before = len(plane_calls)
     after = task_plane_for(changed, n=2, **args)
     assert len(plane_calls) == n_before + 1

@@ -67,6 +67,12 @@ class Comparison:
         return {name: self.summary(name).as_dict() for name in self.specs}
 
     def table(self) -> pd.DataFrame:
+        """The per-task table (built once per comparison; do not modify the frame)."""
+        if "_table" not in self.__dict__:
+            object.__setattr__(self, "_table", self._build_table())
+        return self.__dict__["_table"]
+
+    def _build_table(self) -> pd.DataFrame:
         """One row per zoo task: merged?, variant, pretrained, each individual model, the current merge, the merge
         with all tasks on each variant, normalized accuracy of the current merge (NaN for unmerged tasks)."""
         spec, cur = self.spec, self.results["current"]

@@ -191,19 +191,6 @@ class MergeSpec(BaseModel):
         return json.dumps({"method": self.method, "params": self.params,
                            "tasks": [[t.task, t.variant, t.weight, t.density] for t in self.tasks]}, sort_keys=True)
 
-    def describe(self) -> str:
-        """One line naming the merge (shown above the results; changes with every control)."""
-        from sammerge.explorer.style import variant_label  # display names only
-        parts = [self.spec.label]
-        parts += [f"{'λ' if k == LAMBDA else k} = {fmt(v)}" for k, v in self.params.items() if k != "normalize" or v]
-        used = self.uniform_variant()
-        ckpt = f"all {variant_label(used)}" if used else ", ".join(
-            f"{t.task}: {variant_label(t.variant)}" for t in self.tasks)
-        parts.append(f"{len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''} ({ckpt})")
-        if self.has_weights and any(t.weight != 1.0 for t in self.tasks):
-            parts.append("λ_t: " + ", ".join(f"{t.task} {fmt(t.weight)}" for t in self.tasks))
-        return " · ".join(parts)
-
     # -- evolution: every change returns a new, validated spec ------------------------------------
     def evolve(self, **changes) -> "MergeSpec":
         data = self.model_dump(mode="python")

@@ -14,10 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from browser import chromium_page, open_page, streamlit_server, wait_idle  # noqa: E402
+from sammerge.webapp.browser import chromium_page, open_page, streamlit_server, wait_idle
 
 
 def main() -> int:

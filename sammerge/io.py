@@ -28,11 +28,24 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
+def _umask_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp make private 0600/0700 temp files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A temp file beside ``path`` with the permissions ``path`` would get if written directly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _umask_mode())
+    return fd, tmp
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    fd, tmp = _temp_file(Path(path))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -61,6 +74,7 @@ def atomic_dir(final_path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final_path.name}.", suffix=".tmp"))
+        tmp.chmod(_umask_mode(directory=True))
     except OSError as exc:
         raise CheckpointError(f"{final_path}: cannot create output directory ({exc.strerror or exc})") from exc
     try:
@@ -91,12 +105,12 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
     """
     path = Path(path)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path)
     os.close(fd)
     try:
         header = {"sammerge": json.dumps({k: str(v) for k, v in metadata.items()}, sort_keys=True)} if metadata else None
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, _umask_mode())  # safetensors recreates the file privately
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

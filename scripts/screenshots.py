@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import chromium_available, chromium_page, open_page, screenshot, streamlit_server, wait_idle  # noqa: E402
+from sammerge.webapp.browser import chromium_available, chromium_page, open_page, screenshot, streamlit_server, wait_idle
 
 
 def find_zoo(arg: str | None) -> Path:

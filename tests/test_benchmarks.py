@@ -34,3 +34,10 @@ def test_analytics_benchmark_runs(tiny_zoo, tmp_path):
         capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())
+
+
+def test_readme_tables_come_from_the_benchmark_results():
+    """Every measured table of the README is what benchmarks/readme_tables.py writes from benchmarks/results/."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from browser import (ARTIFACTS, IDLE_JS, PAGES, chromium_available, chromium_page, metric_values, open_page,
+from sammerge.webapp.browser import (ARTIFACTS, IDLE_JS, PAGES, chromium_available, chromium_page, metric_values, open_page,
                      screenshot, streamlit_server, wait_idle)
 
 pytestmark = [pytest.mark.browser,

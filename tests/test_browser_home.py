@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser import ARTIFACTS, chromium_available, chromium_page, streamlit_server
+from sammerge.webapp.browser import ARTIFACTS, chromium_available, chromium_page, streamlit_server
 
 pytestmark = pytest.mark.browser
 

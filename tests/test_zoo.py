@@ -205,3 +205,24 @@ def test_console_script_entry_point(tiny_zoo):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "tiny" in proc.stdout
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Temp files from mkstemp/mkdtemp are private (0600/0700); the final files and folders must not be."""
+    import os
+
+    import torch
+
+    from sammerge.io import atomic_dir, atomic_write_text, save_state_dict
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.md", "x")
+        save_state_dict({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

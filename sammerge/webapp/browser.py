@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout (app.py, pages/)
 CHROMIUM = os.environ.get("SAMMERGE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("SAMMERGE_ARTIFACTS", ROOT / "artifacts"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

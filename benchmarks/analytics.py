@@ -31,7 +31,7 @@ def _demo_setup(zoo_path: str | None, n_images: int):
         t1, t2 = zoo.tasks[:2]
         v = zoo.variants[0]
         theta0 = zoo.pretrained()
-        data = {t: zoo.benchmark.tasks[t].splits["val"].subset(n_images, 0) for t in (t1, t2)}
+        data = {t: zoo.split(t, "val").subset(n_images, 0) for t in (t1, t2)}
         return (zoo.create_encoder(), theta0, zoo.finetuned(t1, v), zoo.task_vector(t1, v), zoo.task_vector(t2, v),
                 {t: zoo.heads[t] for t in (t1, t2)}, {t: (d.images, d.labels) for t, d in data.items()},
                 f"zoo {zoo_path} ({t1}, {t2}, {v})")

@@ -24,7 +24,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.zoo is None:
-        from sammerge.zoo import default_zoo_dir
+        from sammerge.training.build import default_zoo_dir
         demos = sorted(default_zoo_dir().glob("demo-*/zoo.json"), key=lambda p: p.stat().st_mtime)
         if not demos:
             sys.exit("no demo zoo built yet: run ./dev app once, or pass a zoo directory")

@@ -21,7 +21,8 @@ from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.training.presets import get_preset  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
 LAMBDA_GRID = lambda_grid("task_arithmetic")
-from sammerge.zoo import build_zoo, open_zoo  # noqa: E402
+from sammerge.training.build import build_zoo  # noqa: E402
+from sammerge.zoo import open_zoo  # noqa: E402
 
 LAMBDAS = LAMBDA_GRID
 

@@ -32,7 +32,8 @@ from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.merging import linear_combination  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, coarse_to_fine_lambda, scaled  # noqa: E402
 LAMBDA_GRID = lambda_grid("task_arithmetic")
-from sammerge.zoo import ensure_zoo, open_zoo  # noqa: E402
+from sammerge.training.build import ensure_zoo  # noqa: E402
+from sammerge.zoo import open_zoo  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

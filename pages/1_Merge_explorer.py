@@ -246,7 +246,7 @@ def controls_panel(state: MergeSpec) -> MergeSpec | None:
     for t in zoo.tasks:
         c1, c2 = st.columns([1.25, 1], vertical_alignment="center")
         with c1:
-            if st.checkbox(t, key=k_inc(t), help=zoo.benchmark.tasks[t].description or None):
+            if st.checkbox(t, key=k_inc(t), help=zoo.task_description(t) or None):
                 included.append(t)
         with c2:
             ui.seed_widget(k_var(t), zoo.variants[0])

@@ -19,7 +19,7 @@ from sammerge.webapp.browser import chromium_available, chromium_page, open_page
 
 
 def find_zoo(arg: str | None) -> Path:
-    from sammerge.zoo import default_zoo_dir
+    from sammerge.training.build import default_zoo_dir
 
     demos = sorted(default_zoo_dir().glob("demo-*/zoo.json"), key=lambda p: p.stat().st_mtime)
     if demos:

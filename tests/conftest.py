@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 def tiny_zoo(tmp_path_factory) -> Path:
     """Path of a `tiny` preset zoo, built once per session. Do not modify; use `tiny_zoo_copy`."""
     from sammerge.training.presets import get_preset
-    from sammerge.zoo import build_zoo
+    from sammerge.training.build import build_zoo
 
     out = tmp_path_factory.mktemp("zoo") / "tiny"
     build_zoo(get_preset("tiny"), out)

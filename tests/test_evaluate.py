@@ -35,7 +35,7 @@ def _direct(zoo, params, split, n, seed=0):
     out = {}
     with torch.no_grad():
         for task in zoo.tasks:
-            part = zoo.benchmark.tasks[task].splits[split].subset(n, seed)
+            part = zoo.split(task, split).subset(n, seed)
             logits = zoo.heads[task](encoder(part.images))
             out[task] = (float((logits.argmax(1) == part.labels).float().mean()),
                          float(F.cross_entropy(logits, part.labels)))

@@ -13,7 +13,8 @@ from sammerge.cli import main as cli_main
 from sammerge.errors import CheckpointError, ConfigError, ZooError
 from sammerge.io import sha256_file
 from sammerge.training.presets import get_preset
-from sammerge.zoo import build_zoo, open_zoo, read_manifest
+from sammerge.training.build import build_zoo
+from sammerge.zoo import open_zoo, read_manifest
 
 
 def test_tiny_zoo_layout_and_manifest(tiny_zoo):

@@ -461,7 +461,7 @@ def cross_task_linearity_for(zoo, task_i: str, task_j: str, variant: str, n_imag
     inputs = dict(tasks=[task_i, task_j], variant=variant, n_images=n_images, seed=seed, alphas=alphas, split=split)
 
     def compute():
-        imgs = torch.cat([zoo.benchmark.tasks[t].splits[split].subset(n_images, seed).images for t in (task_i, task_j)])
+        imgs = torch.cat([zoo.split(t, split).subset(n_images, seed).images for t in (task_i, task_j)])
         res = cross_task_linearity(zoo.create_encoder(), zoo.finetuned(task_i, variant), zoo.finetuned(task_j, variant),
                                    imgs, alphas)
         return {"alphas": alphas, "blocks": {b: v for b, v in res.items()}}

@@ -76,7 +76,7 @@ def fixed_batch(zoo, task: str, n: int = 256, seed: int = 0, split: str = "val")
         raise ConfigError(f"unknown task '{task}' (zoo has: {', '.join(zoo.tasks)})")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, not '{split}'")
-    part = zoo.benchmark.tasks[task].splits[split].subset(n, seed)
+    part = zoo.split(task, split).subset(n, seed)
     return FixedBatch(task, split, len(part.labels), seed, part.images, part.labels)
 
 

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from sammerge.training.presets import VariantSpec, get_preset
-    from sammerge.zoo import build_zoo
+    from sammerge.training.build import build_zoo
 
     recipe = get_preset(args.preset)
     updates = {}

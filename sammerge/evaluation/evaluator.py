@@ -89,7 +89,7 @@ class Evaluator:
             raise ConfigError(f"unknown task '{unknown[0]}' (zoo has: {', '.join(zoo.tasks)})")
         data = {}
         for task in tasks:
-            part = zoo.benchmark.tasks[task].splits[split]
+            part = zoo.split(task, split)
             if n_per_task is not None and n_per_task < len(part.labels):
                 part = part.subset(n_per_task, seed)
             data[task] = (part.images, part.labels)

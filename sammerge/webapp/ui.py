@@ -58,7 +58,8 @@ def ensure_demo_zoo():
     """The demo zoo: opened from the on-disk cache or built now with visible progress."""
     from sammerge.data import load_benchmark
     from sammerge.training.presets import get_preset
-    from sammerge.zoo import data_sha256, default_zoo_dir, ensure_zoo
+    from sammerge.training.build import default_zoo_dir, ensure_zoo
+    from sammerge.zoo import data_sha256
 
     preset = demo_preset()
     recipe = get_preset(preset)

@@ -62,7 +62,8 @@ c1, c2 = st.columns([1, 1])
 task_1d = c1.selectbox("Task", tasks, key="sh_task_1d")
 what_1d = c2.radio("Show", ["loss", "accuracy"], horizontal=True, key="sh_what_1d")
 key_1d = ("1d", str(zoo.path), task_1d)
-if st.button("Compute the curves", key="sh_go_1d") or ss.get("sh_have_1d") == key_1d:
+on_disk_1d = all(an.interpolation_for(zoo, task_1d, v, cached_only=True) for v in variants)
+if on_disk_1d or ss.get("sh_have_1d") == key_1d or st.button("Compute the curves", key="sh_go_1d"):
     bar = st.progress(0.0, text="interpolation")
     with ui.friendly_errors("interpolation"):
         curves = {v: an.interpolation_for(zoo, task_1d, v, progress=ui.progress_callback(bar, variant_label(v)))["finetuned"]
@@ -91,7 +92,8 @@ if spec is not None and spec.method == "task_arithmetic" and not spec.params.get
 key_plane = ("plane", str(zoo.path), ti, tj, n)
 if ti == tj:
     st.info("Choose two different tasks.")
-elif st.button("Compute the planes", key="sh_go_plane", type="primary") or ss.get("sh_have_plane") == key_plane:
+elif all(an.task_plane_for(zoo, ti, tj, v, n=n, cached_only=True) for v in variants) \
+        or ss.get("sh_have_plane") == key_plane or st.button("Compute the planes", key="sh_go_plane", type="primary"):
     bar = st.progress(0.0, text="task plane")
     with ui.friendly_errors("task plane"):
         planes = {v: an.task_plane_for(zoo, ti, tj, v, n=n, merge_point=merge_point,
@@ -115,7 +117,8 @@ c1, c2 = st.columns(2)
 task_r = c1.selectbox("Task", tasks, key="sh_task_r")
 n_r = c2.select_slider("Grid points per axis", [7, 11, 15, 21], value=11, key="sh_n_r")
 key_r = ("random", str(zoo.path), task_r, n_r)
-if st.button("Compute the random planes", key="sh_go_r") or ss.get("sh_have_r") == key_r:
+if all(an.random_plane_for(zoo, task_r, v, n=n_r, cached_only=True) for v in variants) \
+        or ss.get("sh_have_r") == key_r or st.button("Compute the random planes", key="sh_go_r"):
     bar = st.progress(0.0, text="random plane")
     with ui.friendly_errors("random plane"):
         planes_r = {v: an.random_plane_for(zoo, task_r, v, n=n_r, progress=ui.progress_callback(bar, variant_label(v)))

@@ -316,12 +316,13 @@ def cache_key(zoo, kind: str, inputs: Mapping[str, Any]) -> str:
 
 
 def cached(zoo, kind: str, inputs: Mapping[str, Any], compute: Callable[[], dict], use_cache: bool = True,
-           threads: int | None = 1) -> dict:
+           threads: int | None = 1, cached_only: bool = False) -> dict | None:
     """Return ``compute()`` (a JSON-able dict), cached in ``ZOO/analysis/cache/{kind}-{key}.json``.
 
     The file holds ``{"kind", "key", "result"}``; an entry that does not parse, lacks those fields or
     was written for another key (truncated, emptied, overwritten, an older format) is recomputed and
-    rewritten, not returned. ``use_cache=False`` neither reads nor writes the cache."""
+    rewritten, not returned. ``use_cache=False`` neither reads nor writes the cache; ``cached_only=True``
+    returns None instead of computing (pages use it to show what is already on disk without a click)."""
     key = cache_key(zoo, kind, inputs)
     path = analysis_dir(zoo) / "cache" / f"{kind}-{key[:24]}.json"
     if use_cache and path.is_file():
@@ -331,6 +332,8 @@ def cached(zoo, kind: str, inputs: Mapping[str, Any], compute: Callable[[], dict
             entry = None  # unreadable or corrupt entry: recompute
         if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("result"), dict):
             return entry["result"]
+    if cached_only:
+        return None
     with torch_threads(threads):
         result = _jsonable(compute())
     if use_cache:
@@ -360,7 +363,7 @@ def _check_variant(zoo, variant):
 def task_plane_for(zoo, task_i: str, task_j: str, variant: str, lo: float = -0.5, hi: float = 1.5, n: int = 21,
                    n_per_task: int = 256, seed: int = 0, split: str = "val",
                    merge_point: tuple[float, float] | None = None, progress: Progress | None = None,
-                   use_cache: bool = True):
+                   use_cache: bool = True, cached_only: bool = False):
     """The (cached) task plane θ0 + α_i τ_i + α_j τ_j of a variant, on both tasks' data → ``Plane``.
     ``merge_point`` (α_i, α_j) only adds a marker (not part of the cache key)."""
     from sammerge.evaluation.evaluator import Evaluator
@@ -377,7 +380,10 @@ def task_plane_for(zoo, task_i: str, task_j: str, variant: str, lo: float = -0.5
         return task_plane(ev, zoo.pretrained(), zoo.task_vector(task_i, variant), zoo.task_vector(task_j, variant),
                           xs, xs, names=(task_i, task_j), progress=_sub(progress, "task plane")).to_json()
 
-    plane = Plane.from_json(cached(zoo, "task_plane", inputs, compute, use_cache))
+    found = cached(zoo, "task_plane", inputs, compute, use_cache, cached_only=cached_only)
+    if found is None:
+        return None
+    plane = Plane.from_json(found)
     if merge_point is not None:
         plane.markers["merge"] = (float(merge_point[0]), float(merge_point[1]))
     return plane
@@ -385,7 +391,7 @@ def task_plane_for(zoo, task_i: str, task_j: str, variant: str, lo: float = -0.5
 
 def random_plane_for(zoo, task: str, variant: str | None, lo: float = -1.0, hi: float = 1.0, n: int = 21,
                      seed: int = 0, n_per_task: int = 256, data_seed: int = 0, split: str = "val",
-                     progress: Progress | None = None, use_cache: bool = True):
+                     progress: Progress | None = None, use_cache: bool = True, cached_only: bool = False):
     """Filter-normalized random plane around θ_task (``variant``) or θ0 (``variant=None``), on the task's data."""
     from sammerge.evaluation.evaluator import Evaluator
     from sammerge.analytics.landscape import Plane, grid, random_plane
@@ -402,12 +408,13 @@ def random_plane_for(zoo, task: str, variant: str | None, lo: float = -1.0, hi: 
         center = zoo.pretrained() if variant is None else zoo.finetuned(task, variant)
         return random_plane(ev, center, xs, xs, seed=seed, progress=_sub(progress, "random plane")).to_json()
 
-    return Plane.from_json(cached(zoo, "random_plane", inputs, compute, use_cache))
+    found = cached(zoo, "random_plane", inputs, compute, use_cache, cached_only=cached_only)
+    return None if found is None else Plane.from_json(found)
 
 
 def interpolation_for(zoo, task: str, variant: str, alphas: Sequence[float] | None = None, n_per_task: int = 256,
                       seed: int = 0, split: str = "val", progress: Progress | None = None,
-                      use_cache: bool = True) -> dict:
+                      use_cache: bool = True, cached_only: bool = False) -> dict | None:
     """(Cached) 1-D curve θ0→θ_task of a variant on the task's data: ``{"finetuned": Curve}``."""
     from sammerge.evaluation.evaluator import Evaluator
     from sammerge.analytics.landscape import Curve, interpolate
@@ -422,12 +429,13 @@ def interpolation_for(zoo, task: str, variant: str, alphas: Sequence[float] | No
         return interpolate(ev, zoo.pretrained(), zoo.finetuned(task, variant), alphas,
                            _sub(progress, "interpolation θ0→θ_t"), label=f"θ0→θ_{task} ({variant})").to_json()
 
-    return {"finetuned": Curve.from_json(cached(zoo, "interp", inputs, compute, use_cache))}
+    found = cached(zoo, "interp", inputs, compute, use_cache, cached_only=cached_only)
+    return None if found is None else {"finetuned": Curve.from_json(found)}
 
 
 def disentanglement_for(zoo, task_1: str, task_2: str, variant: str, lo: float = 0.0, hi: float = 1.5,
                         n: int = 11, n_per_task: int = 256, seed: int = 0, split: str = "val",
-                        progress: Progress | None = None, use_cache: bool = True):
+                        progress: Progress | None = None, use_cache: bool = True, cached_only: bool = False):
     """(Cached) disentanglement-error heatmap of a task pair for a variant → ``Disentanglement``."""
     from sammerge.evaluation.evaluator import Evaluator
     from sammerge.analytics.interference import Disentanglement, disentanglement_error
@@ -444,7 +452,9 @@ def disentanglement_for(zoo, task_1: str, task_2: str, variant: str, lo: float =
                                      zoo.task_vector(task_2, variant), (task_1, task_2), alphas, alphas,
                                      _sub(progress, "disentanglement")).to_json()
 
-    d = cached(zoo, "disentanglement", inputs, compute, use_cache)
+    d = cached(zoo, "disentanglement", inputs, compute, use_cache, cached_only=cached_only)
+    if d is None:
+        return None
     return Disentanglement(np.asarray(d["alphas1"]), np.asarray(d["alphas2"]), np.asarray(d["xi"]),
                            tuple(d["tasks"]))
 

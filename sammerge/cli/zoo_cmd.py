@@ -1,4 +1,4 @@
-"""`sammerge zoo build|info`."""
+"""`sammerge zoo build|info|demo`."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     info.add_argument("--no-verify", action="store_true", help="skip hashing every file")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(func=_info)
+
+    demo = zsub.add_parser("demo", help="print the demo zoo's directory (installs the shipped zoo on first use)")
+    demo.set_defaults(func=_demo)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -79,6 +82,13 @@ def _print_table(zoo) -> None:
     print("\nmean test accuracy by fine-tuning variant:")
     with pd.option_context("display.float_format", "{:.3f}".format):
         print(summary.to_string())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sammerge.training.build import ensure_zoo
+
+    print(ensure_zoo("demo").path)
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

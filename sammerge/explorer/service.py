@@ -242,14 +242,42 @@ class Explorer:
                                  f"{self.describe_evaluation()}")
 
     # -- paper table ------------------------------------------------------------------------------------
-    def paper_table_cached(self) -> pd.DataFrame | None:
-        return self._paper.get("table")
+    def _paper_inputs(self) -> dict:
+        from sammerge.evaluation.protocol import DEFAULT_TABLE_METHODS
+        from sammerge.merging import get_method
+        return {"methods": {m: list(get_method(m).lambda_range or ()) for m in DEFAULT_TABLE_METHODS},
+                "variants": self.zoo.variants}
 
-    def paper_table(self, progress: Progress | None = None) -> pd.DataFrame:
-        from sammerge.evaluation.protocol import paper_table
+    def paper_table_cached(self) -> pd.DataFrame | None:
+        """The paper table if computed before — in this process or on disk (``ZOO/analysis/cache``) — else None."""
+        from sammerge.analytics.report import cached
 
         with self._lock:
             if "table" not in self._paper:
-                self._paper["table"] = paper_table(self.zoo, progress=progress)
+                found = cached(self.zoo, "paper_table", self._paper_inputs(), dict, cached_only=True)
+                if found is not None:
+                    self._paper["table"] = _frame_from_json(found)
+            return self._paper.get("table")
+
+    def paper_table(self, progress: Progress | None = None) -> pd.DataFrame:
+        """The paper table (``evaluation.protocol.paper_table``), computed once and kept on disk with the zoo."""
+        from sammerge.analytics.report import cached
+        from sammerge.evaluation.protocol import paper_table
+
+        with self._lock:
+            if self.paper_table_cached() is None:
+                found = cached(self.zoo, "paper_table", self._paper_inputs(),
+                               lambda: _frame_to_json(paper_table(self.zoo, progress=progress)), threads=None)
+                self._paper["table"] = _frame_from_json(found)
             return self._paper["table"]
 
+
+def _frame_to_json(frame: pd.DataFrame) -> dict:
+    return {"columns": list(frame.columns), "rows": frame.astype(object).where(frame.notna(), None).values.tolist(),
+            "attrs": dict(frame.attrs)}
+
+
+def _frame_from_json(data: dict) -> pd.DataFrame:
+    frame = pd.DataFrame(data["rows"], columns=data["columns"]).fillna(value=float("nan")).infer_objects()
+    frame.attrs.update(data.get("attrs", {}))
+    return frame

@@ -175,7 +175,7 @@ def default_zoo_dir() -> Path:
 
 def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, progress: Progress | None = None,
                device: str = "auto") -> Zoo:
-    """Open the cached zoo of a preset, building it first if missing or built from another recipe."""
+    """Open the cached zoo of a preset; if missing (or from another recipe) install the shipped one, else build it."""
     from sammerge.data import load_benchmark
     from sammerge.training.presets import get_preset
 
@@ -200,6 +200,10 @@ def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, prog
                         return zoo
                 except (ZooError, CheckpointError):
                     pass  # corrupt cache: rebuild it
+            from sammerge.shipped import install_shipped_zoo
+            shipped = install_shipped_zoo(preset, fingerprint, zoo_dir)
+            if shipped is not None:
+                return shipped
             return build_zoo(recipe, zoo_dir, device=device, overwrite=True, progress=progress, benchmark=bench)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

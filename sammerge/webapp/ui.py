@@ -70,6 +70,10 @@ def ensure_demo_zoo():
             return open_zoo_cached(expected)
         except SammergeError:
             pass  # rebuild below
+    from sammerge.shipped import shipped_zoo
+    if shipped_zoo(preset, fingerprint) is not None:  # the shipped zoo: a copy, a few seconds
+        with st.spinner(f"Installing the shipped {preset} zoo (first start only)…"):
+            return open_zoo_cached(ensure_zoo(preset).path)
     with st.status(f"Building the {preset} zoo on this machine (first start only)…", expanded=True) as status:
         st.write("Pretraining the encoder, fitting one linear head per task, then fine-tuning every task "
                  "twice — plainly and with SAM — on the same batches. Cached on disk afterwards.")

@@ -1,0 +1,58 @@
+"""The demo zoo that ships with sammerge (``assets/demo_zoo``): opens at once, no training.
+
+``scripts/ship_demo_zoo.py`` builds it from the ``demo`` preset, precomputes its analyses, λ sweeps and
+paper table, and copies it here. On first use the app (``ensure_zoo``) installs a copy into the user's
+zoo cache — so caches written later never touch the package — provided the shipped zoo was built from
+the current recipe and benchmark data (same recipe fingerprint); otherwise the preset is rebuilt.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from sammerge.errors import CheckpointError, ZooError
+from sammerge.io import atomic_dir
+
+SHIPPED_PRESET = "demo"
+
+
+def shipped_zoo_dir() -> Path:
+    """``<repo>/assets/demo_zoo`` ($SAMMERGE_DEMO_ZOO overrides it; an empty value: no shipped zoo)."""
+    env = os.environ.get("SAMMERGE_DEMO_ZOO")
+    if env is not None:
+        return Path(env) if env else Path("/nonexistent-sammerge-demo-zoo")
+    return Path(__file__).resolve().parent.parent / "assets" / "demo_zoo"
+
+
+def shipped_zoo(preset: str, fingerprint: str):
+    """The shipped zoo for ``preset`` if it exists and was built from the recipe with ``fingerprint``, else None."""
+    from sammerge.zoo import open_zoo
+
+    if preset != SHIPPED_PRESET or not (shipped_zoo_dir() / "zoo.json").is_file():
+        return None
+    try:
+        zoo = open_zoo(shipped_zoo_dir())
+    except (ZooError, CheckpointError):
+        return None
+    return zoo if zoo.manifest.recipe_fingerprint == fingerprint else None
+
+
+def install_shipped_zoo(preset: str, fingerprint: str, target: str | os.PathLike):
+    """Copy the matching shipped zoo to ``target`` (atomically, every file hash-verified); None if none matches."""
+    from sammerge.zoo import open_zoo
+
+    source = shipped_zoo(preset, fingerprint)
+    if source is None:
+        return None
+    try:
+        with atomic_dir(Path(target), overwrite=True) as tmp:
+            shutil.copytree(source.path, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
+            for path in tmp.rglob("*"):  # the package may be read-only; the user's copy must be writable
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            open_zoo(tmp, verify=True)
+    except (ZooError, CheckpointError, OSError) as exc:  # a damaged installation: build instead
+        warnings.warn(f"the shipped demo zoo {source.path} is damaged ({exc}); building the preset instead")
+        return None
+    return open_zoo(target)

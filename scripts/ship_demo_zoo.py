@@ -1,0 +1,93 @@
+"""Build the shipped demo zoo (``assets/demo_zoo``) with everything its pages show at first open.
+
+    python scripts/ship_demo_zoo.py                 # build the demo preset (seed 0), analyse, ship
+    python scripts/ship_demo_zoo.py --from ZOO      # ship an already built demo-preset zoo
+    python scripts/ship_demo_zoo.py --check         # rebuild and compare every checkpoint's sha256 with the shipped one
+
+What ships: the zoo (θ0, heads, every fine-tuned checkpoint, zoo.json with the recipe, hashes, torch version and
+device), its analysis (``sammerge analyze`` defaults), the cached 1-D curve, task plane and random plane the
+Sharpness page opens with, the paper table and the explorer's default λ sweeps.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from sammerge.analytics import report as an
+from sammerge.data import load_benchmark
+from sammerge.io import atomic_dir
+from sammerge.shipped import SHIPPED_PRESET, shipped_zoo_dir
+from sammerge.training.build import build_zoo
+from sammerge.training.presets import get_preset
+from sammerge.zoo import data_sha256, open_zoo
+
+
+def warm_caches(zoo) -> None:
+    """Compute what the pages show by default, into ``ZOO/analysis`` (the pages read it without a click)."""
+    from sammerge.explorer.service import Explorer
+
+    if an.load_analysis(zoo) is None:
+        print("analysis (sammerge analyze defaults) …", flush=True)
+        an.analyze_zoo(zoo)
+    t = zoo.tasks
+    for v in zoo.variants:
+        print(f"landscapes ({v}) …", flush=True)
+        an.interpolation_for(zoo, t[0], v)
+        an.task_plane_for(zoo, t[0], t[1], v, n=11)
+        an.random_plane_for(zoo, t[0], v, n=11)
+    ex = Explorer(zoo)
+    print("paper table …", flush=True)
+    ex.paper_table()
+    print("default λ sweeps …", flush=True)
+    ex.sweeps(ex.default_spec())
+
+
+def check(shipped: Path) -> int:
+    """Rebuild the preset and compare every checkpoint hash with the shipped manifest."""
+    want = open_zoo(shipped).checkpoint_hashes()
+    with tempfile.TemporaryDirectory() as tmp:
+        rebuilt = build_zoo(get_preset(SHIPPED_PRESET), Path(tmp) / "zoo")
+        got = rebuilt.checkpoint_hashes()
+    bad = [f for f in want if got.get(f) != want[f]]
+    for f in bad:
+        print(f"differs: {f} shipped {want[f][:12]}… rebuilt {str(got.get(f))[:12]}…")
+    print(f"{len(want) - len(bad)}/{len(want)} files reproduce the shipped sha256")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from", dest="source", type=Path, default=None, help="an already built demo-preset zoo")
+    ap.add_argument("--out", type=Path, default=shipped_zoo_dir())
+    ap.add_argument("--check", action="store_true", help="rebuild and compare hashes with the shipped zoo")
+    args = ap.parse_args()
+    if args.check:
+        return check(args.out)
+    recipe = get_preset(SHIPPED_PRESET)
+    fingerprint = recipe.fingerprint(data_sha256(load_benchmark()))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "zoo"
+        if args.source is None:
+            print(f"building the {SHIPPED_PRESET} preset …", flush=True)
+            build_zoo(recipe, work)
+        else:
+            shutil.copytree(args.source, work)
+        zoo = open_zoo(work, verify=True)
+        if zoo.manifest.recipe_fingerprint != fingerprint:
+            sys.exit(f"{args.source}: not built from the current '{SHIPPED_PRESET}' recipe "
+                     f"(fingerprint {zoo.manifest.recipe_fingerprint[:12]}…, expected {fingerprint[:12]}…)")
+        warm_caches(zoo)
+        with atomic_dir(args.out, overwrite=True) as out:
+            shutil.copytree(work, out, dirs_exist_ok=True, copy_function=shutil.copyfile)
+            for path in out.rglob("*"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"shipped {args.out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,26 +50,34 @@ def k_d(task: str) -> str:
     return f"{W}d_{task}"
 
 
-def _clamp_for(spec, value):
+def _clamp_for(spec, value, clamped: list[str] | None = None, what: str = ""):
+    """``value`` limited to the control's range; a note goes to ``clamped`` when it had to move."""
     lo, hi = spec.slider_range
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        limited = value
         if lo is not None:
-            value = max(lo, value)
+            limited = max(lo, limited)
         if hi is not None:
-            value = min(hi, value)
+            limited = min(hi, limited)
+        if clamped is not None and limited != value:
+            clamped.append(f"{what or spec.label} = {value:g} is outside the control's range "
+                           f"{'-∞' if lo is None else f'{lo:g}'} … {'∞' if hi is None else f'{hi:g}'}; set to {limited:g}")
+        value = limited
     return value
 
 
-def push_state(state: MergeSpec, only_missing: bool = False) -> None:
+def push_state(state: MergeSpec, only_missing: bool = False) -> list[str]:
     """Write a spec into the widgets' session-state keys (only before the widgets are created).
 
     Tasks the spec leaves out are unticked and keep their other settings. ``only_missing``: fill only keys
-    Streamlit dropped (it forgets widget values when the user visits another page).
+    Streamlit dropped (it forgets widget values when the user visits another page). Returns a note for every
+    value that had to be moved into its control's range (the page shows them: what is on screen is what runs).
     """
+    clamped: list[str] = []
     target = {f"{W}method": state.method}
     spec = state.spec
     for p in spec.global_params:
-        target[k_param(state.method, p.name)] = _clamp_for(p, state.params[p.name])
+        target[k_param(state.method, p.name)] = _clamp_for(p, state.params[p.name], clamped, p.name)
     wspec = next((p for p in spec.per_model_params if p.name == WEIGHTS), None)
     dspec = next((p for p in spec.per_model_params if p.name == DENSITIES), None)
     entries = {t.task: t for t in state.tasks}
@@ -80,10 +88,10 @@ def push_state(state: MergeSpec, only_missing: bool = False) -> None:
         if e is not None:
             target[k_var(t)] = e.variant
             if wspec is not None:
-                target[k_w(t)] = float(_clamp_for(wspec, e.weight))
+                target[k_w(t)] = float(_clamp_for(wspec, e.weight, clamped, f"λ_t for {t}"))
             if dspec is not None:
                 target[k_d(t)] = float(_clamp_for(dspec, e.density if e.density is not None
-                                                  else state.params.get("density", 1.0)))
+                                                  else state.params.get("density", 1.0), clamped, f"density for {t}"))
         else:
             ss.setdefault(k_var(t), fallback)
             if wspec is not None:
@@ -93,6 +101,7 @@ def push_state(state: MergeSpec, only_missing: bool = False) -> None:
     for key, value in target.items():
         if not only_missing or key not in ss:
             ss[key] = value
+    return clamped
 
 
 def initial_state() -> MergeSpec:
@@ -109,7 +118,8 @@ def initial_state() -> MergeSpec:
 if ss.get(f"{W}zoo") != str(zoo.path):
     ss[f"{W}zoo"] = str(zoo.path)
     ss[f"{W}state"] = initial_state()
-    push_state(ss[f"{W}state"])
+    for note in push_state(ss[f"{W}state"]):
+        st.warning(f"link: {note}", icon=":material/link:")
 elif came_from != "Merge explorer":
     push_state(ss[f"{W}state"])  # back from another page: Streamlit has reset the widgets
 ui.seed_widget(f"{W}view", "Per-task bars")
@@ -182,7 +192,8 @@ def explorer() -> None:
     state: MergeSpec = ss[f"{W}state"]
     if f"{W}pending" in ss:
         state = ss.pop(f"{W}pending")
-        push_state(state)
+        for note in push_state(state):
+            st.warning(note, icon=":material/tune:")
     if ss.pop(f"{W}want_best", False) and state.has_lambda:
         bar = st.progress(0.0, text="λ sweep on validation")
         with ui.friendly_errors("λ sweep"):

@@ -48,6 +48,13 @@ def _weights(weights: list[float] | None, n: int) -> list[float]:
     return check_coefficients(weights, "weights")
 
 
+def _check_weight_sum(params: dict[str, Any], method: str) -> None:
+    """Σ_t w_t divides the merge: refuse weights that sum to 0 when the spec is made, not at merge time."""
+    weights = params.get("weights")
+    if weights is not None and abs(sum(weights)) < 1e-8:
+        raise ConfigError(f"{method}: the per-task weights sum to 0, and the merge divides by their sum")
+
+
 def _densities(densities: list[float] | None, density: float, n: int) -> list[float]:
     if densities is None:
         return [density] * n
@@ -140,7 +147,8 @@ def _dare_all(pretrained, task_vectors, densities, seed, task_ids) -> list[State
 
 @merge_method(name="weight_average", label="Weight averaging",
               description="Average of the fine-tuned weights: θ0 + Σ w_t τ_t / Σ w_t (equal weights: the plain mean).",
-              mergekit_name="linear", reference="https://arxiv.org/abs/2203.05482")
+              mergekit_name="linear", reference="https://arxiv.org/abs/2203.05482",
+              validator=lambda p: _check_weight_sum(p, "weight_average"))
 def weight_average(pretrained: StateDict, task_vectors: list[StateDict], weights: Weights = None) -> StateDict:
     """θ = θ_0 + Σ_t w_t τ_t / Σ_t w_t  ==  Σ_t w_t θ_t / Σ_t w_t (w_t = 1: the mean of the fine-tuned weights).
 
@@ -155,6 +163,7 @@ def weight_average(pretrained: StateDict, task_vectors: list[StateDict], weights
 @merge_method(name="task_arithmetic", label="Task arithmetic",
               description="θ0 + λ Σ w_t τ_t (optionally divided by Σ w_t); one shared λ and/or one weight per task.",
               mergekit_name="task_arithmetic", reference="https://arxiv.org/abs/2212.04089",
+              validator=lambda p: _check_weight_sum(p, "task_arithmetic") if p.get("normalize") else None,
               lambda_range=(0.0, 1.0, 0.05))
 def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict],
                     lambda_: Lambda = 1.0, weights: Weights = None,

@@ -168,6 +168,45 @@ def on_import() -> None:
     request(state, "Configuration imported: the controls now show it." + "".join(f" ⚠️ {w}" for w in warnings))
 
 
+def coerce(spec, value):
+    """A control's value as the spec takes it (what the widget returns): ints, floats rounded to 1e-6."""
+    if spec.kind in ("bool", "choice"):
+        return value
+    if spec.kind == "int":
+        return int(value)
+    return round(float(value), 6)
+
+
+def controls_spec(state: MergeSpec) -> MergeSpec | None:
+    """The spec the controls show, read from their session-state keys (Streamlit has already stored a moved
+    control's new value when the fragment reruns), so results can be drawn before the controls.
+    None when no task is ticked; a SammergeError when the values make no valid merge."""
+    method = ss.get(f"{W}method", state.method)
+    if method != state.method:  # a new method: its parameters start from the old spec's shared ones
+        state = state.with_method(method)
+        for p in state.spec.global_params:
+            ss[k_param(method, p.name)] = _clamp_for(p, state.params[p.name])
+    spec = state.spec
+    params = {p.name: coerce(p, ss[k_param(method, p.name)]) if k_param(method, p.name) in ss else state.params[p.name]
+              for p in spec.global_params}
+    names = {p.name for p in spec.per_model_params}
+    for t in zoo.tasks:  # initial values of controls the user has not touched yet
+        ui.seed_widget(k_var(t), zoo.variants[0])
+        if WEIGHTS in names:
+            ui.seed_widget(k_w(t), 1.0)
+        if DENSITIES in names and ss.get(f"{W}dens_on"):  # per-task densities start at the global one
+            ui.seed_widget(k_d(t), float(params.get("density", 1.0)))
+    included = [t for t in zoo.tasks if ss.get(k_inc(t))]
+    if not included:
+        return None
+    variants = {t: ss[k_var(t)] for t in included}
+    weights = {t: round(float(ss[k_w(t)]), 6) for t in included} if WEIGHTS in names else {}
+    densities = {t: None for t in included}
+    if DENSITIES in names and ss.get(f"{W}dens_on"):
+        densities = {t: round(float(ss[k_d(t)]), 6) for t in included}
+    return MergeSpec.for_zoo(zoo, method, params, variants, weights, densities, tasks=included)
+
+
 def param_control(spec, key: str, label: str | None = None):
     label = label or spec.label
     help_ = spec.help + (f" Valid range {spec.range_text()}." if spec.range_text() else "")
@@ -181,9 +220,10 @@ def param_control(spec, key: str, label: str | None = None):
                                    max_value=int(hi) if hi is not None else None, step=int(spec.step or 1),
                                    key=key, help=help_))
     if lo is None or hi is None:
-        return float(st.number_input(label, min_value=lo, max_value=hi, step=spec.step or 0.01, key=key, help=help_))
-    return round(float(st.slider(label, min_value=float(lo), max_value=float(hi), step=float(spec.step or 0.01),
-                                 key=key, help=help_)), 6)
+        return coerce(spec, st.number_input(label, min_value=lo, max_value=hi, step=spec.step or 0.01, key=key,
+                                            help=help_))
+    return coerce(spec, st.slider(label, min_value=float(lo), max_value=float(hi), step=float(spec.step or 0.01),
+                                  key=key, help=help_))
 
 
 # -- the live part of the page: only this reruns when a control moves --------------------------------
@@ -208,8 +248,20 @@ def explorer() -> None:
         st.success(ss.pop(f"{W}flash"), icon=":material/check_circle:")
 
     controls, results = st.columns([1.1, 2], gap="large")
+    try:
+        spec, problem = controls_spec(state), None
+    except SammergeError as exc:  # e.g. weights that sum to 0: say so, keep the controls to fix it
+        spec, problem = None, str(exc)
+    # the numbers first: the results column is filled before the controls are redrawn
+    with results:
+        if problem:
+            st.error(f"merge: {problem}", icon=":material/block:")
+        else:
+            results_panel(spec)
     with controls:
-        spec = controls_panel(state)
+        controls_panel(ss[f"{W}method"])
+    if problem:
+        return
     if spec is not None:
         ss[f"{W}state"] = spec
         ui.set_current_merge(spec)
@@ -220,30 +272,20 @@ def explorer() -> None:
         query = {**state.to_query(), "tasks": "-"}
     if dict(st.query_params) != query:
         st.query_params.from_dict(query)
-    with results:
-        results_panel(spec)
     export_panel(spec)
 
 
-def controls_panel(state: MergeSpec) -> MergeSpec | None:
-    """Draw the controls; returns the spec they show (validated once), or None when no task is ticked."""
+def controls_panel(method: str) -> None:
+    """Draw the controls (their values live in session state; :func:`controls_spec` reads them)."""
     st.subheader("1 · Method")
     methods = method_choices()
-    method = st.selectbox("Merge method", methods, key=f"{W}method",
-                          format_func=lambda m: get_method(m).label,
-                          help="How the task vectors τ_t = θ_t − θ₀ are combined into one. "
-                               + " · ".join(f"{get_method(m).label}: {get_method(m).description}" for m in methods))
-    if method != state.method:
-        state = state.with_method(method)
-        for p in state.spec.global_params:
-            ss[k_param(method, p.name)] = _clamp_for(p, state.params[p.name])
-    spec = state.spec
+    st.selectbox("Merge method", methods, key=f"{W}method", format_func=lambda m: get_method(m).label,
+                 help="How the task vectors τ_t = θ_t − θ₀ are combined into one. "
+                      + " · ".join(f"{get_method(m).label}: {get_method(m).description}" for m in methods))
+    spec = get_method(method)
     st.caption(spec.description + (f" [paper]({spec.reference})" if spec.reference else ""))
-    params = {}
-    ordered = sorted(spec.global_params, key=lambda p: p.name != LAMBDA)
-    for p in ordered:
-        label = "Global λ (scales the merged task vector)" if p.name == LAMBDA else None
-        params[p.name] = param_control(p, k_param(method, p.name), label)
+    for p in sorted(spec.global_params, key=lambda p: p.name != LAMBDA):
+        param_control(p, k_param(method, p.name), "Global λ (scales the merged task vector)" if p.name == LAMBDA else None)
 
     st.subheader("2 · Tasks and checkpoints")
     wspec = next((p for p in spec.per_model_params if p.name == WEIGHTS), None)
@@ -253,39 +295,26 @@ def controls_panel(state: MergeSpec) -> MergeSpec | None:
     for col, v in zip(shortcut_cols, zoo.variants):
         col.button(f"All {variant_label(v)}", key=f"{W}all_{v}", on_click=on_all_variant, args=(v,),
                    width="stretch", help=f"Use the {variant_label(v)} checkpoint for every task.")
-    included, variants, weights = [], {}, {}
     for t in zoo.tasks:
         c1, c2 = st.columns([1.25, 1], vertical_alignment="center")
         with c1:
-            if st.checkbox(t, key=k_inc(t), help=zoo.task_description(t) or None):
-                included.append(t)
+            st.checkbox(t, key=k_inc(t), help=zoo.task_description(t) or None)
         with c2:
-            ui.seed_widget(k_var(t), zoo.variants[0])
-            variants[t] = st.radio(f"checkpoint for {t}", zoo.variants, key=k_var(t), horizontal=True,
-                                   format_func=variant_label, label_visibility="collapsed")
+            st.radio(f"checkpoint for {t}", zoo.variants, key=k_var(t), horizontal=True,
+                     format_func=variant_label, label_visibility="collapsed")
         if wspec:
             lo, hi = wspec.slider_range
-            ui.seed_widget(k_w(t), 1.0)
-            weights[t] = round(float(st.slider(f"λ_t for {t}", float(lo), float(hi), step=float(wspec.step),
-                                               key=k_w(t), label_visibility="collapsed", help=wspec.help)), 6)
-    densities = {t: None for t in zoo.tasks}
+            st.slider(f"λ_t for {t}", float(lo), float(hi), step=float(wspec.step), key=k_w(t),
+                      label_visibility="collapsed", help=wspec.help)
     dspec = next((p for p in spec.per_model_params if p.name == DENSITIES), None)
     if dspec is not None:
         with st.expander("Per-task density (optional)"):
             if st.toggle("Set a density per task", key=f"{W}dens_on", help=dspec.help):
                 lo, hi = dspec.slider_range
                 for t in zoo.tasks:
-                    ui.seed_widget(k_d(t), float(params.get("density", 1.0)))
-                    densities[t] = round(float(st.slider(f"density for {t}", float(lo), float(hi),
-                                                         step=float(dspec.step), key=k_d(t))), 6)
+                    st.slider(f"density for {t}", float(lo), float(hi), step=float(dspec.step), key=k_d(t))
             else:
                 st.caption("Off: every task uses the global density.")
-    if not included:
-        return None
-    with ui.friendly_errors("merge"):
-        return MergeSpec.for_zoo(zoo, method, params, {t: variants[t] for t in included},
-                                 {t: weights[t] for t in included if t in weights},
-                                 {t: densities[t] for t in included}, tasks=included)
 
 
 def grid_text(state: MergeSpec) -> str:

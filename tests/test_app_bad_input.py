@@ -85,3 +85,15 @@ def test_a_directory_that_is_not_a_zoo(monkeypatch, tmp_path):
     at = open_page(monkeypatch, tmp_path)
     assert not at.exception
     assert at.error and "zoo.json" in at.error[0].value
+
+
+def test_controls_that_make_no_valid_merge_say_why_and_stay_usable(monkeypatch, tiny_zoo):
+    at = open_page(monkeypatch, tiny_zoo)
+    at.selectbox(key="ex_method").set_value("weight_average").run()
+    for t in ("digits", "latin_upper", "symbols"):
+        at.slider(key=f"ex_w_{t}").set_value(0.0).run()
+    assert not at.exception
+    assert at.error and "sum to 0" in at.error[0].value
+    at.slider(key="ex_w_digits").set_value(1.0).run()  # the controls are still there: fix it
+    assert_clean(at)
+    assert shown(at)

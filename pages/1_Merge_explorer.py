@@ -423,7 +423,7 @@ def export_panel(state: MergeSpec | None) -> None:
         st.caption("Our configuration records provenance (zoo, checkpoint files, sha256, library version) and the "
                    "measured per-task accuracies; the mergekit YAML runs with `mergekit-pytorch` on the same files.")
         st.markdown(f"**Every file below is made, when clicked, from the merge on screen:** {describe(state)}  \n"
-                    + "Checkpoints (sha256): " + ", ".join(f"{t.task}/{variant_label(t.variant)} `{(t.sha256 or "?")[:10]}`"
+                    + "Checkpoints (sha256): " + ", ".join(f"{t.task}/{variant_label(t.variant)} `{(t.sha256 or '?')[:10]}`"
                                                            for t in state.tasks))
         c = st.columns(3)
         c[0].download_button("Config (JSON)", at_click(lambda s: ex.export_spec(s).to_json()), f"{name}.json", "application/json",

@@ -342,6 +342,7 @@ def results_panel(state: MergeSpec | None) -> None:
         cmp = ex.compare(state)
         table = cmp.table()
         summaries = cmp.summaries()
+    ex.prefetch(ex.neighbours(state))  # the next slider step, merged and evaluated while the user looks
     others = {v: summaries[v] for v in zoo.variants}
     for col, (v, s) in zip(cols[2:], others.items()):
         ref = next((o for w, o in others.items() if w != v), None)

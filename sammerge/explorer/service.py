@@ -123,6 +123,11 @@ class Explorer:
         self._sweeps: dict[str, SweepResult] = {}
         self._refs: tuple[dict, dict] | None = None
         self._paper: dict[str, pd.DataFrame] = {}
+        self._prefetch_cv = threading.Condition()
+        self._prefetch_queue: list[MergeSpec] = []
+        self._prefetch_thread: threading.Thread | None = None
+        self._prefetch_idle = threading.Event()
+        self._prefetch_idle.set()
 
     @property
     def tasks(self) -> list[str]:
@@ -204,6 +209,65 @@ class Explorer:
         """Summary of one merge (no twins): what the page shows first."""
         _, ft = self.references()
         return summarize(self.evaluate(spec), {t.task: ft[t.variant][t.task] for t in spec.tasks}, spec.task_names)
+
+    def is_cached(self, spec: MergeSpec) -> bool:
+        """Whether the results of ``spec`` are in memory (showing it costs no evaluation)."""
+        return spec.key() in self._results
+
+    # -- background prefetch of the merges a user is likely to ask for next -----------------------------
+    def neighbours(self, spec: MergeSpec, steps: int = 1) -> list[MergeSpec]:
+        """``spec`` with the global λ moved by ±1…``steps`` slider steps (within the slider's range)."""
+        if not spec.has_lambda:
+            return []
+        p = next(p for p in spec.spec.global_params if p.name == LAMBDA)
+        lo, hi = p.slider_range
+        step = p.step or 0.05
+        lam = spec.params[LAMBDA]
+        out = []
+        for k in range(1, steps + 1):
+            for value in (lam + k * step, lam - k * step):
+                value = round(value, 6)
+                if (lo is None or value >= lo - 1e-9) and (hi is None or value <= hi + 1e-9):
+                    out.append(spec.with_params(**{LAMBDA: value}))
+        return out
+
+    def prefetch(self, specs: Sequence[MergeSpec]) -> None:
+        """Evaluate ``specs`` and their all-plain / all-SAM twins in a background thread, one merge at a time (a
+        request from the page waits for at most one); a newer call replaces what an older one has not started."""
+        if not self.prefetch_enabled:
+            return
+        with self._prefetch_cv:
+            self._prefetch_queue = [t for s in specs for t in self.twins(s).values() if not self.is_cached(t)]
+            if not self._prefetch_queue:
+                return
+            self._prefetch_idle.clear()
+            if self._prefetch_thread is None:
+                self._prefetch_thread = threading.Thread(target=self._prefetch_loop, daemon=True,
+                                                         name="sammerge-prefetch")
+                self._prefetch_thread.start()
+            self._prefetch_cv.notify()
+
+    def wait_prefetched(self, timeout: float | None = None) -> bool:
+        """Block until the background prefetch has nothing left to do (tests, benchmarks)."""
+        return self._prefetch_idle.wait(timeout)
+
+    prefetch_idle_exit_s = 30.0  # the worker thread ends after this long without work
+    prefetch_enabled = True
+
+    def _prefetch_loop(self) -> None:
+        while True:
+            with self._prefetch_cv:
+                if not self._prefetch_queue:
+                    self._prefetch_idle.set()
+                    self._prefetch_cv.wait(self.prefetch_idle_exit_s)
+                    if not self._prefetch_queue:  # idle: end the thread (it keeps the explorer alive otherwise)
+                        self._prefetch_thread = None
+                        return
+                spec = self._prefetch_queue.pop(0)
+            try:
+                self.evaluate(spec)
+            except Exception:  # noqa: BLE001 — a prefetch never fails the page; on demand it reports the error
+                pass
 
     # -- λ sweeps: once per method, parameters (but λ) and variant set ---------------------------------
     @staticmethod

@@ -129,7 +129,9 @@ def zoo_sidebar():
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _explorer_cached(path: str, manifest_mtime: float):
     from sammerge.explorer.service import Explorer
-    return Explorer(open_zoo_cached(path))
+    ex = Explorer(open_zoo_cached(path))
+    ex.prefetch_enabled = os.environ.get("SAMMERGE_PREFETCH", "1") != "0"  # 0: evaluate only on demand
+    return ex
 
 
 def get_explorer(zoo):

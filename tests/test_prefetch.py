@@ -1,0 +1,57 @@
+"""Background prefetch of the explorer: the next slider steps are evaluated while the user looks."""
+from __future__ import annotations
+
+import pytest
+
+from sammerge.evaluation.evaluator import Evaluator
+from sammerge.explorer.service import Explorer
+from sammerge.merging import LAMBDA, merge_zoo
+from sammerge.zoo import open_zoo
+
+
+@pytest.fixture()
+def explorer(tiny_zoo):
+    return Explorer(open_zoo(tiny_zoo), n_per_task=64)
+
+
+def test_neighbours_are_the_next_slider_steps_within_range(explorer):
+    spec = explorer.default_spec().with_params(**{LAMBDA: 0.3})
+    assert sorted(n.params[LAMBDA] for n in explorer.neighbours(spec, steps=2)) == pytest.approx([0.2, 0.25, 0.35, 0.4])
+    lam = next(p for p in spec.spec.global_params if p.name == LAMBDA)
+    hi = lam.slider_range[1]
+    top = spec.with_params(**{LAMBDA: hi})
+    assert [n.params[LAMBDA] for n in explorer.neighbours(top)] == pytest.approx([hi - lam.step])
+    assert explorer.neighbours(explorer.default_spec().with_method("model_stock")) == []
+
+
+def test_prefetch_fills_the_cache_with_correct_results(explorer, tiny_zoo):
+    spec = explorer.default_spec()
+    nxt = explorer.neighbours(spec)
+    assert not any(explorer.is_cached(s) for n in nxt for s in explorer.twins(n).values())
+    explorer.prefetch(nxt)
+    assert explorer.wait_prefetched(timeout=120)
+    assert all(explorer.is_cached(s) for n in nxt for s in explorer.twins(n).values())
+    # the prefetched numbers are those of an independent evaluation of the same merge
+    zoo = open_zoo(tiny_zoo)
+    ref = Evaluator.from_zoo(zoo, split="val", n_per_task=64, seed=0)
+    for n in nxt:
+        got = explorer.evaluate(n)
+        want = ref.evaluate(merge_zoo(zoo, n))
+        assert {t: r.accuracy for t, r in got.items()} == {t: r.accuracy for t, r in want.items()}
+
+
+def test_a_newer_request_replaces_the_older_and_the_worker_ends_when_idle(explorer):
+    explorer.prefetch_idle_exit_s = 0.05
+    spec = explorer.default_spec()
+    far = spec.with_params(**{LAMBDA: 0.9})
+    explorer.prefetch([spec.with_params(**{LAMBDA: v}) for v in (0.1, 0.15, 0.2, 0.25)])
+    explorer.prefetch([far])  # replaces what the first call has not started
+    assert explorer.wait_prefetched(timeout=120)
+    assert explorer.is_cached(far)
+    assert sum(explorer.is_cached(spec.with_params(**{LAMBDA: v})) for v in (0.1, 0.15, 0.2, 0.25)) <= 1
+    thread = explorer._prefetch_thread
+    if thread is not None:
+        thread.join(timeout=30)
+    assert explorer._prefetch_thread is None
+    explorer.prefetch([spec])  # and starts again on the next request
+    assert explorer.wait_prefetched(timeout=120) and explorer.is_cached(spec)

@@ -1,9 +1,15 @@
 """Slider-to-updated-number time of the merge explorer in a real browser (Debian's Chromium).
 
-    python benchmarks/browser_latency.py [ZOO_DIR] [--moves 10]
+    python benchmarks/browser_latency.py [ZOO_DIR] [--moves 20] [--json FILE]
 
-Starts `streamlit run app.py` on the zoo (default: the cached demo zoo), focuses the global λ slider,
-presses ArrowLeft and times until the results for the new λ are on screen; prints the median.
+Starts `streamlit run app.py` on the zoo (default: the demo zoo), focuses the global λ slider and presses
+ArrowRight ``--moves`` times; each press asks for a λ never shown before (0.35, 0.40, …). A move is timed from
+the key press until the result line for the new λ is on screen. Two servers are measured in turn:
+  prefetch  the default: after each update the explorer merges and evaluates the next slider steps in the
+            background while the page is idle, so a one-step move usually finds its numbers ready;
+  cold      SAMMERGE_PREFETCH=0: every move merges and evaluates on demand.
+For comparison, the engine alone (merge + evaluation of the same merges and their plain/SAM twins, in this
+process, no cache) is timed too.
 """
 from __future__ import annotations
 
@@ -16,39 +22,80 @@ from pathlib import Path
 
 from sammerge.webapp.browser import chromium_page, open_page, streamlit_server, wait_idle
 
+SLIDER = "[data-testid=stSlider] input[type=range]"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def stats(times: list[float]) -> dict:
+    return {"moves": len(times), "median_ms": 1e3 * statistics.median(times), "p95_ms": 1e3 * percentile(times, 0.95),
+            "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times), "times_ms": [round(1e3 * t, 1) for t in times]}
+
+
+def browser_moves(zoo: Path, moves: int, prefetch: bool) -> tuple[list[float], list[float]]:
+    env = {"SAMMERGE_ZOO": str(zoo), "SAMMERGE_PREFETCH": "1" if prefetch else "0"}
+    with streamlit_server(env) as url, chromium_page() as page:
+        open_page(page, url, "merge_explorer")
+        slider = page.locator(SLIDER).first
+        lam = float(slider.get_attribute("value"))
+        lambdas, times = [], []
+        for _ in range(moves):
+            lam = round(lam + 0.05, 2)
+            slider.focus()
+            t0 = time.perf_counter()
+            page.keyboard.press("ArrowRight")
+            label = f"λ = {lam:.2f}".rstrip("0").rstrip(".") + " ·"
+            page.get_by_text(label).first.wait_for(timeout=60_000)
+            times.append(time.perf_counter() - t0)
+            lambdas.append(lam)
+            wait_idle(page)
+            if prefetch:
+                page.wait_for_timeout(400)  # a user looking at the result: the prefetch's window
+    return lambdas, times
+
+
+def engine_times(zoo: Path, lambdas: list[float]) -> list[float]:
+    """Merge + evaluate each λ's merge and its twins (what one update computes), without caches."""
+    from sammerge.explorer.service import Explorer
+    from sammerge.merging import LAMBDA
+    from sammerge.zoo import open_zoo
+
+    ex = Explorer(open_zoo(zoo))
+    ex.prefetch_enabled = False
+    base = ex.default_spec()
+    ex.compare(base)  # references and task vectors loaded, as in the app after its first page
+    out = []
+    for lam in lambdas:
+        t0 = time.perf_counter()
+        ex.compare(base.with_params(**{LAMBDA: lam}))
+        out.append(time.perf_counter() - t0)
+    return out
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("zoo", nargs="?", default=None)
-    ap.add_argument("--moves", type=int, default=10)
+    ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.zoo is None:
-        from sammerge.training.build import default_zoo_dir
-        demos = sorted(default_zoo_dir().glob("demo-*/zoo.json"), key=lambda p: p.stat().st_mtime)
-        if not demos:
-            sys.exit("no demo zoo built yet: run ./dev app once, or pass a zoo directory")
-        zoo = demos[-1].parent
+        from sammerge.training.build import ensure_zoo
+        zoo = ensure_zoo("demo").path
     else:
         zoo = Path(args.zoo)
-    with streamlit_server({"SAMMERGE_ZOO": str(zoo)}) as url, chromium_page() as page:
-        open_page(page, url, "merge_explorer")
-        slider = page.locator("[data-testid=stSlider] input[type=range]").first
-        lam = float(slider.get_attribute("value"))
-        times = []
-        for _ in range(args.moves):
-            lam = round(lam - 0.05, 2) if lam > 0.05 else round(lam + 0.05, 2)
-            slider.focus()
-            t0 = time.perf_counter()
-            page.keyboard.press("ArrowLeft" if float(slider.get_attribute("value")) > lam else "ArrowRight")
-            label = f"λ = {lam:.2f}".rstrip("0").rstrip(".") + " ·"
-            page.get_by_text(label).first.wait_for(timeout=60_000)
-            times.append(time.perf_counter() - t0)
-            wait_idle(page)
-    median = statistics.median(times)
-    report = {"zoo": str(zoo), "moves": len(times), "median_s": median, "times_s": times}
-    print(f"slider-to-updated-number on {zoo.name}: median {1000 * median:.0f} ms over {len(times)} moves "
-          f"(min {1000 * min(times):.0f}, max {1000 * max(times):.0f})")
+    report = {"zoo": str(zoo.name), "moves": args.moves}
+    for mode in ("prefetch", "cold"):
+        lambdas, times = browser_moves(zoo, args.moves, prefetch=mode == "prefetch")
+        report[mode] = stats(times)
+    report["engine"] = stats(engine_times(zoo, lambdas))
+    report["lambdas"] = lambdas
+    for mode in ("prefetch", "cold", "engine"):
+        r = report[mode]
+        print(f"{mode:9s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
+              f"(min {r['min_ms']:.0f}, max {r['max_ms']:.0f}) over {r['moves']} moves")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -52,9 +52,18 @@ def merge_eval(r: dict) -> str:
 
 
 def browser_latency(r: dict) -> str:
-    t = [1000 * x for x in r["times_s"]]
-    return (f"Median **{statistics.median(t):.0f} ms** over {r['moves']} moves (min {min(t):.0f} ms, "
-            f"max {max(t):.0f} ms) on zoo `{Path(r['zoo']).name}`.")
+    if "prefetch" not in r:  # the older single-mode format
+        t = [1000 * x for x in r["times_s"]]
+        return (f"Median **{statistics.median(t):.0f} ms** over {r['moves']} moves (min {min(t):.0f} ms, "
+                f"max {max(t):.0f} ms) on zoo `{Path(r['zoo']).name}`.")
+    rows = ["| server | median | p95 | min | max | moves |", "|---|---|---|---|---|---|"]
+    names = {"prefetch": "default (next steps prefetched)", "cold": "`SAMMERGE_PREFETCH=0` (every move computed)",
+             "engine": "engine alone: merge + evaluate the same merges and twins"}
+    for mode in ("prefetch", "cold", "engine"):
+        m = r[mode]
+        rows.append(f"| {names[mode]} | **{m['median_ms']:.0f} ms** | {m['p95_ms']:.0f} ms | {m['min_ms']:.0f} ms | "
+                    f"{m['max_ms']:.0f} ms | {m['moves']} |")
+    return "\n".join(rows) + f"\n\nZoo `{r['zoo']}`; every move asks for a λ not shown before."
 
 
 def analytics(r: dict) -> str:

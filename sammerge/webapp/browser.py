@@ -24,8 +24,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0):
-    """Start `streamlit run app.py` on 127.0.0.1; yield its URL; stop it afterwards."""
+def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0, info: dict | None = None):
+    """Start `streamlit run app.py` on 127.0.0.1; yield its URL; stop it afterwards.
+    ``info`` (optional) receives the server's ``pid`` and ``log`` path."""
     port = free_port()
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     log_path = ARTIFACTS / f"streamlit-{port}.log"
@@ -37,6 +38,8 @@ def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0):
              "--server.fileWatcherType", "none"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
+        if info is not None:
+            info.update(pid=proc.pid, log=log_path)
         try:
             deadline = time.monotonic() + timeout
             while True:

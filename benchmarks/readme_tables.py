@@ -48,7 +48,18 @@ def merge_eval(r: dict) -> str:
         f"{th['achieved_images_per_s']:,.0f} images/s against a FLOP-bound limit of "
         f"{th['flop_floor_images_per_s']:,.0f} images/s ({th['forward_mflops_per_image']:.2f} MFLOP per image at "
         f"the measured {th['matmul_gflops']:.0f} GFLOP/s of a 1024² fp32 matmul) = "
-        f"{100 * th['fraction_of_floor']:.0f} % of the limit."])
+        f"{100 * th['fraction_of_floor']:.0f} % of the limit."] + _engine_options(r.get("d_engine_options")))
+
+
+def _engine_options(d: dict | None) -> list[str]:
+    if not d:
+        return []
+    rows = ["", "(d) Engine options tried (one forward of the evaluation set, interleaved with the engine as it is):", "",
+            "| option | time | vs the engine | predictions identical to fp32 | note |", "|---|---|---|---|---|"]
+    for name, o in d.items():
+        rows.append(f"| {name} | {o['ms']:.0f} ms | {o['speedup']:.2f}× | {o['same predictions']} | "
+                    f"{('compile ' + o['compile time']) if 'compile time' in o else ''} |")
+    return rows
 
 
 def browser_latency(r: dict) -> str:

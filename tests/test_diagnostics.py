@@ -107,3 +107,30 @@ def test_diagnostics_cached_and_checked(tiny_zoo_copy):
         diagnose_zoo(zoo, variants=["nope"], settings=quick)
     with pytest.raises(ConfigError, match="unknown setting"):
         diagnose_zoo(zoo, settings={"n_images": 3})
+
+
+def test_view_tables_and_figures_read_the_numbers(tiny_zoo, diag):
+    from sammerge.explorer.diagnostics_view import (merge_curve_figure, own_and_damage_figure, per_task_table, reading,
+                                                    summary_table)
+    table = summary_table(diag)
+    assert list(table["variant"]) == ["plain", "SAM"]
+    sam = diag["variants"]["sam"]["summary"]
+    assert table.loc[1, "gap closed (%)"] == pytest.approx(100 * sam["gap_closed_best"])
+    assert table.loc[1, "best λ"] == sam["best_lambda"]
+    assert len(per_task_table(diag)) == 2 * len(diag["tasks"])
+    fig = merge_curve_figure(diag)
+    assert [list(t.y) for t in fig.data] == [[100 * m for m in diag["variants"][v]["merge_curve"]["mean"]]
+                                             for v in ("plain", "sam")]
+    task = diag["tasks"][0]
+    fig = own_and_damage_figure(diag, task)
+    assert list(fig.data[1].y) == [100 * a for a in diag["variants"]["plain"]["curves"]["damage"][task]]
+    assert f"λ = {sam['best_lambda']:g}" in reading(diag)
+
+
+def test_diagnose_cli(tiny_zoo_copy, capsys, tmp_path):
+    from sammerge.cli import main
+    assert main(["diagnose", str(tiny_zoo_copy), "--quick", "--quiet", "--variants", "plain"]) == 0
+    out = capsys.readouterr().out
+    assert "gap closed (%)" in out and "digits" in out
+    assert main(["diagnose", str(tmp_path / "missing"), "--quick"]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -134,3 +134,30 @@ def test_diagnose_cli(tiny_zoo_copy, capsys, tmp_path):
     assert "gap closed (%)" in out and "digits" in out
     assert main(["diagnose", str(tmp_path / "missing"), "--quick"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_fair_sam_comparisons_by_hand():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_regime.py"
+    spec = importlib.util.spec_from_file_location("demo_regime_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def v(ind, merged, norm=0.9):
+        return {"individual_test": ind, "merged_test": merged, "normalized": norm}
+
+    variants = {"plain_half": v(0.50, 0.40), "plain": v(0.60, 0.44), "plain_2x": v(0.70, 0.46),
+                "sam": v(0.65, 0.47, 0.95)}
+    fair = mod.fair_comparisons(variants)["sam"]
+    assert fair["equal_steps"]["merged"] == pytest.approx(0.03)
+    assert fair["equal_steps"]["individual"] == pytest.approx(0.05)
+    assert fair["equal_compute"]["merged"] == pytest.approx(0.01)
+    # plain family interpolated at SAM's individual 0.65: halfway between 0.44 and 0.46
+    assert fair["equal_individual"]["plain_merged_at"] == pytest.approx(0.45)
+    assert fair["equal_individual"]["merged"] == pytest.approx(0.02)
+    assert fair["equal_individual"]["interpolated"] is True
+    # outside the plain family's range: extrapolated from the nearest segment, and flagged
+    fair = mod.fair_comparisons({**variants, "sam": v(0.80, 0.50)})["sam"]
+    assert fair["equal_individual"]["plain_merged_at"] == pytest.approx(0.48)
+    assert fair["equal_individual"]["interpolated"] is False

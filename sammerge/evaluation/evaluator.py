@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from sammerge.errors import ConfigError
+from sammerge.training.linearize import linearized_call
 from sammerge.training.model import Head, pick_device
 
 Params = Mapping[str, torch.Tensor]
@@ -46,7 +47,7 @@ class Evaluator:
 
     def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
                  data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
-                 cache_size: int = 512, chunk_size: int = 512) -> None:
+                 cache_size: int = 512, chunk_size: int = 512, linearize_at: Params | None = None) -> None:
         if not data:
             raise ConfigError("evaluation: no tasks to evaluate")
         missing = [t for t in data if t not in heads]
@@ -56,6 +57,8 @@ class Evaluator:
         self.encoder = encoder.to(self.device).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
+        # a linearized zoo's θ is evaluated as f(θ0) + J f(θ0)(θ − θ0) (sammerge.training.linearize)
+        self.linearize_at = None if linearize_at is None else {k: v.to(self.device) for k, v in linearize_at.items()}
         self.tasks = list(data)
         self.heads = {t: Head(heads[t].weight.to(self.device), heads[t].bias.to(self.device)) for t in self.tasks}
         images, labels, self.slices = [], [], {}
@@ -93,7 +96,14 @@ class Evaluator:
             if n_per_task is not None and n_per_task < len(part.labels):
                 part = part.subset(n_per_task, seed)
             data[task] = (part.images, part.labels)
-        return cls(zoo.create_encoder(), zoo.heads, data, device=device, chunk_size=chunk_size)
+        linearize_at = zoo.pretrained() if zoo.manifest.recipe.finetune.linearized else None
+        return cls(zoo.create_encoder(), zoo.heads, data, device=device, chunk_size=chunk_size,
+                   linearize_at=linearize_at)
+
+    def _forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
+        if self.linearize_at is None:
+            return functional_call(self.encoder, params, (images,))
+        return linearized_call(self.encoder, self.linearize_at, params, images)
 
     # -- single configuration -------------------------------------------------------------------
     @torch.inference_mode()
@@ -101,8 +111,8 @@ class Evaluator:
         self.forward_count += 1
         params = {k: v.to(self.device) for k, v in params.items()}
         if self.device.type != "cpu" or len(self.images) <= self.chunk_size:
-            return functional_call(self.encoder, params, (self.images,))
-        return torch.cat([functional_call(self.encoder, params, (self.images[i:i + self.chunk_size],))
+            return self._forward(params, self.images)
+        return torch.cat([self._forward(params, self.images[i:i + self.chunk_size])
                           for i in range(0, len(self.images), self.chunk_size)])
 
     def _score(self, feats: torch.Tensor) -> dict[str, TaskResult]:
@@ -161,7 +171,7 @@ class Evaluator:
     @torch.inference_mode()
     def _evaluate_stacked(self, stacked: Params) -> list[dict[str, TaskResult]]:
         self.forward_count += next(iter(stacked.values())).shape[0]
-        feats = vmap(lambda p: functional_call(self.encoder, p, (self.images,)))(dict(stacked))
+        feats = vmap(lambda p: self._forward(p, self.images))(dict(stacked))
         return [self._score(f) for f in feats]
 
 

@@ -20,6 +20,7 @@ from sammerge.io import atomic_dir, atomic_write_text, save_state_dict, sha256_f
 from sammerge.merging.task_vector import TaskVector
 from sammerge.progress import Progress
 from sammerge.training import train as _train
+from sammerge.training.linearize import linearize_for_finetuning
 from sammerge.training.model import Head, create_encoder, encoder_params, heads_to_state_dict, pick_device
 from sammerge.training.presets import ZooRecipe
 from sammerge.zoo import (MANIFEST_NAME, CheckpointRecord, FileRecord, SplitScores, TaskInfo, Zoo, ZooManifest,
@@ -109,6 +110,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
         save_state_dict(heads_to_state_dict(heads), tmp / "heads.safetensors", {"role": "heads"})
 
         # 3. fine-tuning: for each task, each variant from θ0 with the same batches
+        encoder = linearize_for_finetuning(encoder, theta0, recipe.finetune.linearized)  # f_lin if linearized
         records: list[CheckpointRecord] = []
         (tmp / "finetuned").mkdir()
         for i, task in enumerate(recipe.tasks):

@@ -47,6 +47,14 @@ class FinetuneRecipe(_Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(None, gt=0)
     fresh_noise: bool = Field(True, description="redraw the Gaussian pixel noise of every training batch")
+    linearized: bool = Field(False, description="fine-tune (and evaluate) f(θ0) + J f(θ0)(θ − θ0) instead of f(θ)")
+    trainable: Literal["all", "last_stage", "last_two_stages"] = Field(
+        "all", description="which encoder parameters are fine-tuned (the rest stay at θ0)")
+
+
+# Fields added after zoos were shipped: left out of the fingerprint while at their default, so older recipes
+# keep their fingerprint (and their cached zoos).
+_FINGERPRINT_DEFAULTS = {"finetune": {"linearized": False, "trainable": "all"}}
 
 
 class VariantSpec(_Strict):
@@ -95,7 +103,12 @@ class ZooRecipe(_Strict):
 
     def fingerprint(self, data_sha256: str = "") -> str:
         """sha256 over the recipe and the data hash: a changed recipe means a rebuild."""
-        payload = json.dumps({"recipe": self.model_dump(mode="json"), "data": data_sha256}, sort_keys=True)
+        recipe = self.model_dump(mode="json")
+        for section, defaults in _FINGERPRINT_DEFAULTS.items():
+            for key, default in defaults.items():
+                if recipe[section].get(key) == default:
+                    del recipe[section][key]
+        payload = json.dumps({"recipe": recipe, "data": data_sha256}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sammerge.training.linearize import LinearizedEncoder
 from sammerge.training.model import Head
 from sammerge.training.presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec
 from sammerge.training.sam import SAM
@@ -111,6 +112,25 @@ def fit_probe(train_features: torch.Tensor, labels: torch.Tensor, num_classes: i
     return Head(weight.detach().clone(), bias.detach().clone())
 
 
+_STAGES = {"all": None, "last_stage": ("layer4.",), "last_two_stages": ("layer3.", "layer4.")}
+
+
+def trainable_parameters(encoder: nn.Module, trainable: str = "all") -> list[nn.Parameter]:
+    """The parameters fine-tuning updates: all, or those of the last (two) ResNet stage(s) (timm's layer3/4).
+
+    A ``LinearizedEncoder`` names its parameters ``encoder.*``; the prefix is ignored.
+    """
+    prefixes = _STAGES[trainable]
+    chosen = []
+    for name, p in encoder.named_parameters():
+        name = name.removeprefix("encoder.") if isinstance(encoder, LinearizedEncoder) else name
+        if p.requires_grad and (prefixes is None or name.startswith(prefixes)):
+            chosen.append(p)
+    if not chosen:
+        raise ValueError(f"fine-tuning: no parameters match trainable={trainable!r}")
+    return chosen
+
+
 def finetune(encoder: nn.Module, head: Head, data, recipe: FinetuneRecipe, variant: VariantSpec, generator: torch.Generator,
              on_step: StepCallback | None = None) -> list[float]:
     """Fine-tune the encoder in place on one task (a ``Split``) with the head frozen; returns the loss per step."""
@@ -121,7 +141,7 @@ def finetune(encoder: nn.Module, head: Head, data, recipe: FinetuneRecipe, varia
     else:
         base_cls, kwargs = torch.optim.SGD, dict(lr=recipe.lr, weight_decay=recipe.weight_decay,
                                                  momentum=recipe.momentum)
-    params = [p for p in encoder.parameters() if p.requires_grad]
+    params = trainable_parameters(encoder, recipe.trainable)
     if variant.sam:
         optimizer = SAM(params, base_cls, rho=variant.rho, adaptive=variant.adaptive, **kwargs)
         base = optimizer.base_optimizer

@@ -115,7 +115,8 @@ class Evaluator:
         return torch.cat([self._forward(params, self.images[i:i + self.chunk_size])
                           for i in range(0, len(self.images), self.chunk_size)])
 
-    def _score(self, feats: torch.Tensor) -> dict[str, TaskResult]:
+    def score(self, feats: torch.Tensor) -> dict[str, TaskResult]:
+        """Per-task accuracy and loss of encoder features [N, D] of the evaluation images (rows in task order)."""
         out = {}
         for task in self.tasks:
             sl = self.slices[task]
@@ -132,7 +133,7 @@ class Evaluator:
             self._cache.move_to_end(key)
             return self._cache[key]
         with torch.inference_mode():
-            result = self._score(self.features(params))
+            result = self.score(self.features(params))
         self._remember(key, result)
         return result
 
@@ -172,7 +173,7 @@ class Evaluator:
     def _evaluate_stacked(self, stacked: Params) -> list[dict[str, TaskResult]]:
         self.forward_count += next(iter(stacked.values())).shape[0]
         feats = vmap(lambda p: self._forward(p, self.images))(dict(stacked))
-        return [self._score(f) for f in feats]
+        return [self.score(f) for f in feats]
 
 
 def mean_accuracy(result: Mapping[str, TaskResult]) -> float:

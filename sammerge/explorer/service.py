@@ -17,7 +17,8 @@ import torch
 
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
-from sammerge.evaluation.search import SweepResult, sweep_shared_lambda
+from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
+from sammerge.evaluation.search import SweepResult, merged_direction, sweep_shared_lambda
 from sammerge.explorer.style import variant_label
 from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo
 from sammerge.progress import Progress
@@ -115,6 +116,8 @@ class Explorer:
         self.n_per_task = n_per_task
         self.seed = seed
         self.evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed)
+        # linearized zoos: exact results from f(θ0) + Σ c J τ, no forward pass per update
+        self.preview = LinearPreview(self.evaluator) if self.evaluator.linearize_at is not None else None
         self.cache_size = cache_size
         self._lock = threading.RLock()
         self._tvs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -139,7 +142,9 @@ class Explorer:
 
     def describe_evaluation(self) -> str:
         n = self.evaluator.images.shape[0] // max(1, len(self.evaluator.tasks))
-        return f"{self.split} split, {n} images per task (fixed subset, seed {self.seed})"
+        lin = ("; linearized zoo: f(θ0) + J(θ − θ0), every merge scored exactly from f(θ0) and one J·τ per "
+               "checkpoint" if self.preview is not None else "")
+        return f"{self.split} split, {n} images per task (fixed subset, seed {self.seed}){lin}"
 
     def default_spec(self) -> MergeSpec:
         return MergeSpec.default_for_zoo(self.zoo)
@@ -174,13 +179,30 @@ class Explorer:
             todo = list(dict.fromkeys(k for k in keys if k not in self._results))
             if todo:
                 first = {k: s for k, s in zip(keys, specs)}
-                merged = [self.merge(first[k]) for k in todo]
-                results = self.evaluator.evaluate_many(merged) if len(merged) > 1 else [self.evaluator.evaluate(merged[0])]
+                if self.preview is not None:
+                    results = [self._linear_result(first[k]) for k in todo]
+                else:
+                    merged = [self.merge(first[k]) for k in todo]
+                    results = (self.evaluator.evaluate_many(merged) if len(merged) > 1
+                               else [self.evaluator.evaluate(merged[0])])
                 for k, res in zip(todo, results):
                     self._results[k] = res
                 while len(self._results) > 4 * self.cache_size:
                     self._results.popitem(last=False)
             return [self._results[k] for k in keys]
+
+    def _linear_result(self, spec: MergeSpec) -> dict[str, TaskResult]:
+        """A linearized zoo's merge scored from f(θ0) + Σ c J τ (see ``evaluation.linear_preview``)."""
+        coefs = linear_coefficients(spec)
+        if coefs is not None:  # one cached J τ_t per checkpoint: every λ and λ_t is free
+            return self.preview.evaluate([(t.id, (lambda t=t: self.task_vector(t.task, t.variant)), c)
+                                          for t, c in zip(spec.tasks, coefs)])
+
+        def direction():  # τ_m = merge(λ = 1) − θ0, one per method, parameters (but λ) and checkpoints
+            kwargs = {k: v for k, v in spec.method_kwargs.items() if k != LAMBDA}
+            return merged_direction(spec.method, self.zoo.pretrained(),
+                                    [self.task_vector(t.task, t.variant) for t in spec.tasks], kwargs, spec.task_ids)
+        return self.preview.evaluate([(self.sweep_key(spec), direction, spec.params[LAMBDA] if spec.has_lambda else 1.0)])
 
     def references(self) -> tuple[dict[str, TaskResult], dict[str, dict[str, TaskResult]]]:
         """(θ0 on every task, every individual fine-tuned model on its task), on the explorer's images."""

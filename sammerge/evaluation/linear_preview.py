@@ -1,0 +1,102 @@
+"""Exact, instant evaluation of merges of a *linearized* zoo.
+
+A linearized zoo is evaluated as f_lin(x; θ) = f(x; θ0) + J f(x; θ0)(θ − θ0), which is linear in θ. A merge
+θ = θ0 + Σ_t c_t τ_t therefore has the features
+
+    f_lin(x; θ) = f(x; θ0) + Σ_t c_t (J τ_t)(x):
+
+compute f(x; θ0) and each J τ_t once on the evaluation images (one forward-mode JVP each) and every slider
+position costs a weighted sum of a few [N, D] matrices plus the heads. Methods that are not a linear combination
+of the τ_t (TIES, DARE, …) merge to θ0 + λ τ_m with a direction τ_m = merge(λ = 1) − θ0 that does not depend on
+λ: one JVP per direction, then every λ is free. For ordinary (non-linearized) checkpoints this is only a first-
+order approximation, and a poor one on the demo zoo, so it is used for linearized zoos only.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch.func import functional_call, jvp
+
+from sammerge.errors import ConfigError
+from sammerge.evaluation.evaluator import Evaluator, TaskResult
+
+Params = Mapping[str, torch.Tensor]
+
+
+class LinearPreview:
+    """f(θ0) and cached J·direction products on an evaluator's images; ``evaluate`` scores Σ-combinations."""
+
+    def __init__(self, evaluator: Evaluator, max_directions: int = 64) -> None:
+        if evaluator.linearize_at is None:
+            raise ConfigError("the exact preview needs a linearized zoo (recipe finetune.linearized)")
+        self.evaluator = evaluator
+        self.theta0 = evaluator.linearize_at
+        self.max_directions = max_directions
+        self._base: torch.Tensor | None = None
+        self._jvps: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.jvp_count = 0
+
+    @torch.no_grad()
+    def _chunks(self, fn) -> torch.Tensor:
+        ev = self.evaluator
+        return torch.cat([fn(ev.images[i:i + ev.chunk_size]) for i in range(0, len(ev.images), ev.chunk_size)])
+
+    def base(self) -> torch.Tensor:
+        """f(x; θ0) on every evaluation image: [N, D]."""
+        if self._base is None:
+            params = {k: v for k, v in self.theta0.items()}
+            self._base = self._chunks(lambda x: functional_call(self.evaluator.encoder, params, (x,)))
+        return self._base
+
+    def jvp(self, key: str, direction: Callable[[], Params]) -> torch.Tensor:
+        """(J_θ f(x; θ0)) · direction() on every evaluation image: [N, D], cached under ``key`` (``direction``
+        is only called when ``key`` is not cached)."""
+        if key in self._jvps:
+            self._jvps.move_to_end(key)
+            return self._jvps[key]
+        direction = direction()
+        keys = [k for k, v in self.theta0.items() if v.is_floating_point()]
+        fixed = {k: v for k, v in self.theta0.items() if not v.is_floating_point()}
+        primals = tuple(self.theta0[k] for k in keys)
+        tangents = tuple(direction[k].to(self.theta0[k].device, self.theta0[k].dtype) for k in keys)
+        encoder = self.evaluator.encoder
+
+        def one(x: torch.Tensor) -> torch.Tensor:
+            def f(*tensors):
+                return functional_call(encoder, {**fixed, **dict(zip(keys, tensors))}, (x,))
+            return jvp(f, primals, tangents)[1]
+
+        out = self._chunks(one)
+        self.jvp_count += 1
+        self._jvps[key] = out
+        while len(self._jvps) > self.max_directions:
+            self._jvps.popitem(last=False)
+        return out
+
+    def evaluate(self, terms: Sequence[tuple[str, Callable[[], Params], float]]) -> dict[str, TaskResult]:
+        """Per-task results of θ0 + Σ c · direction for ``terms`` = [(key, direction, c), …], exactly as the
+        linearized model (up to float rounding), without a forward pass once the JVPs are cached."""
+        feats = self.base().clone()
+        for key, direction, coef in terms:
+            if coef:
+                feats.add_(self.jvp(key, direction), alpha=float(coef))
+        with torch.inference_mode():
+            return self.evaluator.score(feats)
+
+
+def linear_coefficients(spec) -> list[float] | None:
+    """c_t with merge(spec) = θ0 + Σ_t c_t τ_t, for the methods that are such a combination; else None.
+
+    task arithmetic: c_t = λ w_t (÷ Σ w when ``normalize``); weight averaging: c_t = w_t / Σ w."""
+    if any(getattr(t, "layer_weights", None) for t in spec.tasks):
+        return None
+    weights = [t.weight if t.weight is not None else 1.0 for t in spec.tasks]
+    if spec.method == "task_arithmetic":
+        lam = spec.params["lambda"]
+        total = sum(weights) if spec.params.get("normalize") else 1.0
+        return [lam * w / total for w in weights]
+    if spec.method == "weight_average":
+        return [w / sum(weights) for w in weights]
+    return None

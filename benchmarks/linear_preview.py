@@ -1,0 +1,82 @@
+"""The exact preview of a linearized zoo against evaluating each merged model.
+
+    python benchmarks/linear_preview.py ZOO_DIR [--updates 20] [--json FILE]
+    python benchmarks/linear_preview.py --build PRESET --out DIR   # build PRESET with finetune.linearized first
+
+For a linearized zoo (recipe ``finetune.linearized``) the explorer scores a merge as f(θ0) + Σ_t c_t J τ_t from
+precomputed f(θ0) and J τ_t (``sammerge.evaluation.linear_preview``). Measured on the explorer's images: the
+one-off precomputation, one slider update (task arithmetic with a new λ and new per-task λ_t) through the preview
+and through the exact path (merge the weights, evaluate the linearized model), and their agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sammerge.evaluation.evaluator import Evaluator
+from sammerge.explorer.service import Explorer
+from sammerge.merging import LAMBDA, MergeSpec, merge_zoo
+from sammerge.zoo import open_zoo
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("zoo", nargs="?", type=Path)
+    ap.add_argument("--build", default=None, help="build this preset with finetune.linearized into --out first")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--updates", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    if args.build:
+        from sammerge.training.build import build_zoo
+        from sammerge.training.presets import get_preset
+        recipe = get_preset(args.build)
+        recipe = recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"linearized": True})})
+        zoo = build_zoo(type(recipe).model_validate(recipe.model_dump()), args.out, overwrite=True)
+    else:
+        zoo = open_zoo(args.zoo)
+    if not zoo.manifest.recipe.finetune.linearized:
+        sys.exit(f"{zoo.path}: not a linearized zoo (build one with --build PRESET --out DIR)")
+    ex = Explorer(zoo)
+    ex.prefetch_enabled = False
+    exact_ev = Evaluator.from_zoo(zoo, split=ex.split, n_per_task=ex.n_per_task, seed=ex.seed)
+    gen = torch.Generator().manual_seed(0)
+    variants = {t: zoo.variants[i % len(zoo.variants)] for i, t in enumerate(zoo.tasks)}
+    specs = [MergeSpec.for_zoo(zoo, "task_arithmetic", {LAMBDA: round(float(torch.rand(1, generator=gen)), 3)},
+                               variants, {t: round(0.5 + float(torch.rand(1, generator=gen)), 3) for t in zoo.tasks})
+             for _ in range(args.updates)]
+    t0 = time.perf_counter()
+    ex.evaluate(specs[0])  # f(θ0) and one J τ_t per checkpoint
+    precompute = time.perf_counter() - t0
+    preview_t, exact_t, same, loss_diff = [], [], 0, 0.0
+    for spec in specs[1:]:
+        t0 = time.perf_counter()
+        got = ex.evaluate(spec)
+        preview_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        want = exact_ev.evaluate(merge_zoo(zoo, spec))
+        exact_t.append(time.perf_counter() - t0)
+        same += all(got[t].accuracy == want[t].accuracy for t in zoo.tasks)
+        loss_diff = max(loss_diff, max(abs(got[t].loss - want[t].loss) for t in zoo.tasks))
+    n = len(specs) - 1
+    report = {"zoo": zoo.path.name, "tasks": len(zoo.tasks), "images_per_task": ex.n_per_task, "updates": n,
+              "precompute_s": precompute, "jvps": ex.preview.jvp_count,
+              "preview_update_ms": 1e3 * statistics.median(preview_t), "exact_update_ms": 1e3 * statistics.median(exact_t),
+              "updates_with_identical_accuracy": same, "max_abs_loss_difference": loss_diff,
+              "threads": torch.get_num_threads()}
+    print(f"{zoo.path.name}: precompute {precompute:.2f} s ({report['jvps']} JVPs); one update: preview "
+          f"{report['preview_update_ms']:.1f} ms vs exact {report['exact_update_ms']:.1f} ms (median of {n}); "
+          f"identical per-task accuracy in {same}/{n} updates, max |Δloss| {loss_diff:.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

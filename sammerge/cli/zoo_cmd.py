@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(func=_info)
 
+    from sammerge.cli import import_cmd
+    import_cmd.register(zsub)
+
 
 def _build(args: argparse.Namespace) -> int:
     from sammerge.training.presets import VariantSpec, get_preset
@@ -89,7 +92,7 @@ def _info(args: argparse.Namespace) -> int:
         print(zoo.manifest.model_dump_json(indent=2))
         return 0
     m = zoo.manifest
-    print(f"zoo {zoo.path}  preset={m.recipe.preset}  seed={m.seed}  built {m.created} on {m.device} "
+    print(f"zoo {zoo.path}  {m.describe()}  built {m.created} on {m.device} "
           f"in {m.build_wall_time_s:.1f} s")
     print(f"encoder: {m.encoder.model_dump()}  tasks: {len(zoo.tasks)}  variants: {', '.join(zoo.variants)}")
     _print_table(zoo)

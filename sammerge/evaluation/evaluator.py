@@ -57,7 +57,7 @@ class Evaluator:
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self.tasks = list(data)
-        self.heads = {t: Head(heads[t].weight.to(self.device), heads[t].bias.to(self.device)) for t in self.tasks}
+        self.heads = {t: heads[t].to(self.device) for t in self.tasks}
         images, labels, self.slices = [], [], {}
         start = 0
         for task in self.tasks:

@@ -1,0 +1,128 @@
+"""`sammerge zoo import` of CLIP layouts: task_vectors / SAFT-Merge pickled modules and FusionBench HF folders.
+
+Every fixture is written here (stand-in ``src.modeling`` / ``modeling`` / ``open_clip`` code, imported only to
+write the files). The reference is the original model's own forward pass on torchvision-preprocessed images.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from import_fixtures import CLIP_MEAN, CLIP_STD, reference_images, stand_in_code, write_image_folders
+from sammerge.evaluation.evaluator import Evaluator
+from sammerge.importing import import_zoo, load_import_spec
+from sammerge.merging import MergeSpec
+from sammerge.merging.apply import merge_zoo
+
+TASKS = {"cars": "Cars", "dtd": "DTD"}
+
+
+def _perturb_module(module, scale: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def write_task_vectors(root, module: str = "src.modeling", quick_gelu: bool = True):
+    """<root>/ckpt/{zeroshot.pt, <Dataset>/finetuned*.pt, head_<Dataset>.pt} + image folders + reference logits."""
+    ckpt = root / "ckpt"
+    refs = {}
+    with stand_in_code(root / "code", module) as modeling:
+        torch.manual_seed(0)
+        base = modeling.ImageEncoder(quick_gelu=quick_gelu).eval()
+        ckpt.mkdir(parents=True)
+        torch.save(base, ckpt / "zeroshot.pt")
+        for i, (task, ds) in enumerate(TASKS.items()):
+            (ckpt / ds).mkdir()
+            models = {"plain": copy.deepcopy(base), "sam": copy.deepcopy(base)}
+            _perturb_module(models["plain"], 0.02, 10 + i)
+            _perturb_module(models["sam"], 0.02, 20 + i)
+            torch.save(models["plain"], ckpt / ds / "finetuned.pt")
+            torch.save(models["sam"], ckpt / ds / "finetuned_sam_rho0.05_v2_4x_best.pt")
+            head = modeling.ClassificationHead(True, torch.randn(3, 16, generator=torch.Generator().manual_seed(i)))
+            torch.save(head, ckpt / f"head_{ds}.pt")
+            write_image_folders(root / "data" / task, seed=i)
+            for split in ("val", "test"):
+                x, y = reference_images(root / "data" / task, split, 32, 32, CLIP_MEAN, CLIP_STD)
+                with torch.no_grad():
+                    refs[(task, split)] = {"labels": y, "pretrained": head(base(x)),
+                                           **{v: head(m(x)) for v, m in models.items()}}
+    spec = {"format": "task_vectors", "pretrained": "ckpt/zeroshot.pt", "model_kwargs": {"num_heads": 2},
+            "tasks": {t: {"head": f"ckpt/head_{ds}.pt", "data": f"data/{t}",
+                          "checkpoints": {"plain": f"ckpt/{ds}/finetuned.pt",
+                                          "sam": f"ckpt/{ds}/finetuned_sam_rho0.05_v2_4x_best.pt"}}
+                      for t, ds in TASKS.items()}}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return root / "spec.yaml", refs
+
+
+def check_against_reference(zoo, refs, atol=1e-5):
+    """Stored-image logits of θ0 and each θ_t equal the original models' own forward; Evaluator agrees; λ = 0 / 1."""
+    encoder = zoo.create_encoder()
+    for (task, split), ref in refs.items():
+        part = zoo.split(task, split)
+        assert torch.equal(part.labels, ref["labels"])
+        for name in ["pretrained", *zoo.variants]:
+            params = zoo.pretrained() if name == "pretrained" else zoo.finetuned(task, name)
+            encoder.load_state_dict(params)
+            with torch.no_grad():
+                logits = zoo.heads[task](encoder(part.images))
+            torch.testing.assert_close(logits, ref[name], atol=atol, rtol=0)
+    for split in sorted({s for _, s in refs}):
+        ev = Evaluator.from_zoo(zoo, split=split, n_per_task=None, device="cpu")
+        for variant in zoo.variants:
+            for task in zoo.tasks:
+                ref = refs[(task, split)]
+                for lam, name in ((0.0, "pretrained"), (1.0, variant)):
+                    spec = MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": lam}, variants={task: variant})
+                    result = ev.evaluate(merge_zoo(zoo, spec))[task]
+                    assert result.loss == pytest.approx(float(F.cross_entropy(ref[name], ref["labels"])), abs=atol)
+                    assert result.accuracy == pytest.approx(float((ref[name].argmax(1) == ref["labels"]).float().mean()))
+
+
+@pytest.mark.parametrize("module", ["src.modeling", "modeling"])
+def test_task_vectors_import_matches_original_forward(tmp_path, module):
+    spec_path, refs = write_task_vectors(tmp_path, module)
+    zoo = import_zoo(load_import_spec(spec_path), tmp_path / "zoo", spec_file=spec_path)
+    m = zoo.manifest
+    assert m.encoder.model == "vit_base_patch32_clip_224" and m.encoder.kwargs["act_layer"] == "quick_gelu"
+    assert m.encoder.kwargs["num_classes"] == 16 and m.source["facts"]["quick_gelu"] is True
+    assert all(t.head_normalize for t in m.tasks)  # ClassificationHead.normalize = True, read from the file
+    assert zoo.variants == ["plain", "sam"] and m.images.splits == ["val", "test"]
+    rec = m.checkpoint("dtd", "sam")
+    assert rec.source.format == "task_vectors" and rec.source.original.endswith("DTD/finetuned_sam_rho0.05_v2_4x_best.pt")
+    assert rec.method["rho"] == 0.05 and rec.method["sam"] is True
+    assert not any(k.startswith(("transformer.", "token_embedding")) for k in zoo.pretrained())  # text tower dropped
+    check_against_reference(zoo, refs)
+    assert zoo.verify()
+
+
+def test_plain_gelu_clip_is_detected(tmp_path):
+    spec_path, refs = write_task_vectors(tmp_path, quick_gelu=False)
+    zoo = import_zoo(load_import_spec(spec_path), tmp_path / "zoo")
+    assert "act_layer" not in zoo.manifest.encoder.kwargs  # GELU: timm's default for the CLIP ViT
+    check_against_reference(zoo, {k: v for k, v in refs.items() if k[1] == "test"})
+
+
+def test_loader_never_imports_the_pickled_code(tmp_path):
+    spec_path, _ = write_task_vectors(tmp_path)
+    script = textwrap.dedent(f"""
+        import sys
+        from sammerge.importing import import_zoo, load_import_spec
+        zoo = import_zoo(load_import_spec({str(spec_path)!r}), {str(tmp_path / 'zoo')!r})
+        leaked = [n for n in sys.modules if n.split('.')[0] in ('src', 'modeling', 'open_clip')]
+        print('LEAKED', leaked)
+        assert not leaked, leaked
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LEAKED []" in out.stdout

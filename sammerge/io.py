@@ -28,6 +28,18 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def content_sha256(path: PathLike) -> str:
+    """sha256 of a file, or of a folder (its files' relative names and sha256, sorted) — HF model folders."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode())
+        digest.update(sha256_file(f).encode())
+    return digest.hexdigest()
+
+
 def _umask_mode(directory: bool = False) -> int:
     """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp make private 0600/0700 temp files)."""
     mask = os.umask(0)
@@ -237,6 +249,9 @@ def load_torch_file(path: PathLike, max_bytes: int | None = None):
         raise CheckpointError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
     check_file_size(path, max_bytes)
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":
+                raise CheckpointError(f"{path}: unreadable torch file (a truncated or corrupt zip archive)")
         raise CheckpointError(f"{path}: not a safetensors or zip-format torch file (a raw pickle or a legacy "
                               f"torch.save file only loads by running code; sammerge never unpickles) — {CONVERSION_HINT}")
     try:

@@ -126,3 +126,62 @@ def test_loader_never_imports_the_pickled_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LEAKED []" in out.stdout
+
+
+# -- FusionBench: Hugging Face CLIP folders ----------------------------------------------------------------------
+def write_hf_clip(root):
+    """base/ = a tiny CLIPModel folder; ft/<task>_{plain,sam}/ = CLIPVisionModel folders (one with the
+    transformers<5 'vision_model.' key prefix, the others as this transformers writes them); heads as files."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
+        projection_dim=16)
+    torch.manual_seed(0)
+    base = transformers.CLIPModel(config).eval()
+    base.save_pretrained(root / "base")
+    refs, tasks = {}, {}
+    for i, task in enumerate(TASKS):
+        heads = torch.randn(3, 16, generator=torch.Generator().manual_seed(i))
+        save_file({"weight": heads, "bias": torch.zeros(3)}, root / f"head_{task}.safetensors")
+        models = {}
+        for j, variant in enumerate(("plain", "sam")):
+            vision = transformers.CLIPVisionModel(config.vision_config).eval()
+            getattr(vision, "vision_model", vision).load_state_dict(base.vision_model.state_dict())  # v4 / v5
+            _perturb_module(vision, 0.02, 100 + 10 * i + j)
+            folder = root / "ft" / f"{task}_{variant}"
+            vision.save_pretrained(folder)
+            if i == 0 and j == 0:  # the transformers < 5 layout
+                state = load_file(str(folder / "model.safetensors"))
+                save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v for k, v in state.items()},
+                          str(folder / "model.safetensors"), metadata={"format": "pt"})
+            models[variant] = vision
+        write_image_folders(root / "data" / task, seed=i)
+        tasks[task] = {"head": f"head_{task}.safetensors", "data": f"data/{task}",
+                       "checkpoints": {v: f"ft/{task}_{v}" for v in models}}
+
+        def logits(vision_model, x):
+            f = base.visual_projection(vision_model(pixel_values=x).pooler_output)
+            return (f / f.norm(dim=-1, keepdim=True)) @ heads.T
+
+        for split in ("val", "test"):
+            x, y = reference_images(root / "data" / task, split, 32, 32, CLIP_MEAN, CLIP_STD)
+            with torch.no_grad():
+                refs[(task, split)] = {"labels": y, "pretrained": logits(base.vision_model, x),
+                                       **{v: logits(m, x) for v, m in models.items()}}
+    (root / "spec.json").write_text(json.dumps({"format": "hf_clip", "pretrained": "base", "tasks": tasks}))
+    return root / "spec.json", refs
+
+
+def test_hf_clip_import_matches_transformers_forward(tmp_path):
+    spec_path, refs = write_hf_clip(tmp_path)
+    zoo = import_zoo(load_import_spec(spec_path), tmp_path / "zoo")
+    m = zoo.manifest
+    assert m.encoder.kwargs["act_layer"] == "quick_gelu" and m.encoder.kwargs["num_heads"] == 2
+    assert all(t.head_normalize for t in m.tasks)  # CLIP formats: heads read L2-normalized features
+    assert m.checkpoint("cars", "plain").source.format == "hf_clip"
+    check_against_reference(zoo, refs)

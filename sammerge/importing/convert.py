@@ -22,7 +22,7 @@ from sammerge import __version__
 from sammerge.errors import ImportCheckError, SammergeError
 from sammerge.importing import formats, images as imgs
 from sammerge.importing.spec import CLIP_MEAN, CLIP_STD, ImportSpec
-from sammerge.io import atomic_dir, atomic_write_text, save_state_dict, sha256_file
+from sammerge.io import atomic_dir, atomic_write_text, content_sha256, save_state_dict, sha256_file
 from sammerge.progress import Progress
 from sammerge.training.model import Head, TimmEncoderConfig, create_encoder
 
@@ -85,7 +85,8 @@ def _encoder_config(spec: ImportSpec, pre: formats.Converted | None, problems: l
         if abs(float(eps) - 1e-5) > 1e-12:
             problems.append(f"{spec.pretrained}: layer_norm_eps {eps} (timm's CLIP ViT uses 1e-5)")
         try:
-            name, kwargs = formats.clip_architecture(pre.state, qg, spec.model_kwargs.get("num_heads"))
+            heads = spec.model_kwargs.get("num_heads") or (pre.facts.get("hf_config") or {}).get("num_attention_heads")
+            name, kwargs = formats.clip_architecture(pre.state, qg, heads)
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(f"{spec.pretrained}: not a CLIP ViT state dict (missing {exc})")
             return None
@@ -175,7 +176,7 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
 
     def source(fmt_path: Path) -> SourceRecord:
         return SourceRecord(format=spec.format, original=str(fmt_path.resolve()),
-                            original_sha256=_content_sha256(fmt_path))
+                            original_sha256=content_sha256(fmt_path))
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         # -- θ0 and the architecture ------------------------------------------------------------------
@@ -338,15 +339,3 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
         atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2))
         tick("manifest")
     return open_zoo(out)
-
-
-def _content_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (sorted relative names and bytes) for HF model folders."""
-    import hashlib
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(f.relative_to(path)).encode())
-        digest.update(sha256_file(f).encode())
-    return digest.hexdigest()

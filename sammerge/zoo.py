@@ -306,3 +306,17 @@ def open_zoo(path: str | os.PathLike, verify: bool = False) -> Zoo:
     if verify:
         zoo.verify()
     return zoo
+
+
+def provenance_rows(zoo: Zoo) -> list[dict]:
+    """One row per imported file: what it is, its format, the original file and sha256, the zoo's file."""
+    m = zoo.manifest
+    rows = []
+    entries = [("pretrained θ0", "—", m.pretrained_source, m.pretrained)]
+    entries += [(r.task, r.variant, r.source, r) for r in m.checkpoints]
+    for task, variant, src, rec in entries:
+        if src is None:
+            continue
+        rows.append({"task": task, "variant": variant, "format": src.format, "original file": src.original,
+                     "original sha256": src.original_sha256, "zoo file": rec.file, "zoo sha256": rec.sha256})
+    return rows

@@ -129,6 +129,22 @@ def test_loader_never_imports_the_pickled_code(tmp_path):
 
 
 # -- FusionBench: Hugging Face CLIP folders ----------------------------------------------------------------------
+def write_tiny_tokenizer(transformers, folder) -> None:
+    """A byte-level CLIP BPE tokenizer with no merges (512 byte tokens + start/end), saved beside the model."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+
+
 def write_hf_clip(root):
     """base/ = a tiny CLIPModel folder; ft/<task>_{plain,sam}/ = CLIPVisionModel folders (one with the
     transformers<5 'vision_model.' key prefix, the others as this transformers writes them); heads as files."""
@@ -136,14 +152,16 @@ def write_hf_clip(root):
     from safetensors.torch import load_file, save_file
 
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
+        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=512, eos_token_id=513,
+                         pad_token_id=513),
         vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                            image_size=32, patch_size=8, hidden_act="quick_gelu"),
         projection_dim=16)
     torch.manual_seed(0)
     base = transformers.CLIPModel(config).eval()
     base.save_pretrained(root / "base")
+    write_tiny_tokenizer(transformers, root / "base")
     refs, tasks = {}, {}
     for i, task in enumerate(TASKS):
         heads = torch.randn(3, 16, generator=torch.Generator().manual_seed(i))
@@ -185,3 +203,26 @@ def test_hf_clip_import_matches_transformers_forward(tmp_path):
     assert all(t.head_normalize for t in m.tasks)  # CLIP formats: heads read L2-normalized features
     assert m.checkpoint("cars", "plain").source.format == "hf_clip"
     check_against_reference(zoo, refs)
+
+
+def test_hf_zero_shot_heads_equal_clips_own_logits(tmp_path):
+    """head: zeroshot → logits of θ0 equal CLIPModel's logits_per_image for prompts 'a photo of a {class}.'."""
+    transformers = pytest.importorskip("transformers")
+    spec_path, _ = write_hf_clip(tmp_path)
+    spec = json.loads(spec_path.read_text())
+    write_image_folders(tmp_path / "zs", classes=("ant", "sea_lion", "cat"), seed=5)
+    spec["tasks"] = {"zs": {"head": "zeroshot", "data": "zs", "templates": ["a photo of a {}."],
+                            "checkpoints": spec["tasks"]["cars"]["checkpoints"]}}
+    (tmp_path / "zs.json").write_text(json.dumps(spec))
+    zoo = import_zoo(load_import_spec(tmp_path / "zs.json"), tmp_path / "zoo")
+    base = transformers.CLIPModel.from_pretrained(str(tmp_path / "base"), local_files_only=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "base"), local_files_only=True)
+    tokens = tokenizer([f"a photo of a {c}." for c in ("ant", "cat", "sea lion")], padding=True, return_tensors="pt")
+    x, y = reference_images(tmp_path / "zs", "test", 32, 32, CLIP_MEAN, CLIP_STD)
+    with torch.no_grad():
+        ref = base(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=x).logits_per_image
+        encoder = zoo.create_encoder()
+        encoder.load_state_dict(zoo.pretrained())
+        logits = zoo.heads["zs"](encoder(zoo.split("zs", "test").images))
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-5)  # × exp(logit_scale) = 100
+    assert zoo.manifest.source["heads"]["zs"].startswith("zero-shot from")

@@ -138,6 +138,18 @@ def _read_head(spec: ImportSpec, task: str, path: Path) -> Head:
     return Head(weight, bias, bool(normalize))
 
 
+def _zeroshot(spec: ImportSpec, ts, folder: Path, val) -> Head:
+    from sammerge.errors import ConfigError
+    from sammerge.importing.zeroshot import DEFAULT_TEMPLATES, class_prompt_name, zeroshot_head
+    if spec.format != "hf_clip":
+        raise ConfigError(f"head: zeroshot needs format hf_clip (a CLIPModel folder with its text tower), not {spec.format}")
+    if ts.class_names is None and val is None:
+        raise ConfigError(f"{ts.data}: zero-shot head needs the class folders (or class_names)")
+    names = ts.class_names or [class_prompt_name(c) for c in val.classes]
+    head = zeroshot_head(folder, names, ts.templates or DEFAULT_TEMPLATES)
+    return Head(head.weight, head.bias, True if ts.head_normalize is None else ts.head_normalize)
+
+
 def _variant(name: str, original: Path):
     """VariantSpec of an imported variant, and ρ when the variant or file name says it (SAFT: ``_sam_rho0.05_``)."""
     from sammerge.training.presets import VariantSpec
@@ -240,9 +252,15 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
         data_files: dict[str, Path] = {}
         counts: dict[str, dict[str, int]] = {}
         for task, ts in spec.tasks.items():
+            root = spec.path(ts.data)
+            splits = {s: imgs.scan_split(root / s, problems) for s in imgs.SPLITS}
             head_path = spec.path(ts.head)
             try:
-                head = _read_head(spec, task, head_path)
+                if ts.head == "zeroshot":
+                    head_path = pre_path
+                    head = _zeroshot(spec, ts, pre_path, splits["val"])
+                else:
+                    head = _read_head(spec, task, head_path)
                 if head.weight.ndim != 2 or head.bias.shape != (head.weight.shape[0],):
                     problems.append(f"{head_path}: head 'weight' {list(head.weight.shape)} / 'bias' "
                                     f"{list(head.bias.shape)} are not [C, D] / [C]")
@@ -255,8 +273,6 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
                     heads[task] = head
             except SammergeError as exc:
                 problems.append(_one_line(exc))
-            root = spec.path(ts.data)
-            splits = {s: imgs.scan_split(root / s, problems) for s in imgs.SPLITS}
             if all(splits.values()):
                 if splits["val"].classes != splits["test"].classes:
                     problems.append(f"{root}: val and test have different class folders "
@@ -331,7 +347,10 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
                              sources={t: str(spec.path(ts.data).resolve()) for t, ts in spec.tasks.items()}),
             source={"format": spec.format, "model": cfg.model, "spec": str(spec_file) if spec_file else None,
                     "spec_sha256": sha256_file(spec_file) if spec_file else None,
-                    "facts": {"quick_gelu": (pre.facts.get("quick_gelu") if pre else None)}},
+                    "facts": {"quick_gelu": (pre.facts.get("quick_gelu") if pre else None)},
+                    "heads": {t: (f"zero-shot from {pre_path.resolve()} with templates {ts.templates or ['a photo of a {}.']}"
+                                  if ts.head == "zeroshot" else str(spec.path(ts.head).resolve()))
+                              for t, ts in spec.tasks.items()}},
             checkpoints=checkpoint_records,
             versions={"sammerge": __version__, "torch": torch.__version__, "timm": timm.__version__,
                       "python": platform.python_version()},

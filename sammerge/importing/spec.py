@@ -10,7 +10,8 @@ Paths are relative to the spec file's directory unless absolute. Keys::
     quick_gelu: true                       # CLIP state dicts only, when the file cannot tell
     tasks:
       cars:
-        head: heads/cars.safetensors       # weight [C, D], bias [C]; task_vectors: head_Cars.pt
+        head: heads/cars.safetensors       # weight [C, D], bias [C]; task_vectors: head_Cars.pt; hf_clip: or zeroshot
+        templates: ["a photo of a {}."]    # hf_clip zero-shot heads (class_names: default the folder names)
         head_normalize: true               # logits = normalize(f) @ Wᵀ + b (default: true for CLIP formats)
         data: data/cars                    # ImageFolder roots data/cars/{val,test}/<class>/<image>
         checkpoints: {plain: ft/cars.safetensors, sam: ft/cars_sam.pt}
@@ -44,8 +45,10 @@ class Preprocess(BaseModel):
 
 class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    head: str
+    head: str  # a file, or "zeroshot" (hf_clip: from the base model's text tower)
     head_normalize: bool | None = None
+    class_names: list[str] | None = None  # zero-shot prompts (default: the class folders' names, "_" → " ")
+    templates: list[str] | None = None  # zero-shot prompt templates with "{}" (default: "a photo of a {}.")
     data: str
     checkpoints: dict[str, str] = Field(min_length=1)
     description: str = ""

@@ -157,3 +157,22 @@ def test_cli_import_then_eval_with_the_users_original_paths(timm_files, tmp_path
     pets = next(r for r in result["per_task"] if r["task"] == "pets")
     assert pets["loss"] == pytest.approx(float(F.cross_entropy(ref["sam"], ref["labels"])), abs=1e-5)
     assert zoo.manifest.checkpoint("pets", "sam").source.original == str((tmp_path / "ft" / "pets_sam.pt").resolve())
+
+
+def test_bad_spec_lists_every_invalid_field(tmp_path):
+    from sammerge.errors import ConfigError
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "format": "onnx", "pretrained": "b.safetensors", "colour": "blue",
+        "tasks": {"a b": {"head": "h", "data": "d", "checkpoints": {"Plain": "x"}}}}))
+    with pytest.raises(ConfigError) as info:
+        load_import_spec(tmp_path / "s.yaml")
+    for fragment in ("'format'", "'colour'", "task names", "variant names"):
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_zoo_info_on_an_imported_zoo(timm_files, tmp_path, capsys):
+    spec_path, _ = timm_files
+    import_zoo(load_import_spec(spec_path), tmp_path / "zoo", max_images_per_split=3)
+    assert cli_main(["zoo", "info", str(tmp_path / "zoo")]) == 0
+    out = capsys.readouterr().out
+    assert "imported from timm" in out and "verified" in out and "pets" in out

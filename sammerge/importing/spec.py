@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,7 @@ from sammerge.errors import ConfigError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FORMATS = ("timm", "task_vectors", "hf_clip")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class Preprocess(BaseModel):
@@ -76,15 +78,6 @@ class ImportSpec(BaseModel):
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     root: str = "."
 
-    @field_validator("tasks")
-    @classmethod
-    def _task_names(cls, value: dict) -> dict:
-        import re
-        bad = [t for t in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", t)]
-        if bad:
-            raise ValueError(f"task names must be letters, digits, '_', '.', '-' (got {bad})")
-        return value
-
     def path(self, value: str) -> Path:
         """``value`` resolved against the spec's directory (``~`` expanded)."""
         p = Path(os.path.expanduser(value))
@@ -114,8 +107,15 @@ def load_import_spec(path: str | os.PathLike) -> ImportSpec:
 def parse_import_spec(raw, root: str | os.PathLike = ".", source: str = "import spec") -> ImportSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
+    problems = []
+    tasks = raw.get("tasks")
+    bad = [t for t in tasks if not TASK_NAME.fullmatch(str(t))] if isinstance(tasks, dict) else []
+    if bad:
+        problems.append(f"'tasks': task names must be letters, digits, '_', '.', '-' (got {bad})")
     try:
-        return ImportSpec.model_validate({**raw, "root": str(root)})
+        spec = ImportSpec.model_validate({**raw, "root": str(root)})
     except ValidationError as exc:
-        problems = [f"'{'.'.join(str(p) for p in e['loc']) or '(root)'}': {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{source}: invalid field(s): " + "; ".join(problems)) from None
+        problems += [f"'{'.'.join(str(p) for p in e['loc']) or '(root)'}': {e['msg']}" for e in exc.errors()]
+    if problems:
+        raise ConfigError(f"{source}: invalid field(s): " + "; ".join(problems))
+    return spec

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from sammerge import __version__
 from sammerge.errors import ImportCheckError, SammergeError
@@ -217,8 +218,12 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
         tick("pretrained")
 
         # -- fine-tuned checkpoints -----------------------------------------------------------------------
-        records: dict[tuple[str, str], tuple[StateDict, Path, dict]] = {}
+        records: dict[tuple[str, str], tuple[Path, dict]] = {}  # converted file → (original, facts)
         (tmp / "finetuned").mkdir()
+        variant_sets = {task: tuple(ts.checkpoints) for task, ts in spec.tasks.items()}
+        if len(set(map(frozenset, variant_sets.values()))) > 1:
+            problems.append("spec: every task needs the same checkpoint variants (got "
+                            + "; ".join(f"{t}: {', '.join(v)}" for t, v in variant_sets.items()) + ")")
         for task, ts in spec.tasks.items():
             for variant, file in ts.checkpoints.items():
                 path = spec.path(file)
@@ -241,7 +246,9 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
                     if not found and not problems:
                         state = {k: v.to(reference[k].dtype) for k, v in conv.state.items()}
                         save_state_dict(state, tmp / "finetuned" / f"{task}__{variant}.safetensors")
-                        records[(task, variant)] = (state, path, conv.facts)
+                        records[(task, variant)] = (path, conv.facts)
+                        del state
+                del conv
                 tick(f"{task}/{variant}")
 
         # -- heads and images -------------------------------------------------------------------------
@@ -299,7 +306,6 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
         def scores(params: StateDict, task: str) -> SplitScores:
             out_scores = {}
             state = {}
-            from safetensors.torch import load_file
             state = load_file(str(data_files[task]))
             for s in imgs.SPLITS:
                 x = normalize_uint8(state[f"{s}/images"], pp["mean"], pp["std"])
@@ -311,10 +317,11 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
         pre_scores = {task: scores(theta0, task) for task in spec.tasks}
         checkpoint_records = []
         variant_specs = {}
-        for (task, variant), (state, path, facts) in records.items():
+        for (task, variant), (path, facts) in records.items():
             vspec, rho = _variant(variant, path)
             variant_specs.setdefault(variant, vspec)
             file = tmp / "finetuned" / f"{task}__{variant}.safetensors"
+            state = load_file(str(file))
             norm = math.sqrt(sum(float((state[k].double() - theta0[k].double()).pow(2).sum())
                                  for k in state if state[k].is_floating_point()))
             method = {"label": variant, "sam": vspec.sam, "adaptive": vspec.adaptive, "imported": True}

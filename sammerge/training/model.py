@@ -84,6 +84,18 @@ def create_timm_encoder(cfg: TimmEncoderConfig) -> nn.Module:
         raise ConfigError(f"encoder: timm cannot build '{cfg.model}' with {kwargs} ({exc})".replace("\n", " ")) from None
 
 
+def without_fused_attention(encoder: nn.Module) -> nn.Module:
+    """Switch timm's fused attention (``F.scaled_dot_product_attention``) off in every attention block, in place.
+
+    Same outputs, slower; needed where derivatives of derivatives are taken (Hessian-vector products by
+    forward-over-reverse: torch has no forward-mode AD for the fused CPU kernel). Returns ``encoder``.
+    """
+    for module in encoder.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = False
+    return encoder
+
+
 def create_encoder(cfg: AnyEncoderConfig | None = None) -> nn.Module:
     """The encoder of a zoo: :func:`create_timm_encoder` for ``arch: timm``, else the ResNet-GN below.
 

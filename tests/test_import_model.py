@@ -87,3 +87,13 @@ def test_a_format_1_manifest_without_the_new_fields_opens_unchanged(tiny_zoo_cop
     assert zoo.original_files() == {}
     assert len(zoo.split(zoo.tasks[0], "train")) > 0  # the glyph benchmark, train split included
     Evaluator.from_zoo(zoo, n_per_task=8).evaluate(zoo.pretrained())
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch32_clip_quickgelu_224", "vit_base_patch32_clip_224",
+                                  "vit_base_patch16_clip_quickgelu_224", "vit_large_patch14_clip_224"])
+def test_clip_architecture_names_the_real_models(name):
+    """Real CLIP sizes map back to timm's own model names (shapes only: built on the meta device)."""
+    from sammerge.importing.formats import clip_architecture
+    with torch.device("meta"):
+        state = timm.create_model(name, pretrained=False, num_classes=768 if "large" in name else 512).state_dict()
+    assert clip_architecture(state, quick_gelu="quickgelu" in name) == (name, {"num_classes": 768 if "large" in name else 512})

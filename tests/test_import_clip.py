@@ -226,3 +226,13 @@ def test_hf_zero_shot_heads_equal_clips_own_logits(tmp_path):
         logits = zoo.heads["zs"](encoder(zoo.split("zs", "test").images))
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-5)  # × exp(logit_scale) = 100
     assert zoo.manifest.source["heads"]["zs"].startswith("zero-shot from")
+
+
+def test_gelu_checkpoint_against_quickgelu_pretrained_is_a_problem(tmp_path):
+    from sammerge.errors import ImportCheckError
+    spec_path, _ = write_task_vectors(tmp_path)
+    with stand_in_code(tmp_path / "code2", "src.modeling") as modeling:
+        torch.save(modeling.ImageEncoder(quick_gelu=False), tmp_path / "ckpt" / "DTD" / "finetuned.pt")
+    with pytest.raises(ImportCheckError, match=r"DTD/finetuned.pt: uses GELU, the pretrained model does not"):
+        import_zoo(load_import_spec(spec_path), tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists()

@@ -166,202 +166,228 @@ def import_zoo(spec: ImportSpec, out: str | Path, max_images_per_split: int | No
                overwrite: bool = False, device: str = "cpu", spec_file: str | Path | None = None,
                progress: Progress | None = None):
     """Check and convert everything ``spec`` names into a zoo at ``out``; returns the opened zoo."""
-    from sammerge.evaluation.evaluator import Evaluator
-    from sammerge.training.presets import VariantSpec  # noqa: F401 - manifest type
-    from sammerge.zoo import (IMPORTED_FORMAT_VERSION, MANIFEST_NAME, CheckpointRecord, FileRecord, ImageData,
-                              SourceRecord, SplitScores, TaskInfo, ZooManifest, normalize_uint8, open_zoo)
+    from sammerge.zoo import open_zoo
 
-    t_start = time.perf_counter()
     out = Path(out)
-    problems: list[str] = []
     if out.exists() and not overwrite:
         raise ImportCheckError([f"{out}: already exists (use --overwrite to replace it)"])
     if max_images_per_split is not None and max_images_per_split < 1:
         raise ImportCheckError([f"--max-images-per-split must be ≥ 1, got {max_images_per_split}"])
-    steps = 2 + sum(len(t.checkpoints) for t in spec.tasks.values()) + 2 * len(spec.tasks)
-    done = 0
-
-    def tick(stage: str) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, steps, stage)
-
-    def source(fmt_path: Path) -> SourceRecord:
-        return SourceRecord(format=spec.format, original=str(fmt_path.resolve()),
-                            original_sha256=content_sha256(fmt_path))
-
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        # -- θ0 and the architecture ------------------------------------------------------------------
-        pre_path = spec.path(spec.pretrained)
-        pre = None
-        try:
-            pre = _convert(spec, pre_path) if spec.format != "timm" else None
-        except SammergeError as exc:
-            problems.append(_one_line(exc))
-        cfg = _encoder_config(spec, pre, problems)
-        encoder = create_encoder(cfg).eval() if cfg else None
-        reference = {k: v for k, v in encoder.state_dict().items()} if encoder is not None else None
-        classifier = getattr(encoder, "pretrained_cfg", {}).get("classifier") if encoder is not None else None
-        if spec.format == "timm" and reference is not None:
-            try:
-                pre = _convert(spec, pre_path, classifier, set(reference))
-            except SammergeError as exc:
-                problems.append(_one_line(exc))
-        theta0 = None
-        if pre is not None and reference is not None:
-            found = check_state(pre.state, reference, str(pre_path))
-            problems += found
-            if not found:
-                theta0 = {k: v.to(reference[k].dtype) for k, v in pre.state.items()}
-                save_state_dict(theta0, tmp / "pretrained.safetensors")
-        tick("pretrained")
+        run = _Import(spec, tmp, max_images_per_split, seed, device, progress)
+        run.architecture()
+        run.checkpoints()
+        run.heads_and_images()
+        if run.problems:
+            raise ImportCheckError(run.problems)
+        run.write_manifest(out.name, spec_file)
+    return open_zoo(out)
 
-        # -- fine-tuned checkpoints -----------------------------------------------------------------------
-        records: dict[tuple[str, str], tuple[Path, dict]] = {}  # converted file → (original, facts)
-        (tmp / "finetuned").mkdir()
+
+class _Import:
+    """One import into the temp directory ``tmp``: each phase appends to ``problems`` and goes on."""
+
+    def __init__(self, spec: ImportSpec, tmp: Path, budget: int | None, seed: int, device: str,
+                 progress: Progress | None) -> None:
+        self.spec, self.tmp, self.budget, self.seed, self.device, self.progress = spec, tmp, budget, seed, device, progress
+        self.t_start = time.perf_counter()
+        self.problems: list[str] = []
+        self.steps = 2 + sum(len(t.checkpoints) for t in spec.tasks.values()) + 2 * len(spec.tasks)
+        self.done = 0
+        self.pre_path = spec.path(spec.pretrained)
+        self.pre: formats.Converted | None = None
+        self.cfg = self.encoder = self.reference = self.theta0 = self.pp = None
+        self.records: dict[tuple[str, str], tuple[Path, dict]] = {}  # (task, variant) → (original, facts)
+        self.heads: dict[str, Head] = {}
+        self.classes: dict[str, list[str]] = {}
+        self.data_files: dict[str, Path] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def tick(self, stage: str) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.steps, stage)
+
+    def _try(self, fn, *args):
+        try:
+            return fn(*args)
+        except SammergeError as exc:
+            self.problems.append(_one_line(exc))
+            return None
+
+    # -- θ0 and the architecture -----------------------------------------------------------------------------
+    def architecture(self) -> None:
+        spec = self.spec
+        if spec.format != "timm":
+            self.pre = self._try(_convert, spec, self.pre_path)
+        self.cfg = _encoder_config(spec, self.pre, self.problems)
+        if self.cfg is None:
+            self.tick("pretrained")
+            return
+        self.encoder = create_encoder(self.cfg).eval()
+        self.reference = dict(self.encoder.state_dict())
+        self.classifier = getattr(self.encoder, "pretrained_cfg", {}).get("classifier")
+        if spec.format == "timm":
+            self.pre = self._try(_convert, spec, self.pre_path, self.classifier, set(self.reference))
+        if self.pre is not None:
+            found = check_state(self.pre.state, self.reference, str(self.pre_path))
+            self.problems += found
+            if not found:
+                self.theta0 = {k: v.to(self.reference[k].dtype) for k, v in self.pre.state.items()}
+                save_state_dict(self.theta0, self.tmp / "pretrained.safetensors")
+        self.pp = _preprocess(spec, self.cfg, self.encoder)
+        self.tick("pretrained")
+
+    # -- fine-tuned checkpoints: converted, checked, written one at a time -------------------------------------
+    def checkpoints(self) -> None:
+        spec, theta0, pre = self.spec, self.theta0, self.pre
+        (self.tmp / "finetuned").mkdir()
         variant_sets = {task: tuple(ts.checkpoints) for task, ts in spec.tasks.items()}
         if len(set(map(frozenset, variant_sets.values()))) > 1:
-            problems.append("spec: every task needs the same checkpoint variants (got "
-                            + "; ".join(f"{t}: {', '.join(v)}" for t, v in variant_sets.items()) + ")")
+            self.problems.append("spec: every task needs the same checkpoint variants (got "
+                                 + "; ".join(f"{t}: {', '.join(v)}" for t, v in variant_sets.items()) + ")")
         for task, ts in spec.tasks.items():
             for variant, file in ts.checkpoints.items():
                 path = spec.path(file)
-                try:
-                    conv = _convert(spec, path, classifier, set(reference or ()))
-                except SammergeError as exc:
-                    problems.append(_one_line(exc))
-                    tick(f"{task}/{variant}")
-                    continue
-                if theta0 is not None and spec.format == "hf_clip" and "head.weight" in theta0 and "head.weight" not in conv.state:
-                    conv.state["head.weight"], conv.state["head.bias"] = theta0["head.weight"], theta0["head.bias"]
-                    conv.facts["projection"] = "visual_projection of the base model (frozen in fine-tuning)"
-                if pre is not None and "quick_gelu" in conv.facts and "quick_gelu" in pre.facts \
-                        and conv.facts["quick_gelu"] != pre.facts["quick_gelu"]:
-                    problems.append(f"{path}: uses {'QuickGELU' if conv.facts['quick_gelu'] else 'GELU'}, "
-                                    f"the pretrained model does not")
-                if reference is not None:
-                    found = check_state(conv.state, reference, str(path))
-                    problems += found
-                    if not found and not problems:
-                        state = {k: v.to(reference[k].dtype) for k, v in conv.state.items()}
-                        save_state_dict(state, tmp / "finetuned" / f"{task}__{variant}.safetensors")
-                        records[(task, variant)] = (path, conv.facts)
-                        del state
-                del conv
-                tick(f"{task}/{variant}")
+                conv = self._try(_convert, spec, path, getattr(self, "classifier", None), set(self.reference or ()))
+                if conv is not None:
+                    if theta0 is not None and spec.format == "hf_clip" and "head.weight" in theta0 \
+                            and "head.weight" not in conv.state:  # FusionBench keeps CLIP's projection frozen
+                        conv.state["head.weight"], conv.state["head.bias"] = theta0["head.weight"], theta0["head.bias"]
+                        conv.facts["projection"] = "visual_projection of the base model"
+                    if pre is not None and "quick_gelu" in conv.facts and "quick_gelu" in pre.facts \
+                            and conv.facts["quick_gelu"] != pre.facts["quick_gelu"]:
+                        self.problems.append(f"{path}: uses {'QuickGELU' if conv.facts['quick_gelu'] else 'GELU'}, "
+                                             f"the pretrained model does not")
+                    if self.reference is not None:
+                        found = check_state(conv.state, self.reference, str(path))
+                        self.problems += found
+                        if not found and not self.problems:
+                            state = {k: v.to(self.reference[k].dtype) for k, v in conv.state.items()}
+                            save_state_dict(state, self.tmp / "finetuned" / f"{task}__{variant}.safetensors")
+                            self.records[(task, variant)] = (path, conv.facts)
+                    del conv
+                self.tick(f"{task}/{variant}")
 
-        # -- heads and images -------------------------------------------------------------------------
-        heads: dict[str, Head] = {}
-        classes: dict[str, list[str]] = {}
-        pp = _preprocess(spec, cfg, encoder) if cfg else None
-        (tmp / "data").mkdir()
-        data_files: dict[str, Path] = {}
-        counts: dict[str, dict[str, int]] = {}
+    # -- heads (checked against features and class folders) and the stored images ------------------------------
+    def heads_and_images(self) -> None:
+        spec = self.spec
+        (self.tmp / "data").mkdir()
         for task, ts in spec.tasks.items():
             root = spec.path(ts.data)
-            splits = {s: imgs.scan_split(root / s, problems) for s in imgs.SPLITS}
-            head_path = spec.path(ts.head)
-            try:
-                if ts.head == "zeroshot":
-                    head_path = pre_path
-                    head = _zeroshot(spec, ts, pre_path, splits["val"])
+            splits = {s: imgs.scan_split(root / s, self.problems) for s in imgs.SPLITS}
+            head_path = self.pre_path if ts.head == "zeroshot" else spec.path(ts.head)
+            head = self._try(_zeroshot, spec, ts, self.pre_path, splits["val"]) if ts.head == "zeroshot" \
+                else self._try(_read_head, spec, task, head_path)
+            if head is not None:
+                problem = _head_problem(head, head_path, self.cfg)
+                if problem:
+                    self.problems.append(problem)
                 else:
-                    head = _read_head(spec, task, head_path)
-                if head.weight.ndim != 2 or head.bias.shape != (head.weight.shape[0],):
-                    problems.append(f"{head_path}: head 'weight' {list(head.weight.shape)} / 'bias' "
-                                    f"{list(head.bias.shape)} are not [C, D] / [C]")
-                elif not bool(torch.isfinite(head.weight).all() and torch.isfinite(head.bias).all()):
-                    problems.append(f"{head_path}: head tensor 'weight' or 'bias' contains NaN/Inf values")
-                elif cfg is not None and head.weight.shape[1] != cfg.embed_dim:
-                    problems.append(f"{head_path}: head 'weight' reads {head.weight.shape[1]} features, "
-                                    f"the encoder gives {cfg.embed_dim}")
-                else:
-                    heads[task] = head
-            except SammergeError as exc:
-                problems.append(_one_line(exc))
+                    self.heads[task] = head
             if all(splits.values()):
                 if splits["val"].classes != splits["test"].classes:
-                    problems.append(f"{root}: val and test have different class folders "
-                                    f"({sorted(set(splits['val'].classes) ^ set(splits['test'].classes))[:5]})")
-                classes[task] = splits["val"].classes
-                if task in heads and heads[task].num_classes != len(classes[task]):
-                    problems.append(f"{head_path}: head has {heads[task].num_classes} rows (classes) but "
-                                    f"{root / 'val'} has {len(classes[task])} class folders")
-            tick(f"{task}: head")
-            if pp is not None and all(splits.values()):
-                tensors = {}
-                for s, fs in splits.items():
-                    chosen = imgs.choose(fs.files, max_images_per_split, seed)
-                    x, y = imgs.load_split(chosen, pp["size"], pp["crop"], pp["interpolation"], problems)
-                    tensors[f"{s}/images"], tensors[f"{s}/labels"] = x, y
-                    counts.setdefault(task, {})[s] = len(y)
-                data_files[task] = tmp / "data" / f"{task}.safetensors"
-                save_state_dict(tensors, data_files[task])
-            tick(f"{task}: images")
-        if problems:
-            raise ImportCheckError(problems)
+                    self.problems.append(f"{root}: val and test have different class folders "
+                                         f"({sorted(set(splits['val'].classes) ^ set(splits['test'].classes))[:5]})")
+                self.classes[task] = splits["val"].classes
+                if task in self.heads and self.heads[task].num_classes != len(self.classes[task]):
+                    self.problems.append(f"{head_path}: head has {self.heads[task].num_classes} rows (classes) but "
+                                         f"{root / 'val'} has {len(self.classes[task])} class folders")
+            self.tick(f"{task}: head")
+            if self.pp is not None and all(splits.values()):
+                self._store_images(task, splits)
+            self.tick(f"{task}: images")
 
-        # -- accuracies on the stored images ----------------------------------------------------------------
-        def scores(params: StateDict, task: str) -> SplitScores:
-            out_scores = {}
-            state = {}
-            state = load_file(str(data_files[task]))
-            for s in imgs.SPLITS:
-                x = normalize_uint8(state[f"{s}/images"], pp["mean"], pp["std"])
-                ev = Evaluator(encoder, {task: heads[task]}, {task: (x, state[f"{s}/labels"])}, device=device)
-                r = ev.evaluate(params)[task]
-                out_scores[s], out_scores[f"{s}_loss"] = r.accuracy, r.loss
-            return SplitScores(**out_scores)
+    def _store_images(self, task: str, splits) -> None:
+        pp, tensors = self.pp, {}
+        for s, fs in splits.items():
+            chosen = imgs.choose(fs.files, self.budget, self.seed)
+            x, y = imgs.load_split(chosen, pp["size"], pp["crop"], pp["interpolation"], self.problems)
+            tensors[f"{s}/images"], tensors[f"{s}/labels"] = x, y
+            self.counts.setdefault(task, {})[s] = len(y)
+        self.data_files[task] = self.tmp / "data" / f"{task}.safetensors"
+        save_state_dict(tensors, self.data_files[task])
 
-        pre_scores = {task: scores(theta0, task) for task in spec.tasks}
-        checkpoint_records = []
-        variant_specs = {}
-        for (task, variant), (path, facts) in records.items():
+    # -- accuracies on the stored images, then zoo.json --------------------------------------------------------
+    def scores(self, params: StateDict, task: str):
+        """val and test accuracy / loss of ``params`` with the task's head, by the Evaluator."""
+        from sammerge.evaluation.evaluator import Evaluator
+        from sammerge.zoo import SplitScores, normalize_uint8
+        data, out = load_file(str(self.data_files[task])), {}
+        for s in imgs.SPLITS:
+            x = normalize_uint8(data[f"{s}/images"], self.pp["mean"], self.pp["std"])
+            ev = Evaluator(self.encoder, {task: self.heads[task]}, {task: (x, data[f"{s}/labels"])}, device=self.device)
+            r = ev.evaluate(params)[task]
+            out[s], out[f"{s}_loss"] = r.accuracy, r.loss
+        return SplitScores(**out)
+
+    def source(self, path: Path):
+        from sammerge.zoo import SourceRecord
+        return SourceRecord(format=self.spec.format, original=str(path.resolve()), original_sha256=content_sha256(path))
+
+    def write_manifest(self, name: str, spec_file: str | Path | None) -> None:
+        import timm
+
+        from sammerge.zoo import (IMPORTED_FORMAT_VERSION, MANIFEST_NAME, CheckpointRecord, FileRecord, ImageData,
+                                  TaskInfo, ZooManifest)
+        spec, tmp, pp, theta0 = self.spec, self.tmp, self.pp, self.theta0
+        pre_scores = {task: self.scores(theta0, task) for task in spec.tasks}
+        records, variants = [], {}
+        for (task, variant), (path, _facts) in self.records.items():
             vspec, rho = _variant(variant, path)
-            variant_specs.setdefault(variant, vspec)
+            variants.setdefault(variant, vspec)
             file = tmp / "finetuned" / f"{task}__{variant}.safetensors"
             state = load_file(str(file))
             norm = math.sqrt(sum(float((state[k].double() - theta0[k].double()).pow(2).sum())
                                  for k in state if state[k].is_floating_point()))
-            method = {"label": variant, "sam": vspec.sam, "adaptive": vspec.adaptive, "imported": True}
-            if rho is not None:
-                method["rho"] = rho
-            checkpoint_records.append(CheckpointRecord(
+            method = {"label": variant, "sam": vspec.sam, "adaptive": vspec.adaptive, "imported": True,
+                      **({"rho": rho} if rho is not None else {})}
+            records.append(CheckpointRecord(
                 file=f"finetuned/{task}__{variant}.safetensors", sha256=sha256_file(file), task=task, variant=variant,
-                method=method, accuracy=scores(state, task), pretrained_accuracy=pre_scores[task],
-                task_vector_norm=norm, wall_time_s=0.0, source=source(path)))
+                method=method, accuracy=self.scores(state, task), pretrained_accuracy=pre_scores[task],
+                task_vector_norm=norm, wall_time_s=0.0, source=self.source(path)))
         head_state = {}
-        for task, head in heads.items():
+        for task, head in self.heads.items():
             head_state[f"{task}.weight"], head_state[f"{task}.bias"] = head.weight, head.bias
         save_state_dict(head_state, tmp / "heads.safetensors")
-        import timm
+        zs = "a photo of a {}."
         manifest = ZooManifest(
-            format_version=IMPORTED_FORMAT_VERSION, name=spec.name or out.name,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seed=seed, encoder=cfg,
+            format_version=IMPORTED_FORMAT_VERSION, name=spec.name or name,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seed=self.seed, encoder=self.cfg,
             data={"kind": "imported"},
-            tasks=[TaskInfo(name=t, description=ts.description, class_names=classes[t],
-                            head_normalize=heads[t].normalize) for t, ts in spec.tasks.items()],
-            variants=list(variant_specs.values()),
+            tasks=[TaskInfo(name=t, description=ts.description, class_names=self.classes[t],
+                            head_normalize=self.heads[t].normalize) for t, ts in spec.tasks.items()],
+            variants=list(variants.values()),
             pretrained=FileRecord(file="pretrained.safetensors", sha256=sha256_file(tmp / "pretrained.safetensors")),
             heads=FileRecord(file="heads.safetensors", sha256=sha256_file(tmp / "heads.safetensors")),
-            pretrained_source=source(pre_path),
+            pretrained_source=self.source(self.pre_path),
             images=ImageData(files={t: FileRecord(file=f"data/{t}.safetensors", sha256=sha256_file(f))
-                                    for t, f in data_files.items()},
-                             splits=list(imgs.SPLITS), counts=counts, size=pp["size"], crop=pp["crop"],
+                                    for t, f in self.data_files.items()},
+                             splits=list(imgs.SPLITS), counts=self.counts, size=pp["size"], crop=pp["crop"],
                              interpolation=pp["interpolation"], mean=tuple(pp["mean"]), std=tuple(pp["std"]),
-                             max_images_per_split=max_images_per_split, subset_seed=seed,
+                             max_images_per_split=self.budget, subset_seed=self.seed,
                              sources={t: str(spec.path(ts.data).resolve()) for t, ts in spec.tasks.items()}),
-            source={"format": spec.format, "model": cfg.model, "spec": str(spec_file) if spec_file else None,
+            source={"format": spec.format, "model": self.cfg.model, "spec": str(spec_file) if spec_file else None,
                     "spec_sha256": sha256_file(spec_file) if spec_file else None,
-                    "facts": {"quick_gelu": (pre.facts.get("quick_gelu") if pre else None)},
-                    "heads": {t: (f"zero-shot from {pre_path.resolve()} with templates {ts.templates or ['a photo of a {}.']}"
+                    "facts": {"quick_gelu": self.pre.facts.get("quick_gelu")},
+                    "heads": {t: (f"zero-shot from {self.pre_path.resolve()} with templates {ts.templates or [zs]}"
                                   if ts.head == "zeroshot" else str(spec.path(ts.head).resolve()))
                               for t, ts in spec.tasks.items()}},
-            checkpoints=checkpoint_records,
+            checkpoints=records,
             versions={"sammerge": __version__, "torch": torch.__version__, "timm": timm.__version__,
                       "python": platform.python_version()},
-            device=str(device), threads=torch.get_num_threads(), build_wall_time_s=time.perf_counter() - t_start)
+            device=str(self.device), threads=torch.get_num_threads(),
+            build_wall_time_s=time.perf_counter() - self.t_start)
         atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2))
-        tick("manifest")
-    return open_zoo(out)
+        self.tick("manifest")
+
+
+def _head_problem(head: Head, path: Path, cfg: TimmEncoderConfig | None) -> str | None:
+    """What is wrong with a head's tensors (shape, finiteness, feature size), or None."""
+    if head.weight.ndim != 2 or head.bias.shape != (head.weight.shape[0],):
+        return f"{path}: head 'weight' {list(head.weight.shape)} / 'bias' {list(head.bias.shape)} are not [C, D] / [C]"
+    if not bool(torch.isfinite(head.weight).all() and torch.isfinite(head.bias).all()):
+        return f"{path}: head tensor 'weight' or 'bias' contains NaN/Inf values"
+    if cfg is not None and head.weight.shape[1] != cfg.embed_dim:
+        return f"{path}: head 'weight' reads {head.weight.shape[1]} features, the encoder gives {cfg.embed_dim}"
+    return None

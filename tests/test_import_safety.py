@@ -102,3 +102,22 @@ def test_pickled_module_loads_without_its_code_in_a_fresh_process(tmp_path):
     for key in reference:
         assert torch.equal(state[key], reference[key])
     assert not (tmp_path / "setstate_ran").exists()
+
+
+def test_truncated_safetensors_is_named_as_such(tmp_path):
+    from safetensors.torch import save_file
+    from sammerge.importing.formats import read_file
+    save_file({"weight": torch.randn(64, 64)}, str(tmp_path / "full.safetensors"))
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "full.safetensors").read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors: not a valid safetensors file"):
+        read_file(tmp_path / "cut.safetensors")
+
+
+def test_cuda_saved_file_loads_on_cpu(tmp_path):
+    from test_import_timm import _cuda_tagged_save
+    _cuda_tagged_save({"weight": torch.arange(4.0)}, tmp_path / "gpu.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError):
+            torch.load(tmp_path / "gpu.pt", weights_only=True)  # the plain call fails on a CPU-only machine
+    obj = load_torch_file(tmp_path / "gpu.pt")
+    assert obj["weight"].device.type == "cpu" and torch.equal(obj["weight"], torch.arange(4.0))

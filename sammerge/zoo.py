@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sammerge.errors import CheckpointError, ZooError
 from sammerge.io import load_state_dict, sha256_file
 from sammerge.merging.task_vector import task_vector
-from sammerge.training.model import AnyEncoderConfig, Head, create_encoder, heads_from_state_dict
+from sammerge.training.model import (AnyEncoderConfig, Head, create_encoder, heads_from_state_dict,
+                                     without_fused_attention)
 from sammerge.training.presets import VariantSpec, ZooRecipe
 
 FORMAT_VERSION = 1
@@ -190,8 +191,11 @@ class Zoo:
     def encoder_config(self) -> AnyEncoderConfig:
         return self.manifest.encoder
 
-    def create_encoder(self) -> torch.nn.Module:
-        return create_encoder(self.encoder_config).eval()
+    def create_encoder(self, fused_attention: bool = False) -> torch.nn.Module:
+        """A fresh encoder module (eval mode). timm's fused attention is off unless asked for: analytics take
+        derivatives of derivatives through it (no forward-mode AD for the fused CPU kernel); outputs are the same."""
+        encoder = create_encoder(self.encoder_config).eval()
+        return encoder if fused_attention else without_fused_attention(encoder)
 
     def _load(self, record: FileRecord) -> dict[str, torch.Tensor]:
         cache = self.__dict__.setdefault("_cache", {})

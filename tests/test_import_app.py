@@ -73,3 +73,16 @@ def test_every_page_opens_an_imported_zoo(monkeypatch, imported_zoo, page):
     at = AppTest.from_file(str(ROOT / page), default_timeout=300).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
+
+
+def test_analyze_runs_on_an_imported_vit_zoo(imported_zoo, capsys):
+    """Sharpness and interference analytics (double backward through attention) work on an imported ViT."""
+    from sammerge.cli import main as cli_main
+    assert cli_main(["analyze", str(imported_zoo.path), "--quick", "--n-images", "4", "--quiet", "--json"]) == 0
+    import json
+    report = json.loads(capsys.readouterr().out)
+    import math
+    rows = report["sharpness"]
+    assert {(r["task"], r["variant"]) for r in rows} == {(t, v) for t in imported_zoo.tasks for v in imported_zoo.variants}
+    assert all(math.isfinite(r["top_eigenvalue"]) and math.isfinite(r["trace_mean"]) for r in rows)
+    assert report["cosine"]["plain"]["tasks"] == sorted(imported_zoo.tasks) or report["cosine"]["plain"]["tasks"] == imported_zoo.tasks

@@ -93,7 +93,8 @@ class Evaluator:
             if n_per_task is not None and n_per_task < len(part.labels):
                 part = part.subset(n_per_task, seed)
             data[task] = (part.images, part.labels)
-        return cls(zoo.create_encoder(), zoo.heads, data, device=device, chunk_size=chunk_size)
+        # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
+        return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size)
 
     # -- single configuration -------------------------------------------------------------------
     @torch.inference_mode()

@@ -41,7 +41,7 @@ def measure(zoo, n_val: int | None = None, ties: bool = True) -> dict:
     pre = test.evaluate(theta0)
     pre_mean = statistics.mean(r.accuracy for r in pre.values())
     out = {"pretrained_test": pre_mean, "pretrained_per_task": {t: r.accuracy for t, r in pre.items()},
-           "linearized": zoo.manifest.recipe.finetune.linearized, "variants": {}}
+           "linearized": zoo.manifest.linearized, "variants": {}}
     for variant in zoo.variants:
         indiv = {t: zoo.manifest.checkpoint(t, variant).accuracy.test for t in zoo.tasks}
         tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]

@@ -41,7 +41,7 @@ def main() -> int:
         zoo = build_zoo(type(recipe).model_validate(recipe.model_dump()), args.out, overwrite=True)
     else:
         zoo = open_zoo(args.zoo)
-    if not zoo.manifest.recipe.finetune.linearized:
+    if not zoo.manifest.linearized:
         sys.exit(f"{zoo.path}: not a linearized zoo (build one with --build PRESET --out DIR)")
     ex = Explorer(zoo)
     ex.prefetch_enabled = False

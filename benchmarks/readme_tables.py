@@ -123,13 +123,27 @@ def analysis(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cpu_vit(r: dict) -> str:
+    lines = [f"timm `{r['model']}` ({r['parameters'] / 1e6:.1f} M parameters, random weights, seed {r['seed']}), "
+             f"{r['tasks']} tasks, {r['threads']} torch thread(s) on a {r['cpu_count']}-core CPU shared with other jobs "
+             f"(1-min load average {r['load_average_1min_at_end']:.1f} at the end), median of {r['repeats']}.", "",
+             "| images per task | merge (registry, 8 τ) | merge (cached Σ τ) | evaluate | slider → number | images/s | "
+             "95 % CI ± per task / mean (at 50 %) |", "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['images_per_task']} | {row['merge_s']:.1f} s | {row['merge_cached_sum_s']:.2f} s | "
+                     f"{row['evaluate_s']:.1f} s | {row['slider_to_number_s']:.1f} s | {row['images_per_s']:.1f} | "
+                     f"{100 * row['ci95_half_width_task']:.1f} / {100 * row['ci95_half_width_mean']:.1f} pts |")
+    lines += ["", f"One Hessian-vector product (the unit of λ_max and trace) on 16 images: {r['hvp_16_images_s']:.1f} s."]
+    return "\n".join(lines)
+
+
 def paper_table(text: str) -> str:
     return text.strip()
 
 
 BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
-          "browser_latency.json": browser_latency, "paper_table.md": paper_table}
+          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit}
 
 
 def render(readme: str) -> str:

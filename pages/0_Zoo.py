@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sammerge.webapp import ui
+from sammerge.webapp import ui, zoo_picker
 from sammerge.explorer.analysis_views import checkpoint_table, load_analysis_for, sharpness_sentence
 ui.page_setup("Zoo")
 st.title("sammerge · model-merging explorer")
@@ -21,9 +21,17 @@ table = zoo.table()
 analysis = load_analysis_for(zoo)
 
 st.subheader(f"Zoo `{zoo.path.name}`")
-st.caption(f"preset **{m.recipe.preset}** · seed {m.seed} · {len(zoo.tasks)} tasks · variants: "
-           f"{', '.join(v.describe() + f' (`{v.name}`)' for v in m.variants)} · encoder: timm ResNet-GN "
-           f"{list(m.encoder.channels)} · built {m.created} on {m.device} in {m.build_wall_time_s:.0f} s")
+if m.recipe is not None:
+    st.caption(f"preset **{m.recipe.preset}** · seed {m.seed} · {len(zoo.tasks)} tasks · variants: "
+               f"{', '.join(v.describe() + f' (`{v.name}`)' for v in m.variants)} · encoder: timm ResNet-GN "
+               f"{list(m.encoder.channels)} · built {m.created} on {m.device} in {m.build_wall_time_s:.0f} s")
+else:
+    img = m.images
+    budget = f"at most {img.max_images_per_split} per split (seed {img.subset_seed})" if img.max_images_per_split else "all"
+    st.caption(f"imported from **{m.source.get('format')}** checkpoints · {len(zoo.tasks)} tasks · variants: "
+               f"{', '.join(f'`{v}`' for v in zoo.variants)} · encoder: timm `{m.encoder.model}` · images: val and "
+               f"test, {budget}, resize {img.size} + centre crop {img.crop} ({img.interpolation}) · imported "
+               f"{m.created} in {m.build_wall_time_s:.0f} s")
 
 means = table.groupby("variant")[["pretrained test", "fine-tuned test"]].mean()
 cols = st.columns(1 + len(means))
@@ -33,7 +41,8 @@ for col, (variant, row) in zip(cols[1:], means.iterrows()):
                delta=f"{100 * (row['fine-tuned test'] - row['pretrained test']):+.1f} pts vs pretrained")
 
 st.markdown("**Every checkpoint** — accuracy of the pretrained encoder with the task's frozen head, and of the "
-            "fine-tuned encoder with the same head (val and test splits; test fonts are never seen in training).")
+            "fine-tuned encoder with the same head (val and test splits; " +
+            ("test fonts are never seen in training)." if m.recipe is not None else "the images stored in the zoo)."))
 shown = checkpoint_table(zoo, analysis).drop(columns=["time (s)"])
 pct_cols = ["pretrained val", "pretrained test", "fine-tuned val", "fine-tuned test", "gain (test)"]
 sharp_fmt = {c: "{:.3g}" for c in ("λ_max (Hessian)", "Hessian trace") if c in shown.columns}
@@ -46,6 +55,11 @@ if analysis is not None:
 else:
     st.caption(f"No sharpness analysis yet: run `sammerge analyze {zoo.path}` or open **Sharpness & landscape** to "
                "compute it; its numbers then appear in this table.")
+
+if m.imported:
+    st.markdown("**Where each checkpoint came from** — converted once by `sammerge zoo import`; a merge config "
+                "may name the original files (matched by their sha256).")
+    st.dataframe(zoo_picker.provenance_table(zoo), hide_index=True, width="stretch")
 
 pivot = table.pivot(index="task", columns="variant", values="fine-tuned test").reindex(zoo.tasks)
 pivot.insert(0, "pretrained", table.drop_duplicates("task").set_index("task")["pretrained test"].reindex(zoo.tasks))

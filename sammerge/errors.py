@@ -23,3 +23,11 @@ class ZooError(SammergeError):
 
 class MergeError(SammergeError):
     """A merge cannot be computed (incompatible tensors, bad coefficients, empty task set)."""
+
+
+class ImportCheckError(SammergeError):
+    """An import found problems; ``problems`` lists each (file, tensor or field, what is wrong), all at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"{len(self.problems)} problem(s) found, nothing written:\n  - " + "\n  - ".join(self.problems))

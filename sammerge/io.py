@@ -1,4 +1,4 @@
-"""Safe, atomic file I/O: safetensors only, no pickle, temp-file-then-rename writes."""
+"""Safe, atomic file I/O: safetensors (and weights-only torch files, read), no pickle, temp-file-then-rename writes."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +25,18 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk_size), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def content_sha256(path: PathLike) -> str:
+    """sha256 of a file, or of a folder (its files' relative names and sha256, sorted) — HF model folders."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode())
+        digest.update(sha256_file(f).encode())
     return digest.hexdigest()
 
 
@@ -147,3 +159,110 @@ def load_state_dict(path: PathLike, expected_sha256: str | None = None, device: 
     if check_finite_values:
         check_finite(state_dict, str(path))
     return state_dict
+
+
+# -- reading users' torch files without running pickled code ------------------------------------------
+DEFAULT_MAX_FILE_BYTES = 16 << 30
+MAX_BYTES_ENV = "SAMMERGE_MAX_FILE_BYTES"
+CONVERSION_HINT = ("convert it once in an environment you trust: "
+                   "`sd = torch.load(path, weights_only=False); safetensors.torch.save_file("
+                   "{k: v.contiguous() for k, v in sd.state_dict().items()} if hasattr(sd, 'state_dict') else sd, out)` "
+                   "(README: Import your own checkpoints)")
+# modules whose names in a pickle mean "run code when loaded": refused outright, never stubbed
+_DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil", "importlib",
+                      "runpy", "socket", "pickle", "_pickle", "marshal", "code", "codeop", "pty", "ctypes", "eval",
+                      "exec", "webbrowser", "pathlib", "io", "_io", "operator", "functools", "types", "inspect",
+                      "torch._dynamo", "torch.hub", "torch.ops", "torch._ops", "numpy.testing")
+
+
+def max_file_bytes() -> int:
+    """The largest file sammerge reads: $SAMMERGE_MAX_FILE_BYTES (bytes) or 16 GiB."""
+    raw = os.environ.get(MAX_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_MAX_FILE_BYTES
+    try:
+        return int(raw)
+    except ValueError:
+        from sammerge.errors import ConfigError
+        raise ConfigError(f"${MAX_BYTES_ENV}={raw!r} is not a number of bytes") from None
+
+
+def check_file_size(path: PathLike, limit: int | None = None) -> int:
+    """The size of ``path``; CheckpointError when it is over ``limit`` (default :func:`max_file_bytes`)."""
+    limit = max_file_bytes() if limit is None else limit
+    size = Path(path).stat().st_size
+    if size > limit:
+        raise CheckpointError(f"{path}: {size / 2**30:.2f} GiB is over the size limit of {limit / 2**30:.2f} GiB "
+                              f"(raise it with ${MAX_BYTES_ENV}=<bytes> or --max-file-bytes)")
+    return size
+
+
+class InertObject:
+    """Stand-in for a class named in a pickle: holds the attributes the file sets, runs nothing.
+
+    ``__qualified_name__`` is the name the file used (e.g. ``src.modeling.ImageEncoder``).
+    """
+
+    __qualified_name__ = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.__dict__["_inert_args"] = args
+
+    def __repr__(self) -> str:
+        return f"<inert {self.__qualified_name__}>"
+
+
+def _inert_class(name: str) -> type:
+    return type(name.rsplit(".", 1)[-1], (InertObject,), {"__qualified_name__": name, "__module__": "sammerge.io.inert"})
+
+
+def _is_dangerous(name: str) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in _DANGEROUS_MODULES)
+
+
+def is_safetensors_file(path: PathLike) -> bool:
+    """True when the first bytes look like a safetensors header (8-byte length, then a JSON object)."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0  # truncated ones too
+
+
+def load_torch_file(path: PathLike, max_bytes: int | None = None):
+    """Load a ``torch.save`` zip file with ``weights_only=True`` and return the object it holds.
+
+    Classes the file names (``torch.serialization.get_unsafe_globals_in_checkpoint``) are replaced by inert
+    :class:`InertObject` subclasses, so pickled ``nn.Module`` objects come back as plain attribute holders
+    (walk them with ``sammerge.importing.pickled``); nothing in the file's own code runs. Raw ``pickle.dump``
+    files and legacy (non-zip) torch files are refused with a conversion hint, as are files that name
+    code-running functions (``os.system``, ``builtins.eval``, ...). Tensors saved on CUDA load on the CPU.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    check_file_size(path, max_bytes)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":
+                raise CheckpointError(f"{path}: unreadable torch file (a truncated or corrupt zip archive)")
+        raise CheckpointError(f"{path}: not a safetensors or zip-format torch file (a raw pickle or a legacy "
+                              f"torch.save file only loads by running code; sammerge never unpickles) — {CONVERSION_HINT}")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # noqa: BLE001 - corrupt archive, truncated file, ...
+        raise CheckpointError(f"{path}: unreadable torch file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    dangerous = sorted(n for n in names if _is_dangerous(n))
+    if dangerous:
+        raise CheckpointError(f"{path}: refused — loading it would call {', '.join(dangerous)} (code in the pickle); "
+                              f"sammerge never runs code from checkpoint files")
+    stubs = [(_inert_class(n), n) for n in names]
+    try:
+        with torch.serialization.safe_globals(stubs):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler's refusals and read errors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot be read without running code ({reason}) — {CONVERSION_HINT}") from None

@@ -1,4 +1,4 @@
-"""Model zoos: build (pretrain → probe heads → plain and SAM fine-tuning per task), save, open, verify.
+"""Model zoos: the manifest, open, verify, and each task's images.
 
 Layout of a zoo directory::
 
@@ -6,6 +6,11 @@ Layout of a zoo directory::
     pretrained.safetensors                     θ0, the encoder
     heads.safetensors                          frozen linear heads, keys "{task}.weight" / "{task}.bias"
     finetuned/{task}__{variant}.safetensors    θ_t for each task and fine-tuning variant
+    data/{task}.safetensors                    imported zoos only: "{split}/images" uint8 [N, C, S, S]
+                                               (resized, centre-cropped) and "{split}/labels" int64 [N]
+
+Zoos built here (``sammerge zoo build``) have a training ``recipe`` and read the glyph benchmark; imported
+zoos (``sammerge zoo import``, format_version 2) have ``source`` and ``images`` instead and a timm encoder.
 """
 from __future__ import annotations
 
@@ -21,16 +26,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sammerge.errors import CheckpointError, ZooError
 from sammerge.io import load_state_dict, sha256_file
 from sammerge.merging.task_vector import task_vector
-from sammerge.training.model import EncoderConfig, Head, create_encoder, heads_from_state_dict
+from sammerge.training.model import (AnyEncoderConfig, Head, create_encoder, heads_from_state_dict,
+                                     without_fused_attention)
 from sammerge.training.presets import VariantSpec, ZooRecipe
 
 FORMAT_VERSION = 1
+IMPORTED_FORMAT_VERSION = 2  # zoos written by `sammerge zoo import`
 MANIFEST_NAME = "zoo.json"
 
 
 class SplitScores(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    train: float = Field(ge=0, le=1)
+    train: float | None = Field(None, ge=0, le=1)  # imported zoos have no train split
     val: float = Field(ge=0, le=1)
     test: float = Field(ge=0, le=1)
     val_loss: float | None = None
@@ -42,12 +49,37 @@ class TaskInfo(BaseModel):
     name: str
     description: str = ""
     class_names: list[str] = Field(min_length=2)
+    head_normalize: bool = False  # logits = normalize(f) @ Wᵀ + b (CLIP heads)
 
 
 class FileRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SourceRecord(BaseModel):
+    """Where an imported file came from: its format, the original path and the original file's sha256."""
+    model_config = ConfigDict(extra="forbid")
+    format: str
+    original: str
+    original_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ImageData(BaseModel):
+    """An imported zoo's evaluation images: stored uint8 after resize + centre crop; x = (u/255 − mean) / std."""
+    model_config = ConfigDict(extra="forbid")
+    files: dict[str, FileRecord]  # task → data/{task}.safetensors
+    splits: list[str]
+    counts: dict[str, dict[str, int]]  # task → split → images stored
+    size: int = Field(ge=1)
+    crop: int = Field(ge=1)
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    max_images_per_split: int | None = None
+    subset_seed: int = 0
+    sources: dict[str, str] = {}  # task → the ImageFolder root it came from
 
 
 class CheckpointRecord(FileRecord):
@@ -59,6 +91,7 @@ class CheckpointRecord(FileRecord):
     task_vector_norm: float = Field(ge=0)
     final_train_loss: float | None = None
     wall_time_s: float = Field(ge=0)
+    source: SourceRecord | None = None  # imported zoos
 
 
 class ZooManifest(BaseModel):
@@ -68,15 +101,18 @@ class ZooManifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
     created: str
-    recipe: ZooRecipe
-    recipe_fingerprint: str
+    recipe: ZooRecipe | None = None  # zoos built here
+    recipe_fingerprint: str | None = None
     seed: int
-    encoder: EncoderConfig
-    data: dict  # path, sha256 of the benchmark
+    encoder: AnyEncoderConfig
+    data: dict  # path, sha256 of the benchmark (built zoos) or {"kind": "imported"}
     tasks: list[TaskInfo] = Field(min_length=1)
     variants: list[VariantSpec]
     pretrained: FileRecord
     heads: FileRecord
+    pretrained_source: SourceRecord | None = None
+    images: ImageData | None = None  # imported zoos: their own evaluation images
+    source: dict | None = None  # imported zoos: format, spec file and its sha256, options
     pretrain_accuracy: float | None = None  # pretraining classes, val split
     checkpoints: list[CheckpointRecord]
     versions: dict[str, str]
@@ -91,12 +127,34 @@ class ZooManifest(BaseModel):
                 return record
         raise ZooError(f"zoo '{self.name}': no checkpoint for task '{task}', variant '{variant}'")
 
+    @property
+    def imported(self) -> bool:
+        return self.source is not None
+
+    @property
+    def linearized(self) -> bool:
+        """Fine-tuned (and so evaluated) as f(θ0) + J f(θ0)(θ − θ0) (recipe ``finetune.linearized``)."""
+        return self.recipe is not None and self.recipe.finetune.linearized
+
+    def describe(self) -> str:
+        """One line: preset and seed (built here) or the import format and model (imported)."""
+        if self.recipe is not None:
+            return f"preset {self.recipe.preset}, seed {self.seed}"
+        return f"imported from {self.source.get('format', '?')} ({self.source.get('model', '?')})"
+
 
 def data_sha256(bench) -> str:
     """sha256 of the benchmark arrays a zoo was built on (from the validated data manifest)."""
     return bench.manifest["npz_sha256"]
 
 
+
+
+def normalize_uint8(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """x = (u / 255 − mean) / std per channel, for uint8 images [N, C, H, W] (imported zoos)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.to(torch.float32) / 255.0 - mean_t) / std_t
 
 
 def read_manifest(path: str | os.PathLike) -> ZooManifest:
@@ -135,11 +193,14 @@ class Zoo:
         return [v.name for v in self.manifest.variants]
 
     @property
-    def encoder_config(self) -> EncoderConfig:
+    def encoder_config(self) -> AnyEncoderConfig:
         return self.manifest.encoder
 
-    def create_encoder(self) -> torch.nn.Module:
-        return create_encoder(self.encoder_config).eval()
+    def create_encoder(self, fused_attention: bool = False) -> torch.nn.Module:
+        """A fresh encoder module (eval mode). timm's fused attention is off unless asked for: analytics take
+        derivatives of derivatives through it (no forward-mode AD for the fused CPU kernel); outputs are the same."""
+        encoder = create_encoder(self.encoder_config).eval()
+        return encoder if fused_attention else without_fused_attention(encoder)
 
     def _load(self, record: FileRecord) -> dict[str, torch.Tensor]:
         cache = self.__dict__.setdefault("_cache", {})
@@ -162,7 +223,8 @@ class Zoo:
     @cached_property
     def heads(self) -> dict[str, Head]:
         state = self._load(self.manifest.heads)
-        return heads_from_state_dict(state, self.tasks, str(self.path / self.manifest.heads.file))
+        return heads_from_state_dict(state, self.tasks, str(self.path / self.manifest.heads.file),
+                                     {t.name: t.head_normalize for t in self.manifest.tasks})
 
     @cached_property
     def benchmark(self):
@@ -179,7 +241,31 @@ class Zoo:
             raise ZooError(f"split must be train, val or test, not '{split}'")
         if task not in self.tasks:
             raise ZooError(f"unknown task '{task}' (zoo has: {', '.join(self.tasks)})")
+        if self.manifest.images is not None:
+            return self._imported_split(task, split)
         return self.benchmark.tasks[task].splits[split]
+
+    def _imported_split(self, task: str, split: str):
+        """An imported task's split: x = (uint8 / 255 − mean) / std, per channel (cached)."""
+        from sammerge.data import Split
+
+        images = self.manifest.images
+        if split not in images.splits:
+            raise ZooError(f"zoo '{self.path}' (imported) has no {split} split — it stores "
+                           f"{' and '.join(images.splits)} images; use --split {images.splits[0]}")
+        cache = self.__dict__.setdefault("_splits", {})
+        if (task, split) not in cache:
+            state = self._load(images.files[task])
+            u8, labels = state[f"{split}/images"], state[f"{split}/labels"]
+            x = normalize_uint8(u8, images.mean, images.std)
+            cache[(task, split)] = Split(x, labels.to(torch.int64), torch.zeros(len(labels), dtype=torch.int64))
+        return cache[(task, split)]
+
+    def original_files(self) -> dict[str, Path]:
+        """sha256 of a user's original checkpoint file → the zoo's converted file (imported zoos)."""
+        records = [(self.manifest.pretrained_source, self.manifest.pretrained)]
+        records += [(r.source, r) for r in self.manifest.checkpoints]
+        return {src.original_sha256: self.path / rec.file for src, rec in records if src is not None}
 
     def task_description(self, task: str) -> str:
         return next((t.description for t in self.manifest.tasks if t.name == task), "")
@@ -187,6 +273,8 @@ class Zoo:
     def checkpoint_hashes(self) -> dict[str, str]:
         """file → sha256 for every file of the zoo (keys analytics caches)."""
         records = [self.manifest.pretrained, self.manifest.heads, *self.manifest.checkpoints]
+        if self.manifest.images is not None:
+            records += list(self.manifest.images.files.values())
         return {r.file: r.sha256 for r in records}
 
     def verify(self) -> list[str]:
@@ -221,9 +309,23 @@ def open_zoo(path: str | os.PathLike, verify: bool = False) -> Zoo:
     path = Path(path)
     manifest = read_manifest(path)
     zoo = Zoo(path=path, manifest=manifest)
-    for record in [manifest.pretrained, manifest.heads, *manifest.checkpoints]:
-        if not (path / record.file).is_file():
-            raise CheckpointError(f"{path / record.file}: file listed in zoo.json is missing")
+    for file in zoo.checkpoint_hashes():
+        if not (path / file).is_file():
+            raise CheckpointError(f"{path / file}: file listed in zoo.json is missing")
     if verify:
         zoo.verify()
     return zoo
+
+
+def provenance_rows(zoo: Zoo) -> list[dict]:
+    """One row per imported file: what it is, its format, the original file and sha256, the zoo's file."""
+    m = zoo.manifest
+    rows = []
+    entries = [("pretrained θ0", "—", m.pretrained_source, m.pretrained)]
+    entries += [(r.task, r.variant, r.source, r) for r in m.checkpoints]
+    for task, variant, src, rec in entries:
+        if src is None:
+            continue
+        rows.append({"task": task, "variant": variant, "format": src.format, "original file": src.original,
+                     "original sha256": src.original_sha256, "zoo file": rec.file, "zoo sha256": rec.sha256})
+    return rows

@@ -168,7 +168,7 @@ def diagnose_zoo(zoo, variants: Sequence[str] | None = None, settings: Mapping |
             out[v] = variant_diagnostics(ev, per_task, theta0, tvs, s["lambdas"], s["alphas"])
         if progress:
             progress(len(variants), len(variants), "diagnostics")
-        linearized = bool(zoo.manifest.recipe.finetune.linearized)
+        linearized = zoo.manifest.linearized
         return {"settings": s, "tasks": zoo.tasks, "linearized": linearized, "variants": out}
 
     return cached(zoo, "diagnostics", {"settings": s, "variants": variants}, compute, use_cache=use_cache)

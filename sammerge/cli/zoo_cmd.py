@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     demo = zsub.add_parser("demo", help="print the demo zoo's directory (installs the shipped zoo on first use)")
     demo.set_defaults(func=_demo)
 
+    from sammerge.cli import import_cmd
+    import_cmd.register(zsub)
+
 
 def _build(args: argparse.Namespace) -> int:
     from sammerge.training.presets import VariantSpec, get_preset
@@ -99,7 +102,7 @@ def _info(args: argparse.Namespace) -> int:
         print(zoo.manifest.model_dump_json(indent=2))
         return 0
     m = zoo.manifest
-    print(f"zoo {zoo.path}  preset={m.recipe.preset}  seed={m.seed}  built {m.created} on {m.device} "
+    print(f"zoo {zoo.path}  {m.describe()}  built {m.created} on {m.device} "
           f"in {m.build_wall_time_s:.1f} s")
     print(f"encoder: {m.encoder.model_dump()}  tasks: {len(zoo.tasks)}  variants: {', '.join(zoo.variants)}")
     _print_table(zoo)

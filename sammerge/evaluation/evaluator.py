@@ -60,7 +60,7 @@ class Evaluator:
         # a linearized zoo's θ is evaluated as f(θ0) + J f(θ0)(θ − θ0) (sammerge.training.linearize)
         self.linearize_at = None if linearize_at is None else {k: v.to(self.device) for k, v in linearize_at.items()}
         self.tasks = list(data)
-        self.heads = {t: Head(heads[t].weight.to(self.device), heads[t].bias.to(self.device)) for t in self.tasks}
+        self.heads = {t: heads[t].to(self.device) for t in self.tasks}
         images, labels, self.slices = [], [], {}
         start = 0
         for task in self.tasks:
@@ -96,8 +96,9 @@ class Evaluator:
             if n_per_task is not None and n_per_task < len(part.labels):
                 part = part.subset(n_per_task, seed)
             data[task] = (part.images, part.labels)
-        linearize_at = zoo.pretrained() if zoo.manifest.recipe.finetune.linearized else None
-        return cls(zoo.create_encoder(), zoo.heads, data, device=device, chunk_size=chunk_size,
+        linearize_at = zoo.pretrained() if zoo.manifest.linearized else None
+        # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
+        return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size,
                    linearize_at=linearize_at)
 
     def _forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:

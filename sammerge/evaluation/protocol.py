@@ -65,7 +65,7 @@ def evaluate_spec(zoo, spec: MergeSpec, split: str = "val", n_per_task: int | No
     Returns (results, individual, resolved spec, merged state dict): ``individual`` holds the fine-tuned model of
     each merged task on the same images, so normalized accuracy compares like with like.
     """
-    merged, resolved = resolve_and_merge(spec)
+    merged, resolved = resolve_and_merge(spec, originals=zoo.original_files() if hasattr(zoo, "original_files") else None)
     mismatch = set(zoo.pretrained()) ^ set(merged)
     if mismatch:
         raise ConfigError(f"config's checkpoints do not match zoo '{zoo.path}' (e.g. key '{sorted(mismatch)[0]}')")

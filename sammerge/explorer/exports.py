@@ -46,7 +46,7 @@ def model_card(cmp: Comparison, zoo) -> str:
     m = zoo.manifest
     lines = [f"# Merged encoder — {method.label}", "",
              f"Made with sammerge {library_version()} from the zoo `{zoo.path}` "
-             f"(preset `{m.recipe.preset}`, seed {m.seed}).", "",
+             f"({m.describe()}).", "",
              f"**Method**: `{method.name}` — {method.description}", ""]
     if spec.params:
         lines += ["**Parameters**: " + ", ".join(f"`{k}` = {fmt(v)}" for k, v in spec.params.items()), ""]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
 from sammerge.errors import CheckpointError
-from sammerge.io import load_state_dict, sha256_file
+from sammerge.io import content_sha256, load_state_dict, sha256_file
 from sammerge.merging.spec import MergeSpec, library_version, now
 from sammerge.merging.task_vector import StateDict, check_compatible, task_vector
 
@@ -31,25 +32,41 @@ def _load_checked(path: Path, sha: str | None) -> tuple[dict[str, torch.Tensor],
     return sd, actual or ""
 
 
-def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = None
-                      ) -> tuple[dict[str, torch.Tensor], MergeSpec]:
+def _substitute(path: Path, recorded: str | None, originals: Mapping[str, Path]) -> tuple[Path, str | None]:
+    """(zoo file, None) when ``path`` (or its recorded sha256) is a user's original file an imported zoo converted;
+    else (path, recorded)."""
+    sha = recorded or (content_sha256(path) if path.exists() else None)
+    if sha is not None and sha in originals:
+        return Path(originals[sha]), None
+    return path, recorded
+
+
+def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = None,
+                      originals: Mapping[str, Path] | None = None) -> tuple[dict[str, torch.Tensor], MergeSpec]:
     """Load base + task checkpoints (verifying sha256 when recorded), check them, run the method.
 
     Returns ``(merged_state_dict, resolved_config)``; the resolved config has absolute paths, sha256 of
     every file, every global parameter (defaults filled in), the current library version and time.
     Nothing is written. Missing files → CheckpointError naming the path; incompatible tensors → MergeError.
+    ``originals`` (an imported zoo's ``Zoo.original_files()``, sha256 → converted file) lets a config name the
+    user's original checkpoint files: matched by content hash, the zoo's converted file is loaded instead.
     """
     method = config.spec
     kwargs = config.method_kwargs
     base_path = config.resolve_path(config.base_model, root_dir)
     paths = [config.resolve_path(t.checkpoint, root_dir) for t in config.tasks]
+    base_sha, task_shas = config.base_sha256, [t.sha256 for t in config.tasks]
+    if originals:
+        base_path, base_sha = _substitute(base_path, base_sha, originals)
+        pairs = [_substitute(p, s, originals) for p, s in zip(paths, task_shas)]
+        paths, task_shas = [p for p, _ in pairs], [s for _, s in pairs]
     missing = [str(p) for p in [base_path, *paths] if not p.exists()]
     if missing:
         raise CheckpointError("; ".join(f"{p}: file not found" for p in missing))
-    base, base_sha = _load_checked(base_path, config.base_sha256)
+    base, base_sha = _load_checked(base_path, base_sha)
     finetuned, shas = [], []
-    for t, p in zip(config.tasks, paths):
-        sd, sha = _load_checked(p, t.sha256)
+    for expected, p in zip(task_shas, paths):
+        sd, sha = _load_checked(p, expected)
         finetuned.append(sd)
         shas.append(sha)
     check_compatible([base, *finetuned], [str(base_path), *map(str, paths)])

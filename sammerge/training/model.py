@@ -1,4 +1,4 @@
-"""The image encoder (a timm ResNet with GroupNorm) and per-task linear heads.
+"""The image encoder (a timm ResNet with GroupNorm, or any timm architecture) and per-task linear heads.
 
 The encoder is the part that is fine-tuned and merged; heads are fitted once on the pretrained
 encoder (linear probe) and then frozen, as in the paper.
@@ -53,13 +53,60 @@ class _GroupNorm(nn.GroupNorm):
         super().__init__(groups, num_channels, **kwargs)
 
 
-def create_encoder(cfg: EncoderConfig | None = None) -> nn.Module:
-    """timm ResNet (BasicBlock) with GroupNorm, a 3×3 stem, no max-pool, no classifier: x ↦ features [N, D]."""
+class TimmEncoderConfig(BaseModel):
+    """A timm architecture: ``timm.create_model(model, pretrained=False, num_classes=0, **kwargs)``.
+
+    Imported zoos use it (e.g. ``vit_base_patch32_clip_quickgelu_224`` with ``num_classes=512`` keeping CLIP's
+    projection as ``head``). ``embed_dim`` is the feature size the heads read.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["timm"] = "timm"
+    model: str = Field(min_length=1)
+    kwargs: dict = {}
+    embed_dim: int = Field(ge=1)
+    image_size: int = Field(ge=1)
+    in_chans: int = 3
+
+
+AnyEncoderConfig = EncoderConfig | TimmEncoderConfig
+
+
+def create_timm_encoder(cfg: TimmEncoderConfig) -> nn.Module:
+    """``timm.create_model(cfg.model, pretrained=False, num_classes=0, **cfg.kwargs)`` (nothing downloaded)."""
+    import timm
+
+    kwargs = {"num_classes": 0, **cfg.kwargs}
+    try:
+        return timm.create_model(cfg.model, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"encoder: timm cannot build '{cfg.model}' with {kwargs} ({exc})".replace("\n", " ")) from None
+
+
+def without_fused_attention(encoder: nn.Module) -> nn.Module:
+    """Switch timm's fused attention (``F.scaled_dot_product_attention``) off in every attention block, in place.
+
+    Same outputs, slower; needed where derivatives of derivatives are taken (Hessian-vector products by
+    forward-over-reverse: torch has no forward-mode AD for the fused CPU kernel). Returns ``encoder``.
+    """
+    for module in encoder.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = False
+    return encoder
+
+
+def create_encoder(cfg: AnyEncoderConfig | None = None) -> nn.Module:
+    """The encoder of a zoo: :func:`create_timm_encoder` for ``arch: timm``, else the ResNet-GN below.
+
+    timm ResNet (BasicBlock) with GroupNorm, a 3×3 stem, no max-pool, no classifier: x ↦ features [N, D]."""
     from functools import partial
 
     from timm.models.resnet import BasicBlock, ResNet
 
     cfg = cfg or EncoderConfig()
+    if isinstance(cfg, TimmEncoderConfig):
+        return create_timm_encoder(cfg)
     if len(cfg.layers) != len(cfg.channels):
         raise ConfigError(f"encoder config: {len(cfg.layers)} layers but {len(cfg.channels)} channel widths")
     if cfg.stem_width % 2:
@@ -82,13 +129,20 @@ def create_encoder(cfg: EncoderConfig | None = None) -> nn.Module:
 
 @dataclass(frozen=True)
 class Head:
-    """A frozen linear classifier for one task: logits = features @ weight.T + bias."""
+    """A frozen linear classifier for one task: logits = f @ weight.T + bias, with f = features, or
+    f = features / ‖features‖₂ when ``normalize`` (CLIP zero-shot and task_vectors heads)."""
 
     weight: torch.Tensor  # [C, D]
     bias: torch.Tensor  # [C]
+    normalize: bool = False
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            features = features / features.norm(dim=-1, keepdim=True)
         return torch.nn.functional.linear(features, self.weight, self.bias)
+
+    def to(self, device) -> "Head":
+        return Head(self.weight.to(device), self.bias.to(device), self.normalize)
 
     @property
     def num_classes(self) -> int:
@@ -103,13 +157,15 @@ def heads_to_state_dict(heads: Mapping[str, Head]) -> dict[str, torch.Tensor]:
     return out
 
 
-def heads_from_state_dict(state_dict: Mapping[str, torch.Tensor], tasks: list[str], source: str) -> dict[str, Head]:
+def heads_from_state_dict(state_dict: Mapping[str, torch.Tensor], tasks: list[str], source: str,
+                          normalize: Mapping[str, bool] | None = None) -> dict[str, Head]:
     from sammerge.errors import CheckpointError
 
     heads = {}
     for task in tasks:
         try:
-            heads[task] = Head(state_dict[f"{task}.weight"], state_dict[f"{task}.bias"])
+            heads[task] = Head(state_dict[f"{task}.weight"], state_dict[f"{task}.bias"],
+                               bool((normalize or {}).get(task, False)))
         except KeyError as exc:
             raise CheckpointError(f"{source}: no head for task '{task}' (missing key {exc.args[0]!r})") from exc
     return heads

@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from sammerge.errors import SammergeError
+from sammerge.webapp import zoo_picker
 
 def demo_preset() -> str:
     """The preset of the built-in zoo: $SAMMERGE_PRESET (read on every call; tests use "tiny") or demo."""
@@ -110,14 +111,13 @@ def zoo_sidebar():
                           help="The demo zoo is built on this machine on first start (no downloads). "
                                "Or point to any zoo built with `sammerge zoo build`.")
         if source == "directory":
-            st.text_input("Zoo directory", key="zoo_dir", placeholder="/path/to/zoo", on_change=remember,
-                          help="A directory holding zoo.json, pretrained.safetensors, heads.safetensors, finetuned/")
+            zoo_picker.directory_input(state, remember)
     if source == "directory":
         if not state.zoo_dir:
             st.info("Enter a zoo directory in the sidebar, or choose the demo zoo.")
             st.stop()
         with friendly_errors("zoo"):
-            return open_zoo_cached(state.zoo_dir)
+            return open_zoo_cached(zoo_picker.resolve_zoo_dir(state.zoo_dir))
     with friendly_errors("demo zoo"):
         return ensure_demo_zoo()
 

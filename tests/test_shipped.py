@@ -46,6 +46,7 @@ def test_shipped_zoo_carries_what_the_pages_open_with():
 
 
 def test_cached_only_never_computes(tiny_zoo_copy):
+    shutil.rmtree(tiny_zoo_copy / "analysis", ignore_errors=True)  # other tests may have filled the shared zoo's cache
     zoo = open_zoo(tiny_zoo_copy)
     task, variant = zoo.tasks[0], zoo.variants[0]
     assert an.interpolation_for(zoo, task, variant, n_per_task=16, cached_only=True) is None
@@ -59,6 +60,7 @@ def test_paper_table_is_kept_on_disk(tiny_zoo_copy):
     from sammerge.evaluation.protocol import paper_table
     from sammerge.explorer.service import Explorer
 
+    shutil.rmtree(tiny_zoo_copy / "analysis", ignore_errors=True)
     zoo = open_zoo(tiny_zoo_copy)
     assert Explorer(zoo, n_per_task=16).paper_table_cached() is None
     first = Explorer(zoo, n_per_task=16).paper_table()

@@ -22,7 +22,11 @@ def register(subparsers) -> None:
     build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     build.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's own choice; 1 is fastest on a busy machine)")
-    build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace OUT if it exists (its finished jobs are reused where their inputs are unchanged)")
+    build.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="local: jobs one after another in this process; ray: one Ray task per job")
+    build.add_argument("--address", default=None, help="Ray address: auto, ray://host:10001 (default: a local Ray)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 
@@ -63,7 +67,8 @@ def _build(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ZooError(f"{out}: already exists (use --overwrite to replace it)")
     with progress_bar(not args.quiet) as progress:
-        zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress)
+        zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress,
+                        backend=args.backend, address=args.address, threads=args.threads)
     _print_table(zoo)
     print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
     return 0

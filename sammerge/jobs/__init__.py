@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 from sammerge.errors import ConfigError
-from sammerge.jobs.record import (JobProgress, JobRecord, cancel_requested, clear_cancel, is_finished, job_id,
+from sammerge.jobs.record import (JOBS_DIR, JobProgress, JobRecord, cancel_requested, clear_cancel, is_finished, job_id,
                                   list_records, read_record, request_cancel)
 from sammerge.jobs.runner import Job, JobCancelled, JobContext, JobFailed, Resources, run_job, run_local
 from sammerge.progress import Progress
@@ -21,7 +22,15 @@ BACKENDS = ("local", "ray")
 
 __all__ = ["Job", "JobContext", "JobRecord", "JobProgress", "Resources", "JobCancelled", "JobFailed", "run_job",
            "run_local", "run_graph", "list_records", "read_record", "request_cancel", "clear_cancel",
-           "cancel_requested", "is_finished", "job_id", "BACKENDS"]
+           "cancel_requested", "is_finished", "job_id", "job_roots", "BACKENDS"]
+
+
+def job_roots(path: str | os.PathLike) -> list[Path]:
+    """Directories holding job records for ``path``: itself, a build of it in progress (``.{name}.build``),
+    its sweeps (``analysis/sweeps``) — those that exist."""
+    path = Path(path)
+    candidates = [path, path.parent / f".{path.name}.build", path / "analysis" / "sweeps"]
+    return [c for c in candidates if (c / JOBS_DIR).is_dir()]
 
 
 def run_graph(jobs: list[Job], root: str | os.PathLike, backend: str = "local", progress: Progress | None = None,

@@ -59,6 +59,13 @@ class Task:
         assert self.future is not None
         return self.future.result(timeout)
 
+    def snapshot(self) -> JobRecord:
+        """The task as a record (what :meth:`record` reads from disk, but current to the last step)."""
+        status = {"queued": "pending"}.get(self.status, self.status)
+        return JobRecord(id=self.id, kind="task", name=self.label, inputs={"key": self.key}, status=status,
+                         progress=self.progress, started=self.started, finished=self.finished, error=self.error,
+                         metrics={"owner": self.owner} if self.owner else {})
+
     def record(self) -> JobRecord | None:
         """The task's record as any process sees it on disk."""
         return read_record(record_path(self.record_root, self.id)) if self.record_root else None
@@ -70,12 +77,8 @@ class Task:
         if not force and t - self._last_write < 0.5:
             return
         self._last_write = t
-        status = {"queued": "pending"}.get(self.status, self.status)
-        rec = JobRecord(id=self.id, kind="task", name=self.label, inputs={"key": self.key}, status=status,
-                        progress=self.progress, started=self.started, finished=self.finished, error=self.error,
-                        metrics={"owner": self.owner} if self.owner else {})
         try:
-            write_record(self.record_root, rec)
+            write_record(self.record_root, self.snapshot())
         except OSError:
             pass  # the in-memory task stays the source of truth for this server
 
@@ -98,14 +101,16 @@ class Worker:
             return list(self._tasks.values())
 
     def submit(self, key: str, fn: Callable[[Callable, threading.Event], Any], label: str = "",
-               record_root: str | Path | None = None, owner: str | None = None) -> tuple[Task, bool]:
+               record_root: str | Path | None = None, owner: str | None = None,
+               restart: bool = False) -> tuple[Task, bool]:
         """(task, created): the running or finished task of ``key``, or a new one running ``fn``.
 
-        A failed or cancelled task is replaced by a new one (a retry); a done one is returned as it is.
+        A failed or cancelled task is replaced by a new one (a retry); a done one is returned as it is unless
+        ``restart`` (its result is gone); a queued or running one is always shared.
         """
         with self._lock:
             task = self._tasks.get(key)
-            if task is not None and task.status not in ("failed", "cancelled"):
+            if task is not None and (task.active or (task.status == "done" and not restart)):
                 return task, False
             task = Task(key, label or key, Path(record_root) if record_root else None, owner)
             self._tasks[key] = task

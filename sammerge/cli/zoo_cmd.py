@@ -14,6 +14,8 @@ def register(subparsers) -> None:
 
     build = zsub.add_parser("build", help="pretrain, fit heads, fine-tune every task plainly and with SAM")
     build.add_argument("--preset", default="demo", help="recipe preset: demo (default) or tiny")
+    build.add_argument("--recipe", type=Path, default=None,
+                       help="a ZooRecipe as JSON or YAML (tasks, variants, ρ, steps, seed, ...) instead of --preset")
     build.add_argument("--out", required=True, type=Path, help="output zoo directory (must not exist)")
     build.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     build.add_argument("--rho", type=float, default=None, help="override SAM's ρ")
@@ -41,7 +43,7 @@ def _build(args: argparse.Namespace) -> int:
     from sammerge.training.presets import VariantSpec, get_preset
     from sammerge.training.build import build_zoo
 
-    recipe = get_preset(args.preset)
+    recipe = _read_recipe(args.recipe) if args.recipe else get_preset(args.preset)
     updates = {}
     if args.seed is not None:
         updates["seed"] = args.seed
@@ -72,6 +74,25 @@ def _build(args: argparse.Namespace) -> int:
     _print_table(zoo)
     print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
     return 0
+
+
+def _read_recipe(path: Path):
+    """A ZooRecipe from a JSON/YAML file (ConfigError naming the file and the first bad field)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from sammerge.training.presets import ZooRecipe
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML ⊃ JSON
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({str(exc).splitlines()[0]})") from None
+    try:
+        return ZooRecipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise ConfigError(f"{path}: invalid recipe field '{loc}': {err['msg']}") from None
 
 
 def _print_table(zoo) -> None:

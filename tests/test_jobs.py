@@ -261,3 +261,36 @@ def test_sweep_and_jobs_cli(tiny_zoo_copy, capsys):
     assert "unknown variant 'nope' for task 'digits'" in capsys.readouterr().err
     assert cli_main(["jobs", "cancel", str(tiny_zoo_copy)]) == 0
     assert (tiny_zoo_copy / "analysis" / "sweeps" / ".jobs" / "CANCEL").exists()
+
+
+def test_failed_demo_build_is_reported_and_resumed(monkeypatch, tmp_path):
+    """A build that failed (here: in a previous attempt) shows its error and a resume button; resuming builds the
+    zoo through the shared worker."""
+    from streamlit.testing.v1 import AppTest
+
+    from sammerge.jobs.worker import get_worker
+    from sammerge.training.build import preset_zoo_dir
+    from sammerge.webapp.ui import demo_build_key
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
+    monkeypatch.setenv("SAMMERGE_PRESET", "tiny")
+    monkeypatch.setenv("SAMMERGE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(root)
+    target = preset_zoo_dir("tiny")
+
+    def broken(progress, cancel_event):
+        raise OSError("no space left on device")
+
+    task, _ = get_worker().submit(demo_build_key(target), broken, "building the tiny zoo", record_root=target.parent)
+    with pytest.raises(OSError):
+        task.wait(30)
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=300).run()
+    assert not at.exception, at.exception
+    assert at.error and "build failed: no space left on device" in at.error[0].value
+    assert read_record(record_path(target.parent, task.id)).status == "failed"
+    at.button(key="resume-demo-build").click().run()  # the button's run asks for a rerun, which builds
+    assert not at.exception, at.exception
+    assert (target / "zoo.json").is_file()
+    assert get_worker().get(demo_build_key(target)).status == "done"
+    assert not at.error and set(at.dataframe[0].value["task"]) == {"digits", "latin_upper", "symbols"}

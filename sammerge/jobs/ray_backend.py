@@ -93,8 +93,7 @@ def run_ray(jobs: list[Job], root: str | os.PathLike, progress: Progress | None 
             out[job.id] = JobRecord.model_validate(result)
         elif result.get("status") == "cancelled":
             cancelled = True
-        elif result.get("status") == "skipped" and not cancelled:
-            pass  # reported through the failed upstream job
+        # "skipped": an upstream job failed or was cancelled, which is reported for that job
     if cancelled:
         raise JobCancelled("cancelled: " + f"{len(out)} of {len(jobs)} jobs finished (their records keep them)")
     if problems:

@@ -194,9 +194,7 @@ def run_local(jobs: list[Job], root: str | os.PathLike, progress: Progress | Non
 
         try:
             records[job.id] = run_job(job, root, "local", cancel_event, on_progress, hashes)
-        except (JobCancelled, KeyboardInterrupt):
-            raise
-        except SammergeError:
+        except (SammergeError, KeyboardInterrupt):  # JobCancelled, JobFailed and bad input keep their message
             raise
         except Exception as exc:
             raise JobFailed(f"job '{job.name}' failed: {type(exc).__name__}: {exc}") from exc

@@ -160,9 +160,12 @@ def job_evaluate(ctx, inp: dict) -> dict:
 def zoo_jobs(recipe: ZooRecipe, data_sha: str, device: str = "cpu", threads: int | None = None) -> list[Job]:
     """The build graph of a recipe, in dependency order. Seeds derive from the recipe seed and the task's
     index, exactly as a one-shot build: pretrain ``seed``; task i: subset ``seed+i``, probe ``seed+1000+i``,
-    fine-tuning torch seed ``seed+17i`` and batch seed ``seed+7919(i+1)`` (the same for every variant)."""
+    fine-tuning torch seed ``seed+17i`` and batch seed ``seed+7919(i+1)`` (the same for every variant).
+    The device and the torch thread count are inputs too: a build resumed with other settings redoes the jobs
+    whose bytes would differ."""
     res = Resources(num_cpus=threads or 1, num_gpus=1 if device.startswith("cuda") else 0)
-    common = {"data": data_sha, "device": device, "encoder": recipe.encoder.model_dump(mode="json")}
+    # device and torch threads change the bytes (reduction order), so they are part of every job's identity
+    common = {"data": data_sha, "device": device, "threads": threads, "encoder": recipe.encoder.model_dump(mode="json")}
     kw = dict(threads=threads, resources=res)
     pre = Job("pretrain", "pretrain θ0", job_pretrain,
               {**common, "preset": recipe.preset, "seed": recipe.seed, "pretrain": recipe.pretrain.model_dump(mode="json")},

@@ -139,12 +139,24 @@ def combine(root: Path, key: str, jobs: list[Job]) -> SweepResult:
     best = max(range(len(means)), key=lambda i: (round(means[i], 12), -i))
     result = SweepResult(parts[0]["protocol"] if not lambdas else SHARED_PROTOCOL, parts[0]["method"], lambdas,
                          means, per_task, float(lambdas[best]) if lambdas else None, means[best], None, len(means))
-    data = {"format": FORMAT, "key": key, "protocol": result.protocol, "method": result.method,
-            "lambdas": lambdas, "val_mean": means, "val_per_task": per_task, "best_lambda": result.best_lambda,
-            "best_val_mean": result.best_val_mean, "n_evaluations": result.n_evaluations,
-            "merge": jobs[0].inputs["merge"], "evaluation": jobs[0].inputs["evaluation"]}
-    atomic_write_text(root / f"{key}.json", json.dumps(data, indent=1))
+    _write(root, key, result, jobs[0].inputs["merge"], jobs[0].inputs["evaluation"])
     return result
+
+
+def _write(root: Path, key: str, result: SweepResult, merge: dict, evaluation: Mapping) -> None:
+    data = {"format": FORMAT, "key": key, "protocol": result.protocol, "method": result.method,
+            "lambdas": list(result.lambdas), "val_mean": list(result.val_mean), "val_per_task": list(result.val_per_task),
+            "best_lambda": result.best_lambda, "best_val_mean": result.best_val_mean,
+            "n_evaluations": result.n_evaluations, "merge": merge, "evaluation": dict(evaluation)}
+    atomic_write_text(root / f"{key}.json", json.dumps(data, indent=1))
+
+
+def save_sweep(zoo, spec: MergeSpec, result: SweepResult) -> None:
+    """Store a sweep computed elsewhere on the explorer's images (``Explorer.sweeps``) in the cache, so that the
+    next server start, or another process, finds it."""
+    if result.lambdas and result.lambdas != lambda_grid(spec.method):
+        raise ConfigError(f"sweep of '{spec.method}': only sweeps over the method's λ grid are cached")
+    _write(sweeps_dir(zoo), sweep_key(zoo, spec), result, merge_identity(spec), EVALUATION)
 
 
 def run_sweeps(zoo, specs: Sequence[MergeSpec], backend: str = "local", address: str | None = None,

@@ -100,3 +100,18 @@ def test_sweep_fans_out_on_ray_and_matches_local(tiny_zoo, tmp_path):
         remote = results["ray"][key]
         assert (remote.lambdas, remote.val_mean, remote.val_per_task, remote.best_lambda) == \
                (local.lambdas, local.val_mean, local.val_per_task, local.best_lambda)
+
+
+def test_cancel_on_ray_then_resume_locally(tmp_path, tiny_zoo):
+    out = tmp_path / "zoo"
+    cancel = threading.Event()
+    with pytest.raises(JobCancelled):
+        build_zoo(get_preset("tiny"), out, backend="ray", threads=1, cancel_event=cancel,
+                  progress=lambda d, t, s="": cancel.set() if "fine-tuning" in s else None)
+    before = {r.name: r for r in list_records(stage_dir(out))}
+    assert before["pretrain θ0"].status == "done" and "cancelled" in {r.status for r in before.values()}
+    assert len(before) < 19 and not out.exists()
+    zoo = build_zoo(get_preset("tiny"), out, threads=1)
+    assert zoo.checkpoint_hashes() == open_zoo(tiny_zoo).checkpoint_hashes()
+    after = {r.name: r for r in list_records(out)}
+    assert after["pretrain θ0"].backend == "ray" and after["pretrain θ0"].runs == 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,10 +84,14 @@ class Task:
 
 
 class Worker:
-    """A small thread pool keyed by task: ``submit`` twice with one key → one task."""
+    """A small pool of daemon threads keyed by task: ``submit`` twice with one key → one task.
+
+    At most ``max_workers`` tasks run at once (the others wait as ``queued``). The threads are daemons: stopping
+    the server does not wait for a build; a killed build leaves its finished jobs on disk for the next start.
+    """
 
     def __init__(self, max_workers: int = 1, keep_finished: int = 32) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sammerge-job")
+        self._slots = threading.Semaphore(max_workers)
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
         self.keep_finished = keep_finished
@@ -115,26 +119,31 @@ class Worker:
             task = Task(key, label or key, Path(record_root) if record_root else None, owner)
             self._tasks[key] = task
             self._trim()
-            task.future = self._pool.submit(self._run, task, fn)
+            task.future = Future()
+            threading.Thread(target=self._run, args=(task, fn), name=f"sammerge-job-{task.id[:8]}",
+                             daemon=True).start()
             return task, True
 
-    def _run(self, task: Task, fn) -> Any:
-        task.status = "running"
-        task._write(force=True)
-        try:
-            task.result = fn(task.report, task.cancel_event)
-            task.status = "done"
-            return task.result
-        except JobCancelled as exc:
-            task.status, task.error = "cancelled", str(exc)
-            raise
-        except BaseException as exc:
-            traceback.print_exc()  # the server log keeps the traceback; the page shows the one-line error
-            task.status, task.error = "failed", f"{exc}" if isinstance(exc, Exception) else type(exc).__name__
-            raise
-        finally:
-            task.finished = now()
+    def _run(self, task: Task, fn) -> None:
+        with self._slots:
+            task.status = "running"
             task._write(force=True)
+            error: BaseException | None = None
+            try:
+                task.result = fn(task.report, task.cancel_event)
+                task.status = "done"
+            except JobCancelled as exc:
+                task.status, task.error, error = "cancelled", str(exc), exc
+            except BaseException as exc:
+                traceback.print_exc()  # the server log keeps the traceback; the page shows the one-line error
+                task.status, task.error = "failed", f"{exc}" if isinstance(exc, Exception) else type(exc).__name__
+                error = exc
+            task.finished = now()
+            task._write(force=True)  # the record is final before anyone waiting on the task wakes up
+            if error is None:
+                task.future.set_result(task.result)
+            else:
+                task.future.set_exception(error)
 
     def _trim(self) -> None:
         done = [k for k, t in self._tasks.items() if not t.active]

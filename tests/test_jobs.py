@@ -260,7 +260,14 @@ def test_sweep_and_jobs_cli(tiny_zoo_copy, capsys):
     assert cli_main(["sweep", str(tiny_zoo_copy), "--variants", "digits:nope", "--quiet"]) == 2
     assert "unknown variant 'nope' for task 'digits'" in capsys.readouterr().err
     assert cli_main(["jobs", "cancel", str(tiny_zoo_copy)]) == 0
-    assert (tiny_zoo_copy / "analysis" / "sweeps" / ".jobs" / "CANCEL").exists()
+    flag = tiny_zoo_copy / "analysis" / "sweeps" / ".jobs" / "CANCEL"
+    assert flag.exists()
+    assert cli_main(["sweep", str(tiny_zoo_copy), "--method", "weight_average", "--variants", "plain", "--quiet"]) == 0
+    assert not flag.exists() and "weight_average" in capsys.readouterr().out  # a new run clears an old cancel
+    assert cli_main(["zoo", "build", "--preset", "tiny", "--out", str(tiny_zoo_copy.parent / "z"),
+                     "--address", "auto", "--quiet"]) == 2
+    assert "--address is only used with --backend ray" in capsys.readouterr().err
+    assert not (tiny_zoo_copy.parent / "z").exists() and not (tiny_zoo_copy.parent / ".z.build").exists()
 
 
 def test_failed_demo_build_is_reported_and_resumed(monkeypatch, tmp_path):

@@ -22,7 +22,7 @@ BACKENDS = ("local", "ray")
 
 __all__ = ["Job", "JobContext", "JobRecord", "JobProgress", "Resources", "JobCancelled", "JobFailed", "run_job",
            "run_local", "run_graph", "list_records", "read_record", "request_cancel", "clear_cancel",
-           "cancel_requested", "is_finished", "job_id", "job_roots", "BACKENDS"]
+           "cancel_requested", "is_finished", "job_id", "job_roots", "check_backend", "BACKENDS"]
 
 
 def job_roots(path: str | os.PathLike) -> list[Path]:
@@ -33,14 +33,19 @@ def job_roots(path: str | os.PathLike) -> list[Path]:
     return [c for c in candidates if (c / JOBS_DIR).is_dir()]
 
 
+def check_backend(backend: str, address: str | None = None) -> None:
+    """ConfigError for an unknown backend or an address without Ray (checked before any work starts)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    if backend == "local" and address:
+        raise ConfigError("--address is only used with --backend ray")
+
+
 def run_graph(jobs: list[Job], root: str | os.PathLike, backend: str = "local", progress: Progress | None = None,
               address: str | None = None, cancel_event: threading.Event | None = None) -> dict[str, JobRecord]:
     """Run a job graph (dependency order) on a backend: ``local`` (this thread) or ``ray`` (``address``)."""
+    check_backend(backend, address)
     if backend == "local":
-        if address:
-            raise ConfigError("--address is only used with --backend ray")
         return run_local(jobs, root, progress, cancel_event)
-    if backend == "ray":
-        from sammerge.jobs.ray_backend import run_ray
-        return run_ray(jobs, root, progress, address, cancel_event)
-    raise ConfigError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    from sammerge.jobs.ray_backend import run_ray
+    return run_ray(jobs, root, progress, address, cancel_event)

@@ -163,9 +163,11 @@ def run_sweeps(zoo, specs: Sequence[MergeSpec], backend: str = "local", address:
                chunk_size: int = 8, progress: Progress | None = None, cancel_event=None,
                threads: int | None = 1) -> dict[str, SweepResult]:
     """Compute (or reuse) the sweep of every spec; key → SweepResult, each also written to the cache."""
-    from sammerge.jobs import run_graph
+    from sammerge.jobs import check_backend, clear_cancel, run_graph
 
+    check_backend(backend, address)
     root = sweeps_dir(zoo)
+    clear_cancel(root)  # a new run was asked for
     by_key = sweep_jobs(zoo, specs, chunk_size, threads)
     todo = {k: jobs for k, jobs in by_key.items() if not (root / f"{k}.json").is_file()}
     all_jobs = [j for jobs in todo.values() for j in jobs]

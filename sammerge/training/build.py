@@ -24,7 +24,7 @@ import torch
 from sammerge import __version__
 from sammerge.errors import CheckpointError, ZooError
 from sammerge.io import atomic_write_text, load_state_dict, save_state_dict, sha256_file
-from sammerge.jobs import Job, JobRecord, Resources, clear_cancel, run_graph
+from sammerge.jobs import Job, JobRecord, Resources, check_backend, clear_cancel, run_graph
 from sammerge.jobs.record import jobs_dir
 from sammerge.merging.task_vector import TaskVector
 from sammerge.progress import Progress
@@ -285,6 +285,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | os.PathLike, device: str = "auto
     from sammerge.data import load_benchmark
 
     out_dir = Path(out_dir)
+    check_backend(backend, address)
     if out_dir.exists() and not overwrite:
         raise ZooError(f"{out_dir}: already exists (use --overwrite to replace it)")
     bench = benchmark if benchmark is not None else load_benchmark()

@@ -340,3 +340,20 @@ def test_explorer_sweep_saved_and_reloaded(tiny_zoo_copy):
     again = load_cached_sweep(open_zoo(tiny_zoo_copy), spec.with_params(**{"lambda": 2.0}))
     assert (again.lambdas, again.val_mean, again.val_per_task, again.best_lambda, again.n_evaluations) == \
            (live.lambdas, live.val_mean, live.val_per_task, live.best_lambda, live.n_evaluations)
+
+
+def test_killed_job_is_listed_as_interrupted(tmp_path, capsys):
+    """A record left 'running' by a process that no longer exists (a killed server) is shown as interrupted."""
+    import subprocess
+    import sys
+
+    from sammerge.jobs.record import write_record
+
+    job = Job("demo", "write words", write_words, {"words": ["a"], "steps": 1, "out": "a.txt"}, outputs=("a.txt",))
+    rec = run_job(job, tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    rec.status, rec.pid = "running", int(dead.stdout)
+    write_record(tmp_path, rec)
+    assert cli_main(["jobs", "list", str(tmp_path)]) == 0
+    assert "interrupted" in capsys.readouterr().out
+    assert run_job(job, tmp_path).runs == 2  # not trusted: it runs again

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 
 def _list(args: argparse.Namespace) -> int:
     from sammerge.jobs import job_roots, list_records
+    from sammerge.jobs.record import shown_status
 
     roots = job_roots(args.path)
     if not roots:
@@ -34,7 +35,7 @@ def _list(args: argparse.Namespace) -> int:
         for r in shown:
             pct = f"{100 * r.progress.fraction:5.1f}%"
             took = f"{r.wall_time_s:.1f}s" if r.wall_time_s is not None else "—"
-            print(f"  {r.id[:12]}  {r.status:<9} {pct}  {r.kind:<9} {r.name[:44]:<44} attempts={r.attempts} "
+            print(f"  {r.id[:12]}  {shown_status(r):<11} {pct}  {r.kind:<9} {r.name[:44]:<44} attempts={r.attempts} "
                   f"{took:>8}  {r.error or r.progress.stage}")
     return 0
 

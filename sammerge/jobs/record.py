@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +126,25 @@ def is_finished(record: JobRecord | None, root: str | os.PathLike, hashes: HashC
     hashes = hashes or HashCache()
     files = {**record.outputs, **record.input_files}
     return all(hashes(Path(root) / rel) == sha for rel, sha in files.items())
+
+
+def is_stale(record: JobRecord) -> bool:
+    """Says running (or pending) but its process on this host is gone: a killed server or CLI. The next run of
+    the same work redoes it (only ``done`` records are trusted)."""
+    if record.status not in ("running", "pending") or not record.pid or record.host != socket.gethostname():
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def shown_status(record: JobRecord) -> str:
+    """The status to show: ``interrupted`` for a stale running record."""
+    return "interrupted" if is_stale(record) else record.status
 
 
 def cancel_requested(root: str | os.PathLike, jid: str | None = None) -> bool:

@@ -9,6 +9,8 @@ do not stop it; its progress is in memory for every session and in its record on
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import traceback
@@ -63,7 +65,7 @@ class Task:
         """The task as a record (what :meth:`record` reads from disk, but current to the last step)."""
         status = {"queued": "pending"}.get(self.status, self.status)
         return JobRecord(id=self.id, kind="task", name=self.label, inputs={"key": self.key}, status=status,
-                         progress=self.progress, started=self.started, finished=self.finished, error=self.error,
+                         host=socket.gethostname(), pid=os.getpid(), progress=self.progress, started=self.started, finished=self.finished, error=self.error,
                          metrics={"owner": self.owner} if self.owner else {})
 
     def record(self) -> JobRecord | None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import streamlit as st
 
 from sammerge.jobs import JobRecord, list_records
+from sammerge.jobs.record import shown_status
 from sammerge.jobs.worker import Task, get_worker
 
-_ICON = {"pending": "⏳", "running": "⚙️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+_ICON = {"pending": "⏳", "running": "⚙️", "done": "✅", "failed": "❌", "cancelled": "⏹️", "interrupted": "⚠️"}
 
 
 def current_session_id() -> str | None:
@@ -24,9 +25,9 @@ def current_session_id() -> str | None:
 
 
 def describe(record: JobRecord) -> str:
-    p = record.progress
-    text = f"{_ICON.get(record.status, '')} {record.name}: {record.status}"
-    if record.status == "running":
+    p, status = record.progress, shown_status(record)
+    text = f"{_ICON.get(status, '')} {record.name}: {status}"
+    if status == "running":
         text += f" — {p.stage} ({p.done}/{p.total})" if p.stage else f" ({p.done}/{p.total})"
     if record.error:
         text += f" — {record.error}"
@@ -76,5 +77,5 @@ def jobs_panel(roots: list[Path] | None = None, show_done: bool = False) -> int:
         for record in list_records(root):
             if record.status != "done" or show_done:
                 record_panel(record)
-                shown += record.status == "running"
+                shown += shown_status(record) == "running"
     return shown

@@ -259,6 +259,10 @@ def test_sweep_and_jobs_cli(tiny_zoo_copy, capsys):
     assert "4 jobs, 4 done" in listing and "λ sweep task_arithmetic" in listing
     assert cli_main(["sweep", str(tiny_zoo_copy), "--variants", "digits:nope", "--quiet"]) == 2
     assert "unknown variant 'nope' for task 'digits'" in capsys.readouterr().err
+    assert cli_main(["sweep", str(tiny_zoo_copy), "--method", "ties", "--param", "lambda=1", "--param", "rho=2",
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "λ is what a sweep varies" in err and "method 'ties' has no global parameter 'rho'" in err
     assert cli_main(["jobs", "cancel", str(tiny_zoo_copy)]) == 0
     flag = tiny_zoo_copy / "analysis" / "sweeps" / ".jobs" / "CANCEL"
     assert flag.exists()

@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--variants", nargs="+", default=None,
                    help="variant sets: a variant for every task ('sam') or task:variant pairs "
                         "('digits:sam,symbols:plain'); default: each zoo variant")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a global parameter of the method(s) other than λ, e.g. density=0.2 (repeatable); "
+                        "every method given must have it")
     p.add_argument("--chunk", type=int, default=7, help="λ values per job (default 7)")
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray address: auto, ray://host:10001 (default: a local Ray)")
@@ -44,6 +47,31 @@ def parse_variant_set(text: str, zoo) -> str | dict[str, str]:
     return pairs
 
 
+def parse_params(items: list[str], method: str) -> dict:
+    """NAME=VALUE pairs → typed global parameters of ``method`` (ConfigError listing every problem)."""
+    from sammerge.merging import LAMBDA, get_method
+    from sammerge.merging.spec import parse
+
+    schema = {p.name: p for p in get_method(method).global_params}
+    out, problems = {}, []
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            problems.append(f"'{item}' is not NAME=VALUE")
+        elif name == LAMBDA:
+            problems.append("λ is what a sweep varies; it cannot be fixed")
+        elif name not in schema:
+            problems.append(f"method '{method}' has no global parameter '{name}' (it has: {', '.join(schema) or 'none'})")
+        else:
+            try:
+                out[name] = parse(raw, schema[name])
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+    if problems:
+        raise ConfigError("--param: " + "; ".join(problems))
+    return out
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from sammerge.jobs.sweeps import run_sweeps, sweep_key, sweeps_dir
     from sammerge.merging import MergeSpec, list_methods
@@ -52,7 +80,7 @@ def _sweep(args: argparse.Namespace) -> int:
     zoo = open_zoo(args.zoo)
     methods = args.method or [m.name for m in list_methods()]
     sets = [parse_variant_set(v, zoo) for v in (args.variants or zoo.variants)]
-    specs = [MergeSpec.for_zoo(zoo, m, None, v) for m in methods for v in sets]
+    specs = [MergeSpec.for_zoo(zoo, m, parse_params(args.param, m), v) for m in methods for v in sets]
     with progress_bar(not args.quiet) as progress:
         results = run_sweeps(zoo, specs, backend=args.backend, address=args.address, chunk_size=args.chunk,
                              progress=progress, threads=args.threads)

@@ -135,6 +135,30 @@ def cpu_vit(r: dict) -> str:
                      f"{100 * row['ci95_half_width_task']:.1f} / {100 * row['ci95_half_width_mean']:.1f} pts |")
     lines += ["", f"One Hessian-vector product (the unit of λ_max and trace) on 16 images: {r['hvp_16_images_s']:.1f} s."]
     return "\n".join(lines)
+def vit_step(r: dict) -> str:
+    """The measured ViT-B/32 step and the paper-scale zoo's cost (``benchmarks/vit_step.py``)."""
+    st, c, rec, g = r["steps"], r["cost"], r["recipe"], r["cost"]["gpu_assumption"]
+    variants = "{" + ", ".join(f"{k} ({v} pass{'es' if v > 1 else ''})" for k, v in rec["variants"].items()) + "}"
+    return "\n".join([
+        f"Measured on this machine's CPU ({r['threads']} torch threads, load average {r['load_average']:.1f} while "
+        f"measuring — other jobs shared the cores), {r['model']}, {r['n_params'] / 1e6:.1f} M parameters, batch "
+        f"{r['batch']}, median of {r['repeats']} steps:", "",
+        "| step | seconds per step | per image |", "|---|---|---|",
+        f"| plain AdamW (forward + backward + update) | {st['plain']['step_s']:.1f} s | "
+        f"{1000 * st['plain']['s_per_image']:.0f} ms |",
+        f"| SAM (two forward/backward passes) | {st['sam']['step_s']:.1f} s | {1000 * st['sam']['s_per_image']:.0f} ms |",
+        "",
+        f"Forward pass: {r['forward_gflops_per_image']:.2f} GFLOP per image (counted by `torch.utils.flop_counter`); "
+        f"training at ≈ 3× that ran at {r['achieved_train_gflops_per_s']:.0f} GFLOP/s here.", "",
+        f"**The zoo**: {rec['tasks']} tasks × {variants} × {rec['seeds']} seeds = {c['finetune_jobs']} fine-tuning "
+        f"jobs of {rec['steps']:,} steps × batch {rec['batch_size']} = {c['image_passes'] / 1e6:.1f} M image "
+        f"forward/backward passes. On this CPU, at the plain step's measured rate per pass: "
+        f"**{c['cpu_hours_this_machine']:,.0f} CPU-hours**. "
+        f"On GPUs (**an estimate, not measured**: the counted FLOPs at {100 * g['mfu']:.0f} % of a "
+        f"{g['name']}'s {g['peak_tflops_bf16']:.0f} TFLOP/s bf16 peak): ≈ {c['gpu_s_per_plain_step_estimate']:.2f} s "
+        f"per plain step, **≈ {c['gpu_hours_estimate']:.1f} GPU-hours** for the whole zoo — with {c['finetune_jobs']} "
+        f"independent jobs, about {60 * c['gpu_hours_estimate'] / 8:.0f} minutes of wall time on 8 GPUs if data "
+        f"loading keeps up."])
 
 
 def paper_table(text: str) -> str:
@@ -143,7 +167,8 @@ def paper_table(text: str) -> str:
 
 BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
-          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit}
+          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
+          "vit_step.json": vit_step}
 
 
 def render(readme: str) -> str:

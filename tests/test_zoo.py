@@ -102,16 +102,22 @@ def test_existing_output_dir_refused(tiny_zoo, capsys):
 
 
 def test_no_half_written_zoo_on_failure(tmp_path, monkeypatch):
-    """A failure mid-build leaves neither the target nor a temp directory behind."""
+    """A failure mid-build leaves no target directory; finished jobs wait in the build's stage to be resumed."""
     import sammerge.training.train as train
+    from sammerge.errors import SammergeError
+    from sammerge.jobs import list_records
+    from sammerge.training.build import stage_dir
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during fine-tuning")
 
     monkeypatch.setattr(train, "finetune", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(SammergeError, match="simulated crash during fine-tuning"):
         build_zoo(get_preset("tiny"), tmp_path / "zoo")
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "zoo").exists()
+    assert not list(tmp_path.glob("*.tmp"))
+    status = {r.name: r.status for r in list_records(stage_dir(tmp_path / "zoo"))}
+    assert status["pretrain θ0"] == "done" and status["fine-tune digits/plain"] == "failed"
 
 
 def _checkpoint_path(zoo_dir: Path) -> Path:

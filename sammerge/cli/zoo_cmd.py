@@ -14,6 +14,8 @@ def register(subparsers) -> None:
 
     build = zsub.add_parser("build", help="pretrain, fit heads, fine-tune every task plainly and with SAM")
     build.add_argument("--preset", default="demo", help="recipe preset: demo (default) or tiny")
+    build.add_argument("--recipe", type=Path, default=None,
+                       help="a ZooRecipe as JSON or YAML (tasks, variants, ρ, steps, seed, ...) instead of --preset")
     build.add_argument("--out", required=True, type=Path, help="output zoo directory (must not exist)")
     build.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     build.add_argument("--rho", type=float, default=None, help="override SAM's ρ")
@@ -22,7 +24,11 @@ def register(subparsers) -> None:
     build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     build.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's own choice; 1 is fastest on a busy machine)")
-    build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace OUT if it exists (its finished jobs are reused where their inputs are unchanged)")
+    build.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="local: jobs one after another in this process; ray: one Ray task per job")
+    build.add_argument("--address", default=None, help="Ray address: auto, ray://host:10001 (default: a local Ray)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 
@@ -43,7 +49,7 @@ def _build(args: argparse.Namespace) -> int:
     from sammerge.training.presets import VariantSpec, get_preset
     from sammerge.training.build import build_zoo
 
-    recipe = get_preset(args.preset)
+    recipe = _read_recipe(args.recipe) if args.recipe else get_preset(args.preset)
     updates = {}
     if args.seed is not None:
         updates["seed"] = args.seed
@@ -69,10 +75,30 @@ def _build(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ZooError(f"{out}: already exists (use --overwrite to replace it)")
     with progress_bar(not args.quiet) as progress:
-        zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress)
+        zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress,
+                        backend=args.backend, address=args.address, threads=args.threads)
     _print_table(zoo)
     print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
     return 0
+
+
+def _read_recipe(path: Path):
+    """A ZooRecipe from a JSON/YAML file (ConfigError naming the file and the first bad field)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from sammerge.training.presets import ZooRecipe
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML ⊃ JSON
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({str(exc).splitlines()[0]})") from None
+    try:
+        return ZooRecipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise ConfigError(f"{path}: invalid recipe field '{loc}': {err['msg']}") from None
 
 
 def _print_table(zoo) -> None:

@@ -55,17 +55,24 @@ def open_zoo_cached(path: str | Path):
     return _open_zoo_cached(str(path), mtime)
 
 
+def demo_build_key(zoo_dir: str | Path) -> str:
+    """The shared worker's key of the build of the zoo at ``zoo_dir`` (one build per zoo, never two)."""
+    return f"build-zoo:{Path(zoo_dir).absolute()}"
+
+
 def ensure_demo_zoo():
-    """The demo zoo: opened from the on-disk cache or built now with visible progress."""
-    from sammerge.data import load_benchmark
-    from sammerge.training.presets import get_preset
-    from sammerge.training.build import default_zoo_dir, ensure_zoo
-    from sammerge.zoo import data_sha256
+    """The demo zoo: opened from the on-disk cache, or built by the server's shared worker with visible progress.
+
+    The build runs outside the page's script run (one job for every session; leaving the page, reloading or
+    closing the tab does not stop it), so this page only waits on it and shows its progress; another session
+    sees the same job. A failed or cancelled build keeps its finished jobs and leaves any previous zoo in place.
+    """
+    from sammerge.jobs.worker import get_worker
+    from sammerge.training.build import ensure_zoo, preset_zoo_dir
+    from sammerge.webapp import jobs_view
 
     preset = demo_preset()
-    recipe = get_preset(preset)
-    fingerprint = recipe.fingerprint(data_sha256(load_benchmark()))
-    expected = default_zoo_dir() / f"{preset}-{fingerprint[:12]}"
+    expected = preset_zoo_dir(preset)
     if (expected / "zoo.json").is_file():
         try:
             return open_zoo_cached(expected)
@@ -75,18 +82,31 @@ def ensure_demo_zoo():
     if shipped_zoo(preset, fingerprint) is not None:  # the shipped zoo: a copy, a few seconds
         with st.spinner(f"Installing the shipped {preset} zoo (first start only)…"):
             return open_zoo_cached(ensure_zoo(preset).path)
+    worker, key = get_worker(), demo_build_key(expected)
+    task = worker.get(key)
+    retry = st.session_state.pop("_retry_demo_build", False)
+    if task is None or (retry and not task.active) or (task.status == "done" and not (expected / "zoo.json").is_file()):
+        def build(progress, cancel_event):
+            return ensure_zoo(preset, progress=progress, cancel_event=cancel_event).path
+
+        task, _ = worker.submit(key, build, label=f"building the {preset} zoo", record_root=expected.parent,
+                                owner=jobs_view.current_session_id(), restart=True)
     with st.status(f"Building the {preset} zoo on this machine (first start only)…", expanded=True) as status:
         st.write("Pretraining the encoder, fitting one linear head per task, then fine-tuning every task "
                  "twice — plainly and with SAM — on the same batches. Cached on disk afterwards.")
-        bar = st.progress(0.0, text="starting")
-
-        def progress(done: int, total: int, stage: str = "") -> None:
-            bar.progress(min(1.0, done / max(total, 1)), text=f"{stage} — step {done}/{total}")
-
-        zoo = ensure_zoo(preset, progress=progress)
+        jobs_view.follow(task)
+        if task.status != "done":
+            status.update(label=f"{preset} zoo: build {task.status}", state="error", expanded=True)
+            st.error(f"The {preset} zoo build {task.status}: {task.error}. Finished steps are kept on disk; "
+                     "starting again resumes from them.", icon=":material/error:")
+            if st.button("Resume the build", key="resume-demo-build"):
+                st.session_state["_retry_demo_build"] = True
+                st.rerun()
+            st.stop()
+        zoo = open_zoo_cached(task.result)
         status.update(label=f"{preset} zoo ready ({zoo.manifest.build_wall_time_s:.0f} s)", state="complete",
                       expanded=False)
-    return open_zoo_cached(zoo.path)
+    return zoo
 
 
 def zoo_sidebar():

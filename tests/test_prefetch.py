@@ -55,3 +55,20 @@ def test_a_newer_request_replaces_the_older_and_the_worker_ends_when_idle(explor
     assert explorer._prefetch_thread is None
     explorer.prefetch([spec])  # and starts again on the next request
     assert explorer.wait_prefetched(timeout=120) and explorer.is_cached(spec)
+
+
+def test_explorer_sweeps_are_kept_on_disk_and_found_by_a_new_server(tiny_zoo_copy):
+    import shutil
+
+    from sammerge.jobs.sweeps import load_cached_sweeps
+
+    shutil.rmtree(tiny_zoo_copy / "analysis", ignore_errors=True)
+    zoo = open_zoo(tiny_zoo_copy)
+    first = Explorer(zoo)  # the explorer's own evaluation settings: what `sammerge sweep` caches
+    spec = first.default_spec()
+    assert first.cached_sweeps(spec) is None and load_cached_sweeps(zoo, spec) is None
+    computed = first.sweeps(spec)
+    on_disk = load_cached_sweeps(zoo, spec)
+    assert on_disk is not None and on_disk["current"].val_mean == pytest.approx(computed["current"].val_mean)
+    again = Explorer(open_zoo(tiny_zoo_copy)).cached_sweeps(spec)  # a new server process, no computation
+    assert again is not None and again["current"].best_lambda == computed["current"].best_lambda

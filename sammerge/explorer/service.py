@@ -15,6 +15,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from sammerge.errors import SammergeError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
 from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
@@ -217,8 +218,9 @@ class Explorer:
             return self._refs
 
     def twins(self, spec: MergeSpec) -> dict[str, MergeSpec]:
-        """``"current"`` plus the same merge with every task on each variant."""
-        return {"current": spec, **{v: spec.with_variants(v, self.zoo) for v in self.variants}}
+        """``"current"`` plus the same merge with every task on each variant (``jobs.sweeps.twins``)."""
+        from sammerge.jobs.sweeps import twins
+        return twins(self.zoo, spec)
 
     def compare(self, spec: MergeSpec) -> Comparison:
         specs = self.twins(spec)
@@ -296,9 +298,23 @@ class Explorer:
     def sweep_key(spec: MergeSpec) -> str:
         return spec.with_params(**{LAMBDA: 0.0}).key() if spec.has_lambda else spec.key()
 
+    def _shares_sweep_cache(self) -> bool:
+        """Whether this explorer evaluates on the images ``sammerge sweep`` caches sweeps for."""
+        from sammerge.jobs.sweeps import EVALUATION
+        return {"split": self.split, "n_per_task": self.n_per_task, "seed": self.seed} == EVALUATION
+
     def cached_sweeps(self, spec: MergeSpec) -> dict[str, SweepResult] | None:
-        """The λ sweeps of the merge and its twins if already computed, else None."""
-        keys = {name: self.sweep_key(s) for name, s in self.twins(spec).items()}
+        """The λ sweeps of the merge and its twins if already computed — here, or on disk by ``sammerge sweep``,
+        another server or a shipped zoo (``ZOO/analysis/sweeps``) — else None."""
+        twins = self.twins(spec)
+        keys = {name: self.sweep_key(s) for name, s in twins.items()}
+        if not all(k in self._sweeps for k in keys.values()) and self._shares_sweep_cache():
+            from sammerge.jobs.sweeps import load_cached_sweep
+            for name, s in twins.items():
+                if keys[name] not in self._sweeps:
+                    found = load_cached_sweep(self.zoo, s)
+                    if found is not None:
+                        self._sweeps[keys[name]] = found
         if all(k in self._sweeps for k in keys.values()):
             return {name: self._sweeps[k] for name, k in keys.items()}
         return None
@@ -310,11 +326,22 @@ class Explorer:
         with self._lock:
             for i, (name, s) in enumerate(twins.items()):
                 key = self.sweep_key(s)
+                if key not in self._sweeps and self._shares_sweep_cache():
+                    from sammerge.jobs.sweeps import load_cached_sweep
+                    found = load_cached_sweep(self.zoo, s)
+                    if found is not None:
+                        self._sweeps[key] = found
                 if key not in self._sweeps:
                     kwargs = {k: v for k, v in s.method_kwargs.items() if k != LAMBDA}
                     self._sweeps[key] = sweep_shared_lambda(
                         self.evaluator, s.method, self.zoo.pretrained(),
                         [self.task_vector(t.task, t.variant) for t in s.tasks], kwargs, task_ids=s.task_ids)
+                    if self._shares_sweep_cache():  # kept on disk for the next start and `sammerge sweep`
+                        from sammerge.jobs.sweeps import save_sweep
+                        try:
+                            save_sweep(self.zoo, s, self._sweeps[key])
+                        except (OSError, SammergeError):
+                            pass  # a read-only zoo: the sweep stays in memory
                 out[name] = self._sweeps[key]
                 if progress:
                     progress(i + 1, len(twins), "λ sweep")

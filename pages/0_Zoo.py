@@ -4,7 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 from sammerge.webapp import ui, zoo_picker
+from sammerge.analytics.diagnostics import diagnose_zoo
 from sammerge.explorer.analysis_views import checkpoint_table, load_analysis_for, sharpness_sentence
+from sammerge.explorer.diagnostics_view import merge_curve_figure, own_and_damage_figure, reading, summary_table
 ui.page_setup("Zoo")
 st.title("sammerge · model-merging explorer")
 st.markdown(
@@ -65,6 +67,29 @@ pivot = table.pivot(index="task", columns="variant", values="fine-tuned test").r
 pivot.insert(0, "pretrained", table.drop_duplicates("task").set_index("task")["pretrained test"].reindex(zoo.tasks))
 st.markdown("**Test accuracy per task**")
 st.bar_chart(pivot, stack=False, height=300)
+st.subheader("Does this zoo merge? Regime diagnostics")
+st.caption("Task arithmetic θ₀ + λ Σ τ_t over λ (validation, 256 images per task), the share of the pretrained → "
+           "individual gap it closes, task-vector sizes ‖τ‖/‖θ₀‖ and cosines, and per task its **own gain** along "
+           "θ₀ + α τ_t against the **damage** from the others, θ₀ + β Σ_{s≠t} τ_s: merging can work when own gains "
+           "come early and the damage is small.")
+with ui.friendly_errors("diagnostics"):
+    diag = diagnose_zoo(zoo, cached_only=True)
+    if diag is None and st.button("Compute the diagnostics", key="zoo_diag", type="primary",
+                                  help=f"`sammerge diagnose {zoo.path}` computes the same; cached in the zoo."):
+        bar = st.progress(0.0, text="diagnostics")
+        diag = diagnose_zoo(zoo, progress=ui.progress_callback(bar, "diagnostics"))
+        bar.empty()
+if diag is not None:
+    st.dataframe(summary_table(diag).style.format(precision=3, na_rep="—"), hide_index=True, width="stretch",
+                 key="zoo_diag_table")
+    st.markdown("**Reading:** " + reading(diag))
+    c1, c2 = st.columns(2)
+    with c1:
+        ui.plot(merge_curve_figure(diag), key="zoo_diag_curve", filename="task-arithmetic-curve")
+    with c2:
+        task = st.selectbox("Task", zoo.tasks, key="zoo_diag_task")
+        ui.plot(own_and_damage_figure(diag, task), key="zoo_diag_task_fig", filename=f"own-vs-damage-{task}")
+
 st.markdown("**Next:** open **Merge explorer** in the sidebar to merge these checkpoints and compare SAM with plain; "
             "**Sharpness & landscape** and **Interference** show why merges succeed or fail; **Paper table** gives "
             "every merge method at its best λ.")

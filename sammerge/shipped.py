@@ -39,6 +39,17 @@ def shipped_zoo(preset: str, fingerprint: str):
     return zoo if zoo.manifest.recipe_fingerprint == fingerprint else None
 
 
+def shipped_zoo_for(preset: str):
+    """The shipped zoo if it matches ``preset``'s current recipe and the installed benchmark data, else None."""
+    from sammerge.data import load_benchmark
+    from sammerge.training.presets import get_preset
+    from sammerge.zoo import data_sha256
+
+    if preset != SHIPPED_PRESET:
+        return None
+    return shipped_zoo(preset, get_preset(preset).fingerprint(data_sha256(load_benchmark())))
+
+
 def install_shipped_zoo(preset: str, fingerprint: str, target: str | os.PathLike):
     """Copy the matching shipped zoo to ``target`` (atomically, every file hash-verified); None if none matches."""
     from sammerge.zoo import open_zoo

@@ -142,8 +142,9 @@ def default_settings(quick: bool = False) -> dict:
 
 
 def diagnose_zoo(zoo, variants: Sequence[str] | None = None, settings: Mapping | None = None, device: str = "auto",
-                 use_cache: bool = True, progress: Progress | None = None) -> dict:
-    """Diagnostics of every (or the given) variant of a zoo, cached under ``ZOO/analysis/cache/diagnostics-*``."""
+                 use_cache: bool = True, progress: Progress | None = None, cached_only: bool = False) -> dict | None:
+    """Diagnostics of every (or the given) variant of a zoo, cached under ``ZOO/analysis/cache/diagnostics-*``
+    (``cached_only``: None instead of computing when not cached)."""
     from sammerge.analytics.report import cached
 
     s = {**default_settings(), **dict(settings or {})}
@@ -171,4 +172,5 @@ def diagnose_zoo(zoo, variants: Sequence[str] | None = None, settings: Mapping |
         linearized = zoo.manifest.linearized
         return {"settings": s, "tasks": zoo.tasks, "linearized": linearized, "variants": out}
 
-    return cached(zoo, "diagnostics", {"settings": s, "variants": variants}, compute, use_cache=use_cache)
+    return cached(zoo, "diagnostics", {"settings": s, "variants": variants}, compute, use_cache=use_cache,
+                  cached_only=cached_only)

@@ -41,5 +41,6 @@ def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[st
     try:
         return ZooRecipe.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join((f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(f"recipe: {problems}") from None

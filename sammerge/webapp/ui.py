@@ -78,8 +78,8 @@ def ensure_demo_zoo():
             return open_zoo_cached(expected)
         except SammergeError:
             pass  # rebuild below
-    from sammerge.shipped import shipped_zoo
-    if shipped_zoo(preset, fingerprint) is not None:  # the shipped zoo: a copy, a few seconds
+    from sammerge.shipped import shipped_zoo_for
+    if shipped_zoo_for(preset) is not None:  # the shipped zoo: a copy, a few seconds
         with st.spinner(f"Installing the shipped {preset} zoo (first start only)…"):
             return open_zoo_cached(ensure_zoo(preset).path)
     worker, key = get_worker(), demo_build_key(expected)

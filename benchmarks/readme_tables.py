@@ -77,6 +77,23 @@ def browser_latency(r: dict) -> str:
     return "\n".join(rows) + f"\n\nZoo `{r['zoo']}`; every move asks for a λ not shown before."
 
 
+def load(r: dict) -> str:
+    m, lat = r["memory"], r["latency"]
+    return (f"{r['sessions']} sessions × {r['moves_per_session']} moves on zoo `{r['zoo']}`: **{len(r['errors'])} errors**, "
+            f"{r['sessions_with_own_values']}/{r['sessions']} sessions ended with their own λ in their address and in "
+            f"their downloaded config; slider-to-number median **{lat['median_ms']:.0f} ms**, p95 {lat['p95_ms']:.0f} ms "
+            f"over {lat['moves']} moves; server memory {m['before_mb']:.0f} MB at start → peak {m['peak_mb']:.0f} MB → "
+            f"{m['after_mb']:.0f} MB after the sessions closed.")
+
+
+def linear_preview(r: dict) -> str:
+    return (f"Linearized zoo `{r['zoo']}` ({r['tasks']} tasks × {r['images_per_task']} images): precomputation "
+            f"{r['precompute_s']:.1f} s ({r['jvps']} JVPs); one slider update (task arithmetic, new λ and λ_t) "
+            f"**{r['preview_update_ms']:.1f} ms** through the preview vs {r['exact_update_ms']:.0f} ms merging and "
+            f"evaluating the linearized model; identical per-task accuracy in {r['updates_with_identical_accuracy']}/"
+            f"{r['updates']} updates, max |Δ loss| {r['max_abs_loss_difference']:.1e}; {r['threads']} torch thread(s).")
+
+
 def analytics(r: dict) -> str:
     e256, e512, pl = r["eig_256"], r["eig_512"], r["plane"]
     pts = pl["points"]
@@ -167,7 +184,7 @@ def paper_table(text: str) -> str:
 
 BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
-          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
+          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit, "load.json": load, "linear_preview.json": linear_preview,
           "vit_step.json": vit_step}
 
 

@@ -350,7 +350,8 @@ def from_mergekit_yaml(text_or_dict: str | Mapping[str, Any], root_dir: str | os
             task = f"{task}_{n + 1}"
         raw_weight = p.get("weight", 1.0)
         layer_w = _filtered_weight(raw_weight, _base_keys(base_path), f"models[{i}].parameters.weight") \
-            if isinstance(raw_weight, list) and "weights" in method_param_names and base_path else None
+            if isinstance(raw_weight, list) and raw_weight and all(isinstance(c, Mapping) for c in raw_weight) \
+            and "weights" in method_param_names and base_path else None
         weight = 1.0 if layer_w is not None else _number(raw_weight, f"models[{i}].parameters.weight")
         entry: dict[str, Any] = {"task": task, "variant": variant, "weight": weight, "checkpoint": path}
         if layer_w is not None:

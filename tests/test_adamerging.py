@@ -1,0 +1,173 @@
+"""AdaMerging: entropy goes down, λ moves to the entropy optimum, specs merge as learned and round-trip."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sammerge.errors import ConfigError
+from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_learner, get_method, layers, merge_zoo,
+                              resolve_and_merge, task_vector, to_mergekit_yaml)
+from sammerge.merging.methods import ties_parts
+from sammerge.zoo import open_zoo
+
+FAST = dict(steps=25, images_per_task=24, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_zoo):
+    return open_zoo(tiny_zoo)
+
+
+def plain_entropy(zoo, theta, tasks, n, seed):
+    """Mean over tasks of the mean entropy, by an ordinary forward pass of a loaded encoder (independent path)."""
+    from sammerge.evaluation.adamerging import unlabeled_images
+    enc = zoo.create_encoder()
+    enc.load_state_dict(theta)
+    values = []
+    with torch.no_grad():
+        for t in tasks:
+            logits = zoo.heads[t](enc(unlabeled_images(zoo, t, n, seed)))
+            p = torch.softmax(logits.double(), -1)
+            values.append(float((-(p * p.log()).sum(-1)).mean()))
+    return sum(values) / len(values)
+
+
+def test_registered_with_a_schema():
+    learner = get_learner("adamerging")
+    names = [p.name for p in learner.params]
+    assert names == ["granularity", "base", "density", "steps", "lr", "images_per_task", "seed", "init", "clamp_low",
+                     "clamp_high"]
+    assert learner.param("granularity").choices == ("task", "layer")
+    assert learner.param("base").choices == ("task_arithmetic", "ties")
+    assert learner.defaults()["init"] == 0.3 and learner.to_dict()["kind"] == "learner"
+    with pytest.raises(ConfigError, match="adamerging.*learns coefficients"):
+        get_method("adamerging")
+    with pytest.raises(ConfigError, match="clamp_low"):
+        learner.validate_params({"clamp_low": 1.0, "clamp_high": 0.5})
+    with pytest.raises(ConfigError, match="init"):
+        learner.validate_params({"init": 1.5})
+    with pytest.raises(ConfigError, match="unknown parameter 'beta'"):
+        learner.validate_params({"beta": 1})
+
+
+@pytest.mark.parametrize("granularity,base", [("task", "task_arithmetic"), ("layer", "ties")])
+def test_entropy_decreases_and_the_spec_merges_as_learned(zoo, granularity, base):
+    calls = []
+    res = get_learner("adamerging")(zoo, "plain", granularity=granularity, base=base, **FAST,
+                                    progress=lambda d, t, s="": calls.append((d, t)))
+    assert len(res.entropy) == FAST["steps"] + 1 and not res.stopped
+    assert calls[-1] == (FAST["steps"], FAST["steps"])
+    assert res.entropy[res.best_step] < res.entropy[0] - 1e-3
+    assert res.entropy[-1] < res.entropy[0]
+    # the returned spec, merged by the ordinary merge path and scored by a plain forward, has the reported entropy
+    merged = merge_zoo(zoo, res.spec)
+    assert plain_entropy(zoo, merged, zoo.tasks, FAST["images_per_task"], 0) == pytest.approx(
+        res.entropy[res.best_step], abs=1e-4)
+    init_spec = res.spec.evolve(tasks=[t.model_copy(update={"weight": 0.3, "layer_weights": None})
+                                       for t in res.spec.tasks])
+    assert plain_entropy(zoo, merge_zoo(zoo, init_spec), zoo.tasks, 24, 0) == pytest.approx(res.entropy[0], abs=1e-4)
+    # every λ in the declared clamp range
+    assert all(0.0 <= v <= 1.0 for row in res.coefficients.values() for v in row.values())
+    assert res.spec.learned["learner"] == "adamerging" and res.spec.learned["settings"]["base"] == base
+    assert "unlabeled validation images" in res.spec.notes
+
+
+def test_per_layer_merge_equals_hand_built_sum(zoo):
+    res = get_learner("adamerging")(zoo, {"digits": "sam", "symbols": "plain"}, granularity="layer", base="ties",
+                                    density=0.4, **FAST)
+    assert res.groups == layers.group_names(zoo.pretrained())
+    assert res.spec.method == "ties" and res.spec.params["vote"] == "unweighted"
+    theta0 = zoo.pretrained()
+    parts = ties_parts(theta0, [zoo.task_vector("digits", "sam"), zoo.task_vector("symbols", "plain")], 0.4)
+    merged = merge_zoo(zoo, res.spec)
+    for k, base in theta0.items():
+        if base.is_floating_point():
+            g = layers.group_of(k)
+            want = base + res.coefficients["digits"][g] * parts[0][k] + res.coefficients["symbols"][g] * parts[1][k]
+            assert torch.allclose(merged[k], want, atol=1e-6), k
+    # task arithmetic base: θ0 + Σ λ_{t,g} τ_{t,g} from the fine-tuned checkpoints themselves
+    res = get_learner("adamerging")(zoo, "sam", granularity="layer", **FAST)
+    merged = merge_zoo(zoo, res.spec)
+    for k, base in theta0.items():
+        if base.is_floating_point():
+            want = base + sum(res.coefficients[t][layers.group_of(k)] * (zoo.finetuned(t, "sam")[k] - base)
+                              for t in zoo.tasks)
+            assert torch.allclose(merged[k], want, atol=1e-6), k
+
+
+def test_layer_wise_with_one_group_equals_task_wise(zoo):
+    from sammerge.evaluation.adamerging import learn_coefficients, unlabeled_images
+    task = get_learner("adamerging")(zoo, "plain", granularity="task", **FAST)
+    theta0 = zoo.pretrained()
+    keys = [k for k, v in theta0.items() if v.is_floating_point()]
+    lam, trace, best, _ = learn_coefficients(
+        theta0, [zoo.task_vector(t, "plain") for t in zoo.tasks], zoo.create_encoder(),
+        [zoo.heads[t] for t in zoo.tasks], [unlabeled_images(zoo, t, 24, 0) for t in zoo.tasks],
+        {"one": keys}, FAST["steps"], FAST["lr"], 0.3, (0.0, 1.0))
+    assert trace == task.entropy and best == task.best_step
+    assert [round(float(v), 6) for v in lam[:, 0]] == [task.coefficients[t]["all"] for t in zoo.tasks]
+    # the task-wise spec (weights) and a per-layer spec with the same λ on every group merge identically
+    groups = layers.group_names(theta0)
+    as_layers = task.spec.evolve(tasks=[t.model_copy(update={"weight": 1.0,
+                                                             "layer_weights": {g: t.weight for g in groups}})
+                                        for t in task.spec.tasks])
+    a, b = merge_zoo(zoo, task.spec), merge_zoo(zoo, as_layers)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_single_task_lambda_moves_toward_the_grid_optimum(zoo):
+    """One task: the learned λ ends nearer the grid search's best λ (same entropy objective, measured by a plain
+    forward pass) than the start, and its entropy is within a small margin of the grid's best.
+
+    The objective is not convex in λ (on the tiny zoo entropy first rises with λ, then falls): the start is put on the
+    grid optimum's side of the grid's highest point, so plain gradient descent must walk to it."""
+    task, n = "digits", 32
+    theta0, tv = zoo.pretrained(), zoo.task_vector(task, "plain")
+    grid = [round(0.1 * i, 1) for i in range(0, 31)]
+    scores = []
+    for lam in grid:
+        theta = {k: (v + lam * tv[k]) if v.is_floating_point() else v for k, v in theta0.items()}
+        scores.append(plain_entropy(zoo, theta, [task], n, 0))
+    i_best = min(range(len(grid)), key=scores.__getitem__)
+    i_top = max(range(len(grid)), key=scores.__getitem__)
+    best = grid[i_best]
+    start = grid[(i_top + i_best + 1) // 2]  # between the hill and the optimum
+    assert scores[grid.index(start)] > scores[i_best] + 0.01  # a real distance to walk
+    res = get_learner("adamerging")(zoo, {task: "plain"}, steps=80, lr=0.05, images_per_task=n, init=start,
+                                    clamp_low=0.0, clamp_high=3.0)
+    learned = res.coefficients[task]["all"]
+    assert abs(learned - best) < abs(start - best) - 0.05
+    theta = {k: (v + learned * tv[k]) if v.is_floating_point() else v for k, v in theta0.items()}
+    assert plain_entropy(zoo, theta, [task], n, 0) <= min(scores) + 0.02
+
+
+def test_stop_returns_best_so_far(zoo):
+    seen = []
+    res = get_learner("adamerging")(zoo, "plain", steps=100, lr=0.05, images_per_task=16,
+                                    should_stop=lambda: len(seen) >= 5, progress=lambda d, t, s="": seen.append(d))
+    assert res.stopped and res.steps_run == 4 and res.spec.learned["stopped"] is True
+    assert res.entropy[res.best_step] == min(res.entropy)
+    assert "stopped early" in res.spec.notes
+
+
+def test_learned_spec_round_trips(zoo, tmp_path):
+    res = get_learner("adamerging")(zoo, "sam", granularity="layer", **FAST)
+    spec = res.spec
+    back = MergeSpec.from_json(spec.to_json())
+    assert back.key() == spec.key() and back.learned == spec.learned
+    url, warnings = MergeSpec.from_query(spec.to_query(), zoo)
+    assert not warnings and url.key() == spec.key()
+    spec.save(tmp_path / "learned.yaml")
+    assert MergeSpec.load(tmp_path / "learned.yaml").key() == spec.key()
+    # mergekit: task-arithmetic AdaMerging is expressible; reading the export back merges the same weights
+    merged, _ = resolve_and_merge(from_mergekit_yaml(to_mergekit_yaml(spec)))
+    ours = merge_zoo(zoo, spec)
+    assert all(torch.allclose(ours[k], merged[k], atol=1e-6) for k in ours)
+    tw = get_learner("adamerging")(zoo, "plain", **FAST).spec
+    mk = from_mergekit_yaml(to_mergekit_yaml(tw))
+    assert [t.weight for t in mk.tasks] == [t.weight for t in tw.tasks] and not mk.has_layer_weights
+    ties = get_learner("adamerging")(zoo, "plain", base="ties", **FAST).spec
+    assert "SEMANTICS DIFFER" in to_mergekit_yaml(ties)
+    assert math.isfinite(float(task_vector(merge_zoo(zoo, ties), zoo.pretrained())["conv1.weight"].sum()))

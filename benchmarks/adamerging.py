@@ -163,13 +163,15 @@ def main() -> int:
         settings["steps"] = args.steps
     load = os.getloadavg()
     start = time.perf_counter()
-    runs = [measure(p, settings, args.n_val, args.n_test) for p in args.zoos]
-    data = {"settings": settings, "threads": args.threads, "load_average": list(load),
-            "wall_s": time.perf_counter() - start, "runs": runs, "summary": summarize(runs)}
+    runs = []
+    for p in args.zoos:  # the results file is rewritten after every zoo (a partial run keeps what it measured)
+        runs.append(measure(p, settings, args.n_val, args.n_test))
+        data = {"settings": settings, "threads": args.threads, "load_average": list(load),
+                "wall_s": time.perf_counter() - start, "runs": runs, "summary": summarize(runs)}
+        if args.json:
+            from sammerge.io import atomic_write_text
+            atomic_write_text(args.json, json.dumps(data, indent=1) + "\n")
     print(markdown(data))
-    if args.json:
-        from sammerge.io import atomic_write_text
-        atomic_write_text(args.json, json.dumps(data, indent=1) + "\n")
     return 0
 
 

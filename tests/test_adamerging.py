@@ -171,3 +171,76 @@ def test_learned_spec_round_trips(zoo, tmp_path):
     ties = get_learner("adamerging")(zoo, "plain", base="ties", **FAST).spec
     assert "SEMANTICS DIFFER" in to_mergekit_yaml(ties)
     assert math.isfinite(float(task_vector(merge_zoo(zoo, ties), zoo.pretrained())["conv1.weight"].sum()))
+
+
+# -- the pages -----------------------------------------------------------------------------------------------------
+
+def _run_page(monkeypatch, zoo_dir, page):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("SAMMERGE_ZOO", str(zoo_dir))
+    monkeypatch.chdir(root)
+    return AppTest.from_file(str(root / page), default_timeout=300).run()
+
+
+def _clean(at):
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_layer_coefficients_page(monkeypatch, tiny_zoo):
+    from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
+    from sammerge.explorer.layers_view import LEARNED
+
+    zoo = open_zoo(tiny_zoo)
+    val = Evaluator.from_zoo(zoo, split="val", n_per_task=256, seed=0, device="cpu")
+    at = _run_page(monkeypatch, tiny_zoo, "pages/5_Layer_coefficients.py")
+    _clean(at)
+    # the editor starts at λ = 0.3 everywhere: task arithmetic at λ = 0.3 over every task (plain), scored independently
+    ta = MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": 0.3}, "plain")
+    assert _metric(at, "Mean accuracy") == f"{mean_accuracy(val.evaluate(merge_zoo(zoo, ta))):.1%}"
+    at.number_input(key="lc_set_steps").set_value(6).run()
+    at.selectbox(key="lc_set_granularity").set_value("layer").run()
+    at.button(key="lc_learn").click().run()
+    _clean(at)
+    reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
+    assert "plain: mean λ" in reading and "SAM: mean λ" in reading and "in 6 steps" in reading
+    settings = {**get_learner("adamerging").defaults(), "steps": 6, "granularity": "layer"}
+    learned = LEARNED.get(zoo, "sam", settings)
+    assert learned is not None and learned.steps_run == 6
+    assert _metric(at, "SAM: mean accuracy") == f"{mean_accuracy(val.evaluate(merge_zoo(zoo, learned.spec))):.1%}"
+    # loading the learned SAM coefficients into the editor reproduces the learned merge on SAM checkpoints
+    at.radio(key="lc_source").set_value("learned (SAM)").run()
+    _clean(at)
+    assert at.radio(key="lc_variant").value == "sam"
+    assert _metric(at, "Mean accuracy") == _metric(at, "SAM: mean accuracy")
+    assert {d.key for d in at.download_button} >= {"lc_dl_json_sam", "lc_dl_mk_sam", "lc_dl_spec", "lc_dl_mk"}
+
+
+def test_paper_table_page_adamerging_rows(monkeypatch, tiny_zoo):
+    import json
+
+    from sammerge.evaluation.protocol import adamerging_table
+    from sammerge.explorer import paper
+
+    monkeypatch.setattr(paper, "ADAMERGING_SETTINGS", {"steps": 4, "images_per_task": 16})
+    at = _run_page(monkeypatch, tiny_zoo, "pages/4_Paper_table.py")
+    at.button(key="pt_compute").click().run()
+    at.button(key="pt_ada").click().run()
+    _clean(at)
+    shown = at.dataframe[0].value
+    ada = shown[shown["method"].str.contains("AdaMerging")]
+    assert len(ada) == 2 * len(open_zoo(tiny_zoo).variants)
+    want = adamerging_table(open_zoo(tiny_zoo), ("task", "layer"), settings={"steps": 4, "images_per_task": 16})
+    assert list(ada["mean"]) == pytest.approx(list(want["mean"]))  # deterministic: same numbers again
+    assert list(ada["normalized"]) == pytest.approx(list(want["normalized"]))
+    assert "pt_learned" in {d.key for d in at.download_button}
+    specs = json.loads(paper.learned_json(want))
+    assert len(specs) == len(want) and all(MergeSpec.from_dict(d).has_layer_weights == ("layer-wise" in k)
+                                           for k, d in specs.items())

@@ -15,6 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,8 @@ def paper_table(text: str) -> str:
 
 BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
-          "browser_latency.json": browser_latency, "paper_table.md": paper_table}
+          "browser_latency.json": browser_latency, "paper_table.md": paper_table,
+          "adamerging.json": adamerging_markdown}
 
 
 def render(readme: str) -> str:

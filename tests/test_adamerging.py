@@ -244,3 +244,32 @@ def test_paper_table_page_adamerging_rows(monkeypatch, tiny_zoo):
     specs = json.loads(paper.learned_json(want))
     assert len(specs) == len(want) and all(MergeSpec.from_dict(d).has_layer_weights == ("layer-wise" in k)
                                            for k, d in specs.items())
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+
+def test_cli_learn_and_table(tiny_zoo, tmp_path, capsys):
+    import json
+
+    from sammerge.cli import main
+    out = tmp_path / "learned.yaml"
+    assert main(["learn", str(tiny_zoo), str(out), "--variant", "sam", "--granularity", "layer", "--steps", "4",
+                 "--images-per-task", "16", "--quiet"]) == 0
+    spec = MergeSpec.load(out)
+    assert spec.has_layer_weights and spec.variants == {t: "sam" for t in open_zoo(tiny_zoo).tasks}
+    assert spec.learned["settings"]["steps"] == 4
+    again = get_learner("adamerging")(open_zoo(tiny_zoo), "sam", granularity="layer", steps=4, images_per_task=16)
+    assert spec.layer_weights == again.spec.layer_weights  # seeded and deterministic
+    assert "layer1.0" in capsys.readouterr().out
+    assert main(["learn", str(tiny_zoo), str(tmp_path / "x.txt")]) == 2
+    assert main(["learn", str(tiny_zoo), str(tmp_path / "x.json"), "--clamp-low", "0.5"]) == 2  # init 0.3 outside
+    assert "init" in capsys.readouterr().err
+    specs = tmp_path / "specs.json"
+    assert main(["table", str(tiny_zoo), "--methods", "task_arithmetic", "--n-val", "16", "--n-test", "16",
+                 "--adamerging", "task", "--ada-steps", "3", "--ada-base", "ties", "--learned-out", str(specs),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("TIES-AdaMerging (task-wise)") == 2 and "entropy minimization on unlabeled" in text
+    learned = json.loads(specs.read_text())
+    assert sorted(learned) == ["plain · TIES-AdaMerging (task-wise)", "sam · TIES-AdaMerging (task-wise)"]
+    assert all(MergeSpec.from_dict(d).method == "ties" for d in learned.values())

@@ -9,7 +9,7 @@ from sammerge import __version__
 from sammerge.errors import SammergeError
 
 # Sub-command modules; each defines register(subparsers) and sets func(args) -> int.
-COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd", "table_cmd")
+COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd", "table_cmd", "learn_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,6 @@ coefficients (layer-wise) are the learned λ — it exports, shares by URL and r
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence

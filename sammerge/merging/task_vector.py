@@ -228,8 +228,10 @@ def linear_combination(pretrained: Mapping[str, torch.Tensor], task_vectors: Seq
     Pass ``validate=False`` in hot loops once inputs have been checked (coefficients are always checked).
     """
     task_vectors = [as_state_dict(tv) for tv in task_vectors]
-    coefs = [check_per_key(c, f"coefficients[{i}]", pretrained) if isinstance(c, Mapping)
-             else check_coefficients([c], f"coefficients[{i}]")[0] for i, c in enumerate(coefficients)]
+    coefficients = list(coefficients)
+    scalars = check_coefficients([0.0 if isinstance(c, Mapping) else c for c in coefficients], "coefficients")
+    coefs = [check_per_key(c, f"coefficients[{i}]", pretrained) if isinstance(c, Mapping) else scalars[i]
+             for i, c in enumerate(coefficients)]
     if validate:
         check_task_vectors(pretrained, task_vectors)
     elif not task_vectors:

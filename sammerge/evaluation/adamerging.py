@@ -207,7 +207,8 @@ def adamerging(zoo, variants: str | Mapping[str, str], tasks: Sequence[str] | No
         progress, should_stop, stage=f"AdaMerging ({granularity}-wise, {base})")
     seconds = time.perf_counter() - start
     coef = {t: {g: round(float(lam[i, j]), 6) for j, g in enumerate(groups)} for i, t in enumerate(names)}
-    learned = {"learner": "adamerging", "settings": settings, "data": f"{len(images[0])} {DATA_NOTE} per task",
+    learned = {"learner": "adamerging", "settings": settings, "learned_on": dict(chosen),
+               "data": f"{len(images[0])} {DATA_NOTE} per task",
                "entropy_start": trace[0], "entropy_best": trace[best_step], "best_step": best_step,
                "steps_run": len(trace) - 1, "stopped": stopped, "seconds": round(seconds, 3),
                "trace": [round(v, 6) for v in trace]}

@@ -273,3 +273,23 @@ def test_cli_learn_and_table(tiny_zoo, tmp_path, capsys):
     learned = json.loads(specs.read_text())
     assert sorted(learned) == ["plain · TIES-AdaMerging (task-wise)", "sam · TIES-AdaMerging (task-wise)"]
     assert all(MergeSpec.from_dict(d).method == "ties" for d in learned.values())
+
+
+def test_benchmark_quick(tiny_zoo, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "adamerging.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "adamerging.py"), "--zoos", str(tiny_zoo),
+                           "--steps", "3", "--n-val", "16", "--n-test", "16", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = data["runs"][0]["variants"]["sam"]["rows"]
+    assert set(rows) == {"task_arithmetic", "ties", "adamerging_task_ta", "adamerging_layer_ta",
+                         "adamerging_task_ties", "adamerging_layer_ties"}
+    assert data["settings"]["steps"] == 3 and "| AdaMerging, layer-wise |" in proc.stdout

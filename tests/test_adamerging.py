@@ -194,7 +194,8 @@ def _metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
-def test_layer_coefficients_page(monkeypatch, tiny_zoo):
+def test_layer_coefficients_page(monkeypatch, tiny_zoo_copy):
+    tiny_zoo = tiny_zoo_copy  # a private path: the server-wide caches (explorer, learned results) stay apart
     from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
     from sammerge.explorer.layers_view import LEARNED
 
@@ -223,7 +224,8 @@ def test_layer_coefficients_page(monkeypatch, tiny_zoo):
     assert {d.key for d in at.download_button} >= {"lc_dl_json_sam", "lc_dl_mk_sam", "lc_dl_spec", "lc_dl_mk"}
 
 
-def test_paper_table_page_adamerging_rows(monkeypatch, tiny_zoo):
+def test_paper_table_page_adamerging_rows(monkeypatch, tiny_zoo_copy):
+    tiny_zoo = tiny_zoo_copy  # a private path: the page's cached table must not leak into other page tests
     import json
 
     from sammerge.evaluation.protocol import adamerging_table

@@ -73,7 +73,7 @@ def coefficient_heatmaps(grids: Mapping[str, pd.DataFrame], zmin: float = 0.0, z
 
     names = list(grids)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[variant_label(n) if n in ("plain", "sam", "asam")
-                                                                 else n for n in names], horizontal_spacing=0.08)
+                                                                 else n for n in names], horizontal_spacing=0.05)
     for i, name in enumerate(names, start=1):
         grid = grids[name]
         fig.add_trace(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index), zmin=zmin, zmax=zmax,
@@ -81,9 +81,11 @@ def coefficient_heatmaps(grids: Mapping[str, pd.DataFrame], zmin: float = 0.0, z
                                  text=[[f"{v:.2f}" for v in row] for row in grid.values], texttemplate="%{text}",
                                  hovertemplate="task %{y}<br>group %{x}<br>λ = %{z:.3f}<extra>" + name + "</extra>"),
                       row=1, col=i)
-        fig.update_yaxes(autorange="reversed", row=1, col=i)
-    height = 120 + 34 * max(len(g.index) for g in grids.values())
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+        fig.update_yaxes(autorange="reversed", showticklabels=(i == 1), row=1, col=i)  # same tasks in every panel
+    height = 160 + 34 * max(len(g.index) for g in grids.values())
+    fig.update_xaxes(automargin=True, tickangle=-30, title_text="layer group")
+    fig.update_yaxes(automargin=True)
+    fig.update_layout(height=height, margin=dict(l=110, r=10, t=40, b=70))
     return fig
 
 

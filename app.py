@@ -10,6 +10,7 @@ PAGES = [
             url_path="Sharpness_and_landscape"),
     st.Page("pages/3_Interference.py", title="Interference", icon=":material/call_split:", url_path="Interference"),
     st.Page("pages/4_Paper_table.py", title="Paper table", icon=":material/table:", url_path="Paper_table"),
+    st.Page("pages/5_Layer_coefficients.py", title="Layer coefficients", icon=":material/grid_on:", url_path="Layer_coefficients"),
     st.Page("pages/6_Zoo_builder.py", title="Zoo builder", icon=":material/construction:", url_path="Zoo_builder"),
 ]
 

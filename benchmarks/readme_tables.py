@@ -15,6 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,8 +185,9 @@ def paper_table(text: str) -> str:
 
 BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
-          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit, "load.json": load, "linear_preview.json": linear_preview,
-          "vit_step.json": vit_step}
+          "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
+          "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
+          "adamerging.json": adamerging_markdown}
 
 
 def render(readme: str) -> str:

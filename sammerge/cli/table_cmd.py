@@ -1,11 +1,31 @@
-"""`sammerge table ZOO`: the paper's table — merge methods × tasks, plain vs SAM, at the best shared λ on val."""
+"""`sammerge table ZOO`: the paper's table — merge methods × tasks, plain vs SAM, at the best shared λ on val;
+optionally AdaMerging rows (``--adamerging task layer``; settings ``--ada-<name>`` from the learner's schema)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from sammerge.cli._progress import progress_bar
+
+_ADA_SKIP = {"granularity"}  # given by --adamerging
+
+
+def _learner():
+    from sammerge.merging import get_learner
+    return get_learner("adamerging")
+
+
+def _typed(spec):
+    from sammerge.merging.spec import parse
+
+    def convert(raw: str):
+        try:
+            return parse(raw, spec)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def register(subparsers) -> None:
@@ -16,6 +36,18 @@ def register(subparsers) -> None:
     p.add_argument("--n-test", type=int, default=None, help="test images per task (default: whole split)")
     p.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
     p.add_argument("--out", type=Path, default=None, help="write here (atomically) instead of stdout")
+    p.add_argument("--adamerging", nargs="+", default=(), choices=["task", "layer"],
+                   help="add AdaMerging rows (task-wise and/or layer-wise; entropy minimization on unlabeled "
+                        "validation images)")
+    p.add_argument("--learned-out", type=Path, default=None,
+                   help="write the learned AdaMerging merge specs (JSON: row → spec) here")
+    for spec in _learner().global_params:
+        if spec.name in _ADA_SKIP:
+            continue
+        extra = {"choices": list(spec.choices)} if spec.choices else {}
+        p.add_argument(f"--ada-{spec.name.replace('_', '-')}", dest=f"ada_{spec.name}", type=_typed(spec),
+                       default=None, help=f"AdaMerging {spec.label} {spec.range_text()} (default {spec.default}): "
+                                          f"{spec.help}", **extra)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run)
 
@@ -30,10 +62,14 @@ def _run(args: argparse.Namespace) -> int:
     methods = args.methods or list(DEFAULT_TABLE_METHODS)
     for name in methods:
         get_method(name)  # unknown → ConfigError listing the known ones
+    settings = {s.name: getattr(args, f"ada_{s.name}") for s in _learner().global_params
+                if s.name not in _ADA_SKIP and getattr(args, f"ada_{s.name}", None) is not None}
+    if settings:
+        _learner().validate_params(settings)  # ConfigError naming the setting before any work
     with progress_bar(not args.quiet) as progress:
         table = paper_table(zoo, methods=methods, n_val=args.n_val, n_test=args.n_test,
-                            progress=progress)
-    shown = table.drop(columns=["method_id", "val mean"])
+                            progress=progress, adamerging=tuple(args.adamerging), adamerging_settings=settings)
+    shown = table.drop(columns=[c for c in ("method_id", "val mean", "learn s") if c in table.columns])
     pct = [c for c in shown.columns if c not in ("variant", "method", "best λ")]
     shown[pct] = shown[pct] * 100
     if args.format == "csv":
@@ -50,6 +86,8 @@ def _run(args: argparse.Namespace) -> int:
             rows.append("| " + " | ".join(cells) + " |")
         text = (f"{table.attrs['protocol']}; test accuracy (%) on {table.attrs['n_test']} images per task; "
                 f"normalized = merged / individual fine-tuned.\n\n" + header + "\n".join(rows) + "\n")
+    if args.learned_out:
+        atomic_write_text(args.learned_out, json.dumps(table.attrs.get("learned", {}), indent=2) + "\n")
     if args.out:
         atomic_write_text(args.out, text)
     else:

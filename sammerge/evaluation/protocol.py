@@ -18,7 +18,7 @@ from sammerge.errors import ConfigError
 from sammerge.progress import Progress
 
 __all__ = ["normalized_accuracy", "Summary", "summarize", "individual_results", "evaluate_spec", "results_table",
-           "paper_table", "DEFAULT_TABLE_METHODS"]
+           "paper_table", "adamerging_table", "DEFAULT_TABLE_METHODS", "ADAMERGING_PROTOCOL"]
 
 DEFAULT_TABLE_METHODS = ("weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs")
 
@@ -94,12 +94,19 @@ def results_table(results: Mapping[str, TaskResult], individual: Mapping[str, Ta
     return frame
 
 
+ADAMERGING_PROTOCOL = ("AdaMerging: λ learned by entropy minimization on unlabeled validation images (the learner's "
+                       "settings); test accuracy of the learned merge")
+
+
 def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: Sequence[str] | None = None,
                 n_val: int | None = None, n_test: int | None = None, progress: Progress | None = None,
-                method_params: Mapping[str, Mapping] | None = None):
+                method_params: Mapping[str, Mapping] | None = None, adamerging: Sequence[str] = (),
+                adamerging_settings: Mapping | None = None):
     """The paper's table: rows (variant, method) at the best shared λ on *validation* (the method's λ grid);
     test accuracy per task, mean absolute and mean normalized accuracy (normalized by the individual models on
-    the same test images). Also rows for the pretrained and the individual models."""
+    the same test images). Also rows for the pretrained and the individual models, and with ``adamerging``
+    (granularities, e.g. ``("task", "layer")``) AdaMerging rows (:func:`adamerging_table`); their learned specs
+    are in ``frame.attrs["learned"]``."""
     import pandas as pd
 
     variants = list(variants or zoo.variants)
@@ -131,9 +138,58 @@ def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: S
             if progress:
                 progress(done, total, f"paper table: {variant} {name}")
     frame = pd.DataFrame(rows)
-    frame.attrs["protocol"] = SHARED_PROTOCOL
+    learned = {}
+    if adamerging:
+        ada = adamerging_table(zoo, adamerging, variants, test, adamerging_settings, progress)
+        learned = ada.attrs["learned"]
+        frame = pd.concat([frame, ada], ignore_index=True)
+        frame = frame.sort_values("variant", kind="stable", key=lambda c: c.map(variants.index)).reset_index(drop=True)
+    frame.attrs["protocol"] = SHARED_PROTOCOL + (f"; {ADAMERGING_PROTOCOL}" if adamerging else "")
     frame.attrs["n_val"] = val.images.shape[0] // max(1, len(zoo.tasks))
     frame.attrs["n_test"] = test.images.shape[0] // max(1, len(zoo.tasks))
+    frame.attrs["learned"] = learned
+    return frame
+
+
+def adamerging_table(zoo, granularities: Sequence[str] = ("task", "layer"), variants: Sequence[str] | None = None,
+                     test: Evaluator | int | None = None, settings: Mapping | None = None,
+                     progress: Progress | None = None):
+    """Paper-table rows of AdaMerging (one per variant × granularity; ``settings`` of the learner, e.g. ``base``),
+    test accuracy of each learned merge (``test``: an evaluator, or images per task of the test split, None = all).
+    ``frame.attrs["learned"]``: row label → the learned spec as a dict (JSON-ready)."""
+    import pandas as pd
+
+    from sammerge.merging import get_learner, merge_zoo
+
+    learner = get_learner("adamerging")
+    settings = dict(settings or {})
+    for g in granularities:
+        learner.validate_params({**settings, "granularity": g})
+    variants = list(variants or zoo.variants)
+    if not isinstance(test, Evaluator):
+        test = Evaluator.from_zoo(zoo, split="test", n_per_task=test)
+    rows, learned = [], {}
+    total, done = len(variants) * len(granularities), 0
+    for variant in variants:
+        individual = {t: r.accuracy for t, r in individual_results(test, zoo, {t: variant for t in zoo.tasks}).items()}
+        for g in granularities:
+            stage = f"AdaMerging {g}-wise, {variant}"
+            inner = (lambda d, t, s="", _stage=stage: progress(done * 1000 + int(1000 * d / max(t, 1)), total * 1000,
+                                                                f"{_stage}: {s}")) if progress else None
+            res = learner(zoo, variant, progress=inner, **{**settings, "granularity": g})
+            result = test.evaluate(merge_zoo(zoo, res.spec))
+            base = res.settings["base"]
+            label = f"{'TIES-' if base == 'ties' else ''}AdaMerging ({g}-wise)"
+            rows.append(_row(variant, label, None, {t: r.accuracy for t, r in result.items()}, individual,
+                             method=f"adamerging:{g}:{base}"))
+            rows[-1]["learn s"] = res.seconds
+            learned[f"{variant} · {label}"] = res.spec.to_dict()
+            done += 1
+            if progress:
+                progress(done * 1000, total * 1000, stage)
+    frame = pd.DataFrame(rows)
+    frame.attrs["learned"] = learned
+    frame.attrs["protocol"] = ADAMERGING_PROTOCOL
     return frame
 
 

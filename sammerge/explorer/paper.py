@@ -1,12 +1,54 @@
 """The paper table as shown: display frame, LaTeX and the sentence that reads it."""
 from __future__ import annotations
 
+import json
 import math
+import threading
 from typing import Sequence
 
 import pandas as pd
 
 from sammerge.explorer.style import variant_label
+
+
+ADAMERGING_GRANULARITIES = ("task", "layer")
+ADAMERGING_SETTINGS: dict = {}  # learner settings of the page's rows (empty: the registry's defaults)
+_ADA_LOCK = threading.Lock()
+_ADA_ROWS: dict[str, pd.DataFrame] = {}
+
+
+def adamerging_rows_cached(zoo) -> pd.DataFrame | None:
+    """This server's AdaMerging rows of the paper table for ``zoo`` (None until computed)."""
+    return _ADA_ROWS.get(str(zoo.path.absolute()))
+
+
+def compute_adamerging_rows(zoo, progress=None) -> pd.DataFrame:
+    """AdaMerging task- and layer-wise rows (learner defaults) for every variant, on the whole test split; kept."""
+    from sammerge.evaluation.protocol import adamerging_table
+
+    key = str(zoo.path.absolute())
+    with _ADA_LOCK:
+        if key not in _ADA_ROWS:
+            _ADA_ROWS[key] = adamerging_table(zoo, ADAMERGING_GRANULARITIES, settings=ADAMERGING_SETTINGS,
+                                              progress=progress)
+        return _ADA_ROWS[key]
+
+
+def with_adamerging(frame: pd.DataFrame, ada: pd.DataFrame | None, variants: Sequence[str]) -> pd.DataFrame:
+    """The paper table with the AdaMerging rows after each variant's methods (attrs of ``frame`` kept)."""
+    if ada is None:
+        return frame
+    out = pd.concat([frame, ada], ignore_index=True)
+    order = list(variants)
+    out = out.sort_values("variant", kind="stable", key=lambda c: c.map(order.index)).reset_index(drop=True)
+    out.attrs = {**frame.attrs, "learned": ada.attrs.get("learned", {}),
+                 "protocol": f"{frame.attrs.get('protocol', '')}; {ada.attrs.get('protocol', '')}"}
+    return out
+
+
+def learned_json(frame: pd.DataFrame) -> str:
+    """The learned AdaMerging specs of a table (row → spec) as JSON: the download of the learned coefficients."""
+    return json.dumps(frame.attrs.get("learned", {}), indent=2) + "\n"
 
 
 def paper_table_display(frame: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:

@@ -2,6 +2,13 @@
 
 Method names come from the registry (each method declares ``mergekit_name``); parameter names from
 each parameter's ``mergekit_name``. Where semantics differ, the exported YAML says so in comments.
+
+Per-layer coefficients (``tasks[].layer_weights``) are written in mergekit's per-filter form: a model's ``weight`` is a
+list of ``{filter, value}`` conditions where the first condition whose filter is a substring of the tensor name wins
+(mergekit 0.1.5 ``evaluate_setting``); the last condition has no filter (the default). Block groups are one filter
+(``layer2.0.``), listed before the names of ``stem``/``head`` keys (else one name per key, longest first); the list is checked
+against every tensor name of the base model before it is written. Reading such a list back gives per-layer
+coefficients when every layer group gets one value (ConfigError otherwise).
 """
 from __future__ import annotations
 
@@ -17,7 +24,8 @@ from sammerge.errors import ConfigError
 from sammerge.merging.registry import get_method, list_methods
 from sammerge.merging.spec import MergeSpec, library_version, now, read_text, safe_yaml
 
-__all__ = ["to_mergekit_yaml", "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "mergekit_names"]
+__all__ = ["to_mergekit_yaml", "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "mergekit_names",
+           "layer_weight_conditions"]
 
 
 def mergekit_names() -> dict[str, str]:
@@ -52,6 +60,13 @@ def _differences(config: MergeSpec, kw: Mapping[str, Any]) -> list[str]:
         notes.append("SEMANTICS MAY DIFFER: breadcrumbs keeps ranks [int(gamma*n), int(gamma*n)+int(density*n)) "
                      "by |value| per tensor (mergekit 0.1.5 magnitude_outliers); ties at the thresholds may be "
                      "broken differently.")
+    if m == "ties" and kw.get("vote") == "unweighted":
+        notes.append("SEMANTICS DIFFER: vote: unweighted (AdaMerging++ TIES parts) elects the sign from the unweighted "
+                     "trimmed task vectors; mergekit's ties votes with the weights applied, so mergekit reproduces "
+                     "these weights only where every task has the same weight on a tensor.")
+    if config.has_layer_weights:
+        notes.append("per-layer coefficients are written as per-filter 'weight' conditions (first matching filter "
+                     "wins, substring match; checked against every tensor name of the base model).")
     if m == "model_stock":
         notes.append("model_stock: same per-tensor formula as mergekit (filter_wise: false); mergekit needs at "
                      "least 2 fine-tuned models.")
@@ -68,10 +83,12 @@ def to_mergekit_yaml(config: MergeSpec, root_dir: str | os.PathLike | None = Non
     mk_method = get_method(config.method).mergekit_name
     base = str(config.resolve_path(config.base_model, root_dir))
     models = []
+    keys = _base_keys(base) if config.has_layer_weights else []
     for i, t in enumerate(config.tasks):
         params: dict[str, Any] = {}
         if config.method != "model_stock":  # model_stock has no per-model weight
-            params["weight"] = float(t.weight)
+            params["weight"] = float(t.weight) if not t.layer_weights else \
+                layer_weight_conditions(keys, float(t.weight), t.layer_weights)
         if "density" in kw:
             params["density"] = float(t.density if t.density is not None else kw["density"])
         if "gamma" in kw:
@@ -116,6 +133,74 @@ _MK_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "
 def is_mergekit_config(data: Any) -> bool:
     """True for a mergekit-style mapping (``merge_method`` / ``models``), False for ours."""
     return isinstance(data, Mapping) and ("merge_method" in data or "models" in data) and "method" not in data
+
+
+def _base_keys(path: str) -> list[str]:
+    """Floating-point tensor names of a safetensors file (header only; never unpickled)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            return [k for k in f.keys() if f.get_slice(k).get_dtype().startswith(("F", "BF"))]
+    except (OSError, Exception) as exc:  # safetensors raises its own error types
+        raise ConfigError(f"{path}: cannot read the base model's tensor names for per-layer weights ({exc})") from None
+
+
+def _first_match(conditions: list[dict[str, Any]], key: str) -> float | None:
+    """mergekit 0.1.5's rule: the first condition without filter, with filter '*', or whose filter is in the name."""
+    for c in conditions:
+        f = c.get("filter")
+        if f is None or f == "*" or f in key:
+            return c["value"]
+    return None
+
+
+def layer_weight_conditions(keys: list[str], weight: float, layer_weights: Mapping[str, float]
+                            ) -> list[dict[str, Any]]:
+    """mergekit per-filter ``weight`` for w_t · s_{t,g(k)} on every key k (checked against ``keys``)."""
+    from sammerge.merging.layers import HEAD, STEM, key_coefficients, layer_groups
+    want = {k: weight * s for k, s in key_coefficients(keys, layer_weights).items()}
+    groups = layer_groups(keys)
+
+    def build(per_key: bool) -> list[dict[str, Any]]:
+        conds = []
+        for g, ks in groups.items():  # every group (a stem key's name is a substring of block keys)
+            value = float(weight * layer_weights.get(g, 1.0))
+            if per_key or g in (STEM, HEAD):
+                conds += [{"filter": k, "value": value} for k in ks]
+            else:
+                conds.append({"filter": g + ".", "value": value})
+        # compact: block filters first, then stem/head names; per key: longest name first (always exact)
+        conds.sort(key=lambda c: -len(c["filter"]) if per_key else (c["filter"].endswith("."), len(c["filter"])),
+                   reverse=not per_key)
+        return conds + [{"value": float(weight)}]
+
+    for per_key in (False, True):
+        conds = build(per_key)
+        if all(_first_match(conds, k) == want[k] for k in keys):
+            return conds
+    raise ConfigError("mergekit export: per-layer weights could not be expressed as filters")  # not reached
+
+
+def _filtered_weight(value: Any, keys: list[str], where: str) -> dict[str, float] | None:
+    """{layer group: value} from a list of mergekit filter conditions; ConfigError if a group gets two values."""
+    from sammerge.merging.layers import layer_groups
+    if not (isinstance(value, list) and value and all(isinstance(c, Mapping) and "value" in c for c in value)):
+        return None
+    for c in value:
+        _number(c["value"], where)
+    out, problems = {}, []
+    for g, ks in layer_groups(keys).items():
+        values = {_first_match(list(value), k) for k in ks}
+        if None in values:
+            problems.append(f"no condition matches tensor '{next(k for k in ks if _first_match(list(value), k) is None)}'")
+        elif len(values) > 1:
+            problems.append(f"layer group '{g}' gets different values {sorted(values)}")
+        else:
+            out[g] = float(values.pop())
+    if problems:
+        raise ConfigError(f"mergekit config: '{where}': per-filter weights must give one value per layer group: "
+                          + "; ".join(problems))
+    return out
 
 
 def _scalar(value: Any, where: str) -> Any:
@@ -263,8 +348,14 @@ def from_mergekit_yaml(text_or_dict: str | Mapping[str, Any], root_dir: str | os
         seen[(task, variant)] = n + 1
         if n:
             task = f"{task}_{n + 1}"
-        weight = _number(p.get("weight", 1.0), f"models[{i}].parameters.weight")
+        raw_weight = p.get("weight", 1.0)
+        layer_w = _filtered_weight(raw_weight, _base_keys(base_path), f"models[{i}].parameters.weight") \
+            if isinstance(raw_weight, list) and raw_weight and all(isinstance(c, Mapping) for c in raw_weight) \
+            and "weights" in method_param_names and base_path else None
+        weight = 1.0 if layer_w is not None else _number(raw_weight, f"models[{i}].parameters.weight")
         entry: dict[str, Any] = {"task": task, "variant": variant, "weight": weight, "checkpoint": path}
+        if layer_w is not None:
+            entry["layer_weights"] = layer_w
         if "density" in per_model_allowed:
             densities.append(_number(p.get("density", 1.0), f"models[{i}].parameters.density"))
         if "gamma" in per_model_allowed:

@@ -15,7 +15,8 @@ from sammerge.merging.registry import Param, merge_method
 from sammerge.merging.sparsify import breadcrumbs_mask, dare_drop, topk_mask_rows
 from sammerge.merging.task_vector import StateDict, check_coefficients, float_keys
 
-__all__ = ["weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "model_stock"]
+__all__ = ["weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "model_stock",
+           "ties_parts"]
 
 # ----------------------------------------------------------------------------------------------
 # shared parameter annotations
@@ -63,27 +64,36 @@ def _densities(densities: list[float] | None, density: float, n: int) -> list[fl
     return [density if d is None else float(d) for d in densities]
 
 
+KeyWeights = list  # list[dict[str, float] | None]: per task, key → multiplier of its weight (per-layer coefficients)
+
+
 def _combine(pretrained: Mapping[str, torch.Tensor], sparse_tvs: Sequence[Mapping[str, torch.Tensor]],
-             weights: Sequence[float], lam: float, normalize: bool, consensus: bool) -> StateDict:
+             weights: Sequence[float], lam: float, normalize: bool, consensus: bool,
+             key_weights: KeyWeights | None = None, vote: str = "weighted") -> StateDict:
     """Generalized task arithmetic on (already sparsified) task vectors, mergekit 0.1.5 semantics.
 
-    Weighted deltas d_t = w_t τ̂_t. Without consensus: Δ = Σ_t d_t, divisor Σ_t w_t. With consensus
-    (TIES sign election): γ = sign(Σ_t d_t) (0 → +), mask_t = [sign(d_t) = γ], Δ = Σ_t d_t mask_t,
-    divisor Σ_t w_t mask_t (0 → 1). If normalize: Δ /= divisor. θ = θ_0 + λ Δ.
+    Weighted deltas d_t = w_t τ̂_t, with w_t(k) = w_t · s_{t,k} on key k when per-layer multipliers are given.
+    Without consensus: Δ = Σ_t d_t, divisor Σ_t w_t. With consensus (TIES sign election): γ = sign(Σ_t d_t) (0 → +)
+    (``vote="unweighted"``: γ = sign(Σ_t τ̂_t), mask_t = [sign(τ̂_t) = γ] — weights applied after the election),
+    mask_t = [sign(d_t) = γ], Δ = Σ_t d_t mask_t, divisor Σ_t w_t mask_t (0 → 1). If normalize: Δ /= divisor.
+    θ = θ_0 + λ Δ.
     """
     out: StateDict = {}
-    w = torch.tensor(list(weights), dtype=torch.float32)
-    wsum = float(w.sum())
+    base_w = list(weights)
     for key, base in pretrained.items():
         if not base.is_floating_point():
             out[key] = base.clone()
             continue
+        kw = base_w if not key_weights else [w * (s[key] if s else 1.0) for w, s in zip(base_w, key_weights)]
+        w = torch.tensor(kw, dtype=torch.float32)
+        wsum = float(w.sum())
         deltas = torch.stack([tv[key].float() for tv in sparse_tvs], 0)
         wv = w.view(-1, *([1] * base.dim()))
         weighted = deltas * wv
         if consensus:
-            majority = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
-            mask = torch.sign(weighted) == majority
+            voters = deltas if vote == "unweighted" else weighted
+            majority = torch.where(voters.sum(0) >= 0, 1.0, -1.0)
+            mask = torch.sign(voters) == majority
             mixed = (weighted * mask).sum(0)
             if normalize:
                 divisor = (wv * mask).sum(0)
@@ -95,6 +105,21 @@ def _combine(pretrained: Mapping[str, torch.Tensor], sparse_tvs: Sequence[Mappin
                 mixed = mixed / (wsum if abs(wsum) >= 1e-8 else 1.0)
         out[key] = (base.float() + lam * mixed).to(base.dtype)
     return out
+
+
+def ties_parts(pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
+               density: float, trim_scope: str = "tensor") -> list[StateDict]:
+    """TIES' disjoint parts (AdaMerging++): τ̂_t = trim(τ_t, density); γ = sign(Σ_t τ̂_t) (0 → +);
+    part_t = τ̂_t · [sign τ̂_t = γ]. ``ties(vote="unweighted", normalize=False, weights=w)`` = θ_0 + λ Σ_t w_t part_t."""
+    trimmed = _trim_all(pretrained, task_vectors, [density] * len(task_vectors), trim_scope)
+    parts: list[StateDict] = [{} for _ in task_vectors]
+    for key in float_keys(pretrained):
+        stack = torch.stack([tv[key].float() for tv in trimmed], 0)
+        majority = torch.where(stack.sum(0) >= 0, 1.0, -1.0)
+        kept = stack * (torch.sign(stack) == majority)
+        for i in range(len(task_vectors)):
+            parts[i][key] = kept[i].to(pretrained[key].dtype)
+    return parts
 
 
 def _trim_all(pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
@@ -149,7 +174,8 @@ def _dare_all(pretrained, task_vectors, densities, seed, task_ids) -> list[State
               description="Average of the fine-tuned weights: θ0 + Σ w_t τ_t / Σ w_t (equal weights: the plain mean).",
               mergekit_name="linear", reference="https://arxiv.org/abs/2203.05482",
               validator=lambda p: _check_weight_sum(p, "weight_average"))
-def weight_average(pretrained: StateDict, task_vectors: list[StateDict], weights: Weights = None) -> StateDict:
+def weight_average(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
+                   weights: Weights = None) -> StateDict:
     """θ = θ_0 + Σ_t w_t τ_t / Σ_t w_t  ==  Σ_t w_t θ_t / Σ_t w_t (w_t = 1: the mean of the fine-tuned weights).
 
     Equals mergekit ``linear`` over the fine-tuned models (normalize: true).
@@ -157,7 +183,7 @@ def weight_average(pretrained: StateDict, task_vectors: list[StateDict], weights
     w = _weights(weights, len(task_vectors))
     if abs(sum(w)) < 1e-8:
         raise MergeError("weight_average: the weights sum to 0")
-    return _combine(pretrained, task_vectors, w, 1.0, normalize=True, consensus=False)
+    return _combine(pretrained, task_vectors, w, 1.0, normalize=True, consensus=False, key_weights=key_weights)
 
 
 @merge_method(name="task_arithmetic", label="Task arithmetic",
@@ -165,7 +191,7 @@ def weight_average(pretrained: StateDict, task_vectors: list[StateDict], weights
               mergekit_name="task_arithmetic", reference="https://arxiv.org/abs/2212.04089",
               validator=lambda p: _check_weight_sum(p, "task_arithmetic") if p.get("normalize") else None,
               lambda_range=(0.0, 1.0, 0.05))
-def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict],
+def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
                     lambda_: Lambda = 1.0, weights: Weights = None,
                     normalize: Annotated[bool, Param(label="normalize", mergekit_name="normalize",
                                                      help=_normalize_help(False))] = False) -> StateDict:
@@ -174,7 +200,8 @@ def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict],
     Equals mergekit ``task_arithmetic`` (``lambda``, per-model ``weight``, ``normalize``, default false).
     """
     w = _weights(weights, len(task_vectors))
-    return _combine(pretrained, task_vectors, w, lambda_, normalize=normalize, consensus=False)
+    return _combine(pretrained, task_vectors, w, lambda_, normalize=normalize, consensus=False,
+                    key_weights=key_weights)
 
 
 TrimScope = Annotated[Literal["tensor", "model"], Param(
@@ -183,19 +210,29 @@ TrimScope = Annotated[Literal["tensor", "model"], Param(
          "'model' (original TIES): keep the top-k entries of the whole flattened task vector.")]
 
 
+Vote = Annotated[Literal["weighted", "unweighted"], Param(
+    label="sign vote",
+    help="'weighted' (default, mergekit): the sign election counts w_t·τ̂_t; 'unweighted' (AdaMerging++): the "
+         "election counts τ̂_t and the per-task weights scale the agreeing parts afterwards.")]
+
+
 @merge_method(name="ties", label="TIES merging",
               description="Trim each task vector to its top-density entries by |value|, elect a sign per entry, "
                           "average the agreeing entries (disjoint mean), scale by λ.",
               mergekit_name="ties", reference="https://arxiv.org/abs/2306.01708",
               lambda_range=(0.0, 2.5, 0.1))
-def ties(pretrained: StateDict, task_vectors: list[StateDict], density: Density = 0.2, lambda_: Lambda = 1.0,
+def ties(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
+         density: Density = 0.2, lambda_: Lambda = 1.0,
          weights: Weights = None, densities: Densities = None, trim_scope: TrimScope = "tensor",
          normalize: Annotated[bool, Param(label="normalize (disjoint mean)", mergekit_name="normalize",
-                                          help=_normalize_help(True) + " False: disjoint sum.")] = True) -> StateDict:
+                                          help=_normalize_help(True) + " False: disjoint sum.")] = True,
+         vote: Vote = "weighted") -> StateDict:
     """TIES: τ̂_t = trim(τ_t, density); d_t = w_t τ̂_t; γ = sign(Σ_t d_t) (0 → +);
     τ_m = Σ_t d_t [sign d_t = γ] / Σ_t w_t [sign d_t = γ]  (disjoint mean; a sum if not ``normalize``);
     θ = θ_0 + λ τ_m.
 
+    ``vote="unweighted"`` elects γ = sign(Σ_t τ̂_t) and applies the weights after the election (AdaMerging++'s
+    TIES parts, :func:`ties_parts`); the default ``"weighted"`` is mergekit's (weights before the vote).
     ``trim_scope="tensor"`` (default) matches mergekit 0.1.5 ``ties``: exactly max(1, int(density·n)) entries of each
     tensor are kept (ties at the threshold broken by lowest index). ``"model"`` is the original paper's
     top-k over the whole flattened task vector.
@@ -203,7 +240,8 @@ def ties(pretrained: StateDict, task_vectors: list[StateDict], density: Density 
     n = len(task_vectors)
     w = _weights(weights, n)
     trimmed = _trim_all(pretrained, task_vectors, _densities(densities, density, n), trim_scope)
-    return _combine(pretrained, trimmed, w, lambda_, normalize=normalize, consensus=True)
+    return _combine(pretrained, trimmed, w, lambda_, normalize=normalize, consensus=True, key_weights=key_weights,
+                    vote=vote)
 
 
 @merge_method(name="dare_linear", label="DARE + task arithmetic",
@@ -212,6 +250,7 @@ def ties(pretrained: StateDict, task_vectors: list[StateDict], density: Density 
               mergekit_name="dare_linear", reference="https://arxiv.org/abs/2311.03099",
               lambda_range=(0.0, 1.0, 0.05))
 def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
+                key_weights: KeyWeights | None = None,
                 density: Density = 0.5, lambda_: Lambda = 1.0, weights: Weights = None, densities: Densities = None,
                 seed: Seed = 0,
                 normalize: Annotated[bool, Param(label="normalize", mergekit_name="normalize",
@@ -223,7 +262,8 @@ def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: 
     """
     n = len(task_vectors)
     dropped = _dare_all(pretrained, task_vectors, _densities(densities, density, n), seed, task_ids)
-    return _combine(pretrained, dropped, _weights(weights, n), lambda_, normalize=normalize, consensus=False)
+    return _combine(pretrained, dropped, _weights(weights, n), lambda_, normalize=normalize, consensus=False,
+                    key_weights=key_weights)
 
 
 @merge_method(name="dare_ties", label="DARE + TIES",
@@ -232,6 +272,7 @@ def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: 
               mergekit_name="dare_ties", reference="https://arxiv.org/abs/2311.03099",
               lambda_range=(0.0, 1.0, 0.05))
 def dare_ties(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
+              key_weights: KeyWeights | None = None,
               density: Density = 0.5, lambda_: Lambda = 1.0, weights: Weights = None, densities: Densities = None,
               seed: Seed = 0,
               normalize: Annotated[bool, Param(label="normalize (disjoint mean)", mergekit_name="normalize",
@@ -243,7 +284,8 @@ def dare_ties(pretrained: StateDict, task_vectors: list[StateDict], task_ids: li
     """
     n = len(task_vectors)
     dropped = _dare_all(pretrained, task_vectors, _densities(densities, density, n), seed, task_ids)
-    return _combine(pretrained, dropped, _weights(weights, n), lambda_, normalize=normalize, consensus=True)
+    return _combine(pretrained, dropped, _weights(weights, n), lambda_, normalize=normalize, consensus=True,
+                    key_weights=key_weights)
 
 
 def _check_breadcrumbs(params: dict[str, Any]) -> None:
@@ -259,7 +301,8 @@ def _check_breadcrumbs(params: dict[str, Any]) -> None:
               mergekit_name="breadcrumbs", reference="https://arxiv.org/abs/2312.06795",
               validator=_check_breadcrumbs,
               lambda_range=(0.0, 1.0, 0.05))
-def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], density: Density = 0.9,
+def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
+                density: Density = 0.9,
                 gamma: Annotated[float, Param(low=0.0, high=1.0, high_exclusive=True, step=0.01, label="gamma",
                                               mergekit_name="gamma",
                                               help="Fraction of largest-|value| entries of each tensor dropped "
@@ -277,7 +320,8 @@ def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], density: D
         if d + gamma > 1.0 + 1e-12:
             raise MergeError(f"breadcrumbs: density {d} + gamma {gamma} exceeds 1")
         sparse.append({k: tv[k] * breadcrumbs_mask(tv[k].detach().abs().float(), d, gamma) for k in fkeys})
-    return _combine(pretrained, sparse, _weights(weights, n), lambda_, normalize=normalize, consensus=False)
+    return _combine(pretrained, sparse, _weights(weights, n), lambda_, normalize=normalize, consensus=False,
+                    key_weights=key_weights)
 
 
 @merge_method(name="model_stock", label="Model Stock",

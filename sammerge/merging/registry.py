@@ -7,7 +7,12 @@
 * ranges, step and help come from ``Annotated[float, Param(low=..., high=..., step=..., help=...)]``.
 
 A trailing underscore is stripped from argument names (``lambda_`` is the parameter ``lambda``).
+A method that takes ``key_weights`` accepts per-layer coefficients: ``method(..., layer_weights=[{group: s}, ...])``
+multiplies task t's weight by s_{t,g} on the keys of layer group g (:mod:`sammerge.merging.layers`).
 CLI, app, sweeps and the paper table all read the schema from here.
+
+*Coefficient learners* (:func:`coefficient_learner`, e.g. AdaMerging) are registered with the same schema machinery:
+their keyword-only typed arguments are the settings; running one on a zoo returns a spec of a merge method.
 """
 from __future__ import annotations
 
@@ -22,9 +27,10 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 import torch
 
 from sammerge.errors import ConfigError, MergeError
-from sammerge.merging.task_vector import StateDict, as_state_dict, check_task_vectors
+from sammerge.merging.task_vector import StateDict, as_state_dict, check_coefficients, check_task_vectors
 
-__all__ = ["Param", "ParamSpec", "MergeMethod", "merge_method", "MERGE_METHODS", "get_method", "list_methods"]
+__all__ = ["Param", "ParamSpec", "MergeMethod", "merge_method", "MERGE_METHODS", "get_method", "list_methods",
+           "CoefficientLearner", "coefficient_learner", "get_learner", "list_learners"]
 
 # ----------------------------------------------------------------------------------------------
 # parameter schema and registry
@@ -183,31 +189,16 @@ def _spec_from_annotation(arg: str, annotation, default) -> ParamSpec:
         ui_low=meta.ui_low, ui_high=meta.ui_high, entry_default=meta.entry_default)
 
 
-@dataclass(frozen=True)
-class MergeMethod:
-    """A registered merge method: a typed function plus its parameter schema."""
+class _Schema:
+    """Parameter-schema behaviour shared by merge methods and coefficient learners (``params``, ``validator``)."""
     name: str
-    label: str
-    description: str
-    fn: Callable[..., StateDict]
     params: tuple[ParamSpec, ...]
-    mergekit_name: str | None = None
-    reference: str = ""
-    validator: Callable[[dict[str, Any]], None] | None = None
-    lambda_range: tuple[float, float, float] | None = None
-    _argnames: dict[str, str] = field(default_factory=dict, repr=False)
-    _wants_task_ids: bool = False
+    validator: Callable[[dict[str, Any]], None] | None
+    kind_label = "merge method"
 
     @property
     def doc(self) -> str:
         return inspect.getdoc(self.fn) or ""
-
-    def lambda_grid(self) -> list[float]:
-        """The λ values that sweeps, searches and the paper table try: low..high by step ([] without λ)."""
-        if self.lambda_range is None:
-            return []
-        lo, hi, step = self.lambda_range
-        return [round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1)]
 
     @property
     def global_params(self) -> tuple[ParamSpec, ...]:
@@ -222,7 +213,7 @@ class MergeMethod:
             if p.name == name:
                 return p
         known = ", ".join(p.name for p in self.params) or "none"
-        raise ConfigError(f"merge method '{self.name}' has no parameter '{name}' (known: {known})")
+        raise ConfigError(f"{self.kind_label} '{self.name}' has no parameter '{name}' (known: {known})")
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params if not p.per_model}
@@ -237,7 +228,7 @@ class MergeMethod:
         known = {p.name for p in self.params}
         for name in params:
             if name not in known:
-                raise ConfigError(f"unknown parameter '{name}' for merge method '{self.name}' "
+                raise ConfigError(f"unknown parameter '{name}' for {self.kind_label} '{self.name}' "
                                   f"(known: {', '.join(sorted(known)) or 'none'})")
         out: dict[str, Any] = {}
         for spec in self.params:
@@ -261,13 +252,45 @@ class MergeMethod:
             self.validator(out)
         return out
 
+
+@dataclass(frozen=True)
+class MergeMethod(_Schema):
+    """A registered merge method: a typed function plus its parameter schema."""
+    name: str
+    label: str
+    description: str
+    fn: Callable[..., StateDict]
+    params: tuple[ParamSpec, ...]
+    mergekit_name: str | None = None
+    reference: str = ""
+    validator: Callable[[dict[str, Any]], None] | None = None
+    lambda_range: tuple[float, float, float] | None = None
+    _argnames: dict[str, str] = field(default_factory=dict, repr=False)
+    _wants_task_ids: bool = False
+    _wants_key_weights: bool = False
+
+    @property
+    def supports_layer_weights(self) -> bool:
+        """Whether the method takes per-layer coefficients (``layer_weights``)."""
+        return self._wants_key_weights
+
+    def lambda_grid(self) -> list[float]:
+        """The λ values that sweeps, searches and the paper table try: low..high by step ([] without λ)."""
+        if self.lambda_range is None:
+            return []
+        lo, hi, step = self.lambda_range
+        return [round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1)]
+
     def __call__(self, pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
-                 task_ids: Sequence[str] | None = None, validate: bool = True, **params) -> StateDict:
+                 task_ids: Sequence[str] | None = None, validate: bool = True,
+                 layer_weights: Sequence[Mapping[str, float] | None] | None = None, **params) -> StateDict:
         """Merge: ``θ = method(θ_0, [τ_1..τ_T], **params)``.
 
         ``task_ids`` (optional, e.g. task names) identify tasks for seeded randomness (DARE) so a task's
         drop mask does not change when other tasks are added or removed. ``validate=False`` skips the
-        key/shape/finiteness scan of the inputs (parameters are always validated).
+        key/shape/finiteness scan of the inputs (parameters are always validated). ``layer_weights``: one
+        ``{layer group: s}`` (or None) per task; task t's weight on the keys of group g is multiplied by s_{t,g}
+        (groups not named: 1). Only for methods with ``key_weights`` (MergeError otherwise).
         """
         task_vectors = [as_state_dict(tv) for tv in task_vectors] if isinstance(task_vectors, (list, tuple)) \
             else task_vectors
@@ -286,15 +309,35 @@ class MergeMethod:
         if task_ids is not None and len(task_ids) != len(task_vectors):
             raise MergeError(f"{len(task_ids)} task ids given for {len(task_vectors)} task vectors")
         kwargs = {self._argnames[k]: v for k, v in full.items()}
+        if layer_weights is not None and any(lw for lw in layer_weights):
+            kwargs["key_weights"] = self._key_weights(pretrained, layer_weights, len(task_vectors))
         if self._wants_task_ids:
             kwargs["task_ids"] = [str(t) for t in task_ids] if task_ids is not None \
                 else [str(i) for i in range(len(task_vectors))]
         return self.fn(pretrained, list(task_vectors), **kwargs)
 
+    def _key_weights(self, pretrained: Mapping[str, torch.Tensor], layer_weights, n_tasks: int
+                     ) -> list[dict[str, float] | None]:
+        from sammerge.merging.layers import key_coefficients
+        if not self._wants_key_weights:
+            raise MergeError(f"merge method '{self.name}' has no per-task weights: per-layer coefficients "
+                             "cannot be applied")
+        if len(layer_weights) != n_tasks:
+            raise MergeError(f"{len(layer_weights)} per-layer coefficient sets given for {n_tasks} task vectors")
+        fkeys = [k for k, v in pretrained.items() if v.is_floating_point()]
+        out = []
+        for i, lw in enumerate(layer_weights):
+            if not lw:
+                out.append(None)
+                continue
+            check_coefficients(lw.values(), f"layer_weights[{i}]")
+            out.append(key_coefficients(fkeys, lw, where=f"layer_weights[{i}]"))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "description": self.description,
                 "mergekit_name": self.mergekit_name, "reference": self.reference,
-                "params": [p.to_dict() for p in self.params]}
+                "layer_weights": self.supports_layer_weights, "params": [p.to_dict() for p in self.params]}
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -315,9 +358,13 @@ def merge_method(name: str, label: str, description: str, mergekit_name: str | N
         if len(args) < 2:
             raise TypeError(f"merge method '{name}' must take (pretrained, task_vectors, ...)")
         specs, argnames, wants_ids = [], {}, False
+        wants_kw = False
         for p in args[2:]:
             if p.name == "task_ids":
                 wants_ids = True
+                continue
+            if p.name == "key_weights":
+                wants_kw = True
                 continue
             spec = _spec_from_annotation(p.name, hints[p.name], p.default)
             if spec.name == "lambda":
@@ -331,7 +378,8 @@ def merge_method(name: str, label: str, description: str, mergekit_name: str | N
         MERGE_METHODS[name] = MergeMethod(name=name, label=label, description=description, fn=fn,
                                           params=tuple(specs), mergekit_name=mergekit_name,
                                           reference=reference, validator=validator, lambda_range=lambda_range,
-                                          _argnames=argnames, _wants_task_ids=wants_ids)
+                                          _argnames=argnames, _wants_task_ids=wants_ids,
+                                          _wants_key_weights=wants_kw)
         return fn
     return decorate
 
@@ -341,8 +389,78 @@ def get_method(name: str) -> MergeMethod:
     try:
         return MERGE_METHODS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown merge method '{name}' (known: {', '.join(MERGE_METHODS)})") from None
+        hint = (f"; '{name}' learns coefficients: run it with sammerge.merging.get_learner('{name}') or "
+                f"`sammerge learn`, which gives a spec of a merge method" if name in _learners() else "")
+        raise ConfigError(f"unknown merge method '{name}' (known: {', '.join(MERGE_METHODS)}){hint}") from None
 
 
 def list_methods() -> list[MergeMethod]:
     return list(MERGE_METHODS.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# coefficient learners: settings schema + a function of a zoo that returns a merge spec
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CoefficientLearner(_Schema):
+    """A registered coefficient learner (e.g. AdaMerging): ``fn(zoo, variants, tasks=None, *, <settings>,
+    progress=None, should_stop=None)`` returns a result whose ``.spec`` is a :class:`MergeSpec` of a merge method."""
+    name: str
+    label: str
+    description: str
+    fn: Callable[..., Any]
+    params: tuple[ParamSpec, ...]
+    reference: str = ""
+    validator: Callable[[dict[str, Any]], None] | None = None
+    kind_label = "coefficient learner"
+
+    def __call__(self, zoo, variants, tasks=None, progress=None, should_stop=None, **settings):
+        return self.fn(zoo, variants, tasks, progress=progress, should_stop=should_stop,
+                       **self.validate_params(settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "description": self.description,
+                "reference": self.reference, "kind": "learner", "params": [p.to_dict() for p in self.params]}
+
+
+LEARNERS: dict[str, CoefficientLearner] = {}
+_LEARNER_MODULES = ("sammerge.evaluation.adamerging",)  # imported on first lookup (merging does not import evaluation)
+_NOT_SETTINGS = {"progress", "should_stop"}
+
+
+def coefficient_learner(name: str, label: str, description: str, reference: str = "",
+                        validator: Callable[[dict[str, Any]], None] | None = None):
+    """Register ``fn(zoo, variants, tasks, *, <typed settings>, progress, should_stop)``: its keyword-only typed
+    arguments (except ``progress``/``should_stop``) are the settings schema, read like a merge method's."""
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        specs = tuple(_spec_from_annotation(p.name, hints[p.name], p.default) for p in sig.parameters.values()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _NOT_SETTINGS)
+        if name in LEARNERS:
+            raise ValueError(f"coefficient learner '{name}' registered twice")
+        LEARNERS[name] = CoefficientLearner(name=name, label=label, description=description, fn=fn, params=specs,
+                                            reference=reference, validator=validator)
+        return fn
+    return decorate
+
+
+def _learners() -> dict[str, CoefficientLearner]:
+    import importlib
+    for module in _LEARNER_MODULES:
+        importlib.import_module(module)
+    return LEARNERS
+
+
+def get_learner(name: str) -> CoefficientLearner:
+    """Look up a coefficient learner; unknown name → ConfigError listing the known ones."""
+    learners = _learners()
+    try:
+        return learners[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown coefficient learner '{name}' (known: {', '.join(learners)})") from None
+
+
+def list_learners() -> list[CoefficientLearner]:
+    return list(_learners().values())

@@ -1,7 +1,8 @@
 """One merge as data: :class:`MergeSpec` — validated once, shared by the CLI, the app, URLs, files and mergekit.
 
 A spec says *what* to merge (one :class:`TaskEntry` per task: task, fine-tuning variant, per-task weight λ_t,
-optional density, checkpoint file and sha256; the base model θ0), *how* (a method of the registry and its
+optional per-layer multipliers ``layer_weights`` {layer group: s} (λ_{t,g} = λ_t · s_{t,g}, groups from
+:mod:`sammerge.merging.layers`), optional density, checkpoint file and sha256; the base model θ0), *how* (a method of the registry and its
 global parameters, complete with defaults) and where it came from (zoo, library version, time, results).
 
 Construction validates everything once (method, parameter names, types, ranges, per-task fields, cross-parameter
@@ -67,8 +68,19 @@ class TaskEntry(BaseModel):
     variant: str = "plain"
     weight: float = 1.0
     density: float | None = None
+    layer_weights: dict[str, float] | None = None
     checkpoint: str = Field(min_length=1)
     sha256: str | None = None
+
+    @field_validator("layer_weights")
+    @classmethod
+    def _finite_layer_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return None
+        bad = [g for g, w in v.items() if not g or not math.isfinite(w)]
+        if bad:
+            raise ValueError(f"layer weights must be finite numbers keyed by a layer group (bad: {bad})")
+        return {str(g): float(w) for g, w in v.items()}
 
     @field_validator("weight")
     @classmethod
@@ -104,6 +116,7 @@ class MergeSpec(BaseModel):
     created: str = Field(default_factory=now)
     results: dict[str, dict[str, float]] | None = None
     notes: str | None = None
+    learned: dict[str, Any] | None = None  # provenance of learned coefficients (learner, settings, trace summary)
 
     _root_dir: Path | None = PrivateAttr(default=None)
     _kwargs: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -122,6 +135,9 @@ class MergeSpec(BaseModel):
                 problems.append(f"field 'tasks.{i}.density' is not used by method '{self.method}'")
             if t.weight != 1.0 and WEIGHTS not in per_model:
                 problems.append(f"field 'tasks.{i}.weight' is not used by method '{self.method}' (must be 1)")
+            if t.layer_weights and not method.supports_layer_weights:
+                problems.append(f"field 'tasks.{i}.layer_weights' is not used by method '{self.method}' "
+                                "(it has no per-task weights)")
         ids = [t.id for t in self.tasks]
         problems += [f"field 'tasks': '{d}' appears twice" for d in sorted({i for i in ids if ids.count(i) > 1})]
         if problems:
@@ -137,6 +153,8 @@ class MergeSpec(BaseModel):
             raise ConfigError(f"merge config: {exc}") from None
         # complete global parameters (defaults filled in) are part of the spec
         self.params = {p.name: full[p.name] for p in method.global_params}
+        if self.has_layer_weights:
+            full["layer_weights"] = [dict(t.layer_weights) if t.layer_weights else None for t in self.tasks]
         self._kwargs = full
 
     @property
@@ -166,6 +184,21 @@ class MergeSpec(BaseModel):
         return {t.task: t.weight for t in self.tasks}
 
     @property
+    def layer_weights(self) -> dict[str, dict[str, float]]:
+        """task → {layer group: multiplier} for the tasks that have per-layer coefficients."""
+        return {t.task: dict(t.layer_weights) for t in self.tasks if t.layer_weights}
+
+    @property
+    def has_layer_weights(self) -> bool:
+        return any(t.layer_weights for t in self.tasks)
+
+    def coefficient(self, task: str, group: str) -> float:
+        """Effective coefficient of ``task`` on layer ``group``: λ · λ_t · s_{t,g} (λ = 1 for methods without λ)."""
+        t = next(e for e in self.tasks if e.task == task)
+        lam = self.params.get(LAMBDA, 1.0)
+        return lam * t.weight * (t.layer_weights or {}).get(group, 1.0)
+
+    @property
     def lam(self) -> float | None:
         return self.params.get(LAMBDA)
 
@@ -189,7 +222,9 @@ class MergeSpec(BaseModel):
     def key(self) -> str:
         """Canonical identity of the merge (method, params, tasks; not provenance): a cache key."""
         return json.dumps({"method": self.method, "params": self.params,
-                           "tasks": [[t.task, t.variant, t.weight, t.density] for t in self.tasks]}, sort_keys=True)
+                           "tasks": [[t.task, t.variant, t.weight, t.density] + ([t.layer_weights] if t.layer_weights
+                                                                                 else []) for t in self.tasks]},
+                          sort_keys=True)
 
     # -- evolution: every change returns a new, validated spec ------------------------------------
     def evolve(self, **changes) -> "MergeSpec":
@@ -212,7 +247,9 @@ class MergeSpec(BaseModel):
             params[LAMBDA] = self.params.get(LAMBDA, DEFAULT_LAMBDA)
         per_model = {p.name for p in new.per_model_params}
         tasks = [t.model_copy(update={"weight": t.weight if WEIGHTS in per_model else 1.0,
-                                      "density": t.density if DENSITIES in per_model else None}) for t in self.tasks]
+                                      "density": t.density if DENSITIES in per_model else None,
+                                      "layer_weights": t.layer_weights if new.supports_layer_weights else None})
+                 for t in self.tasks]
         return self.evolve(method=method, params=params, tasks=tasks)
 
     def with_variants(self, variants: str | Mapping[str, str], zoo=None) -> "MergeSpec":
@@ -233,8 +270,11 @@ class MergeSpec(BaseModel):
     def for_zoo(cls, zoo, method: str = DEFAULT_METHOD, params: Mapping[str, Any] | None = None,
                 variants: str | Mapping[str, str] | None = None, weights: Mapping[str, float] | None = None,
                 densities: Mapping[str, float | None] | None = None, tasks: Sequence[str] | None = None,
+                layer_weights: Mapping[str, Mapping[str, float] | None] | None = None,
                 **provenance) -> "MergeSpec":
         """A spec over a zoo's checkpoints (paths and sha256 from its manifest).
+
+        ``layer_weights``: task → {layer group: multiplier of λ_t} (per-layer coefficients; tasks not named: none).
 
         ``variants``: one variant for all tasks or task → variant (default: the zoo's first variant);
         ``tasks``: which tasks, in zoo order (default: the tasks named in a ``variants`` mapping, else all).
@@ -263,6 +303,8 @@ class MergeSpec(BaseModel):
                 entry["weight"] = float(weights[t])
             if densities and densities.get(t) is not None:
                 entry["density"] = float(densities[t])
+            if layer_weights and layer_weights.get(t):
+                entry["layer_weights"] = {g: float(w) for g, w in layer_weights[t].items()}
             entries.append(entry)
         return cls.from_dict({"method": method, "params": dict(params or {}), "tasks": entries,
                               "base_model": str((zoo.path / m.pretrained.file).absolute()),
@@ -298,12 +340,13 @@ class MergeSpec(BaseModel):
         order = sorted(self.tasks, key=lambda t: zoo.tasks.index(t.task))
         spec = type(self).for_zoo(zoo, self.method, self.params, {t.task: t.variant for t in order},
                                   {t.task: t.weight for t in order}, {t.task: t.density for t in order},
-                                  tasks=[t.task for t in order])
+                                  tasks=[t.task for t in order],
+                                  layer_weights={t.task: t.layer_weights for t in order if t.layer_weights})
         return spec, warnings
 
     # -- URL query parameters -------------------------------------------------------------------------
     def to_query(self) -> dict[str, str]:
-        """Compact query parameters: method, parameters, tasks, variants, λ_t and densities."""
+        """Compact query parameters: method, parameters, tasks, variants, λ_t, densities, ``lw.<task>`` = group:s,…"""
         q = {"method": self.method}
         for name, value in self.params.items():
             q[f"p.{name}"] = fmt(value)
@@ -314,6 +357,9 @@ class MergeSpec(BaseModel):
         dens = [f"{t.task}:{fmt(t.density)}" for t in self.tasks if t.density is not None]
         if dens:
             q["densities"] = ",".join(dens)
+        for t in self.tasks:
+            if t.layer_weights:
+                q[f"lw.{t.task}"] = ",".join(f"{g}:{fmt(w)}" for g, w in t.layer_weights.items())
         return q
 
     @classmethod
@@ -364,9 +410,10 @@ class MergeSpec(BaseModel):
                     per_task[name][t] = pspec.check_value(float(v), f"{name}[{t}]")
                 except (ConfigError, ValueError) as exc:
                     warnings.append(f"link: ignored {what} '{t}:{v}' ({exc})")
+        layer_weights = _query_layer_weights(query, zoo, names, spec, warnings)
         try:
             out = cls.for_zoo(zoo, method, params, {t: variants[t] for t in names}, per_task[WEIGHTS],
-                              per_task[DENSITIES], tasks=names)
+                              per_task[DENSITIES], tasks=names, layer_weights=layer_weights)
         except ConfigError as exc:
             warnings.append(f"link: {exc}; using the method's defaults")
             out = cls.for_zoo(zoo, method, default.params, {t: variants[t] for t in names}, tasks=names)
@@ -385,7 +432,14 @@ class MergeSpec(BaseModel):
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """JSON-ready mapping; optional per-layer / learned fields only where set (older files stay identical)."""
+        data = self.model_dump(mode="json")
+        if data.get("learned") is None:
+            data.pop("learned", None)
+        for t in data["tasks"]:
+            if t.get("layer_weights") is None:
+                t.pop("layer_weights", None)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -481,6 +535,35 @@ def parse(raw: str, spec: ParamSpec) -> Any:
     if spec.kind == "float":
         return float(raw)
     return raw
+
+
+def _query_layer_weights(query: Mapping[str, str], zoo, names: Sequence[str], method: MergeMethod,
+                         warnings: list[str]) -> dict[str, dict[str, float]]:
+    """task → {group: s} from ``lw.<task>`` query parameters; unknown tasks/groups and bad numbers are warned about."""
+    raw = {k[3:]: v for k, v in query.items() if k.startswith("lw.")}
+    if not raw:
+        return {}
+    if not method.supports_layer_weights:
+        warnings.append(f"link: ignored per-layer coefficients (method '{method.name}' has no per-task weights)")
+        return {}
+    from sammerge.merging.layers import group_names
+    groups = group_names(k for k, v in zoo.pretrained().items() if v.is_floating_point())
+    out: dict[str, dict[str, float]] = {}
+    for task, text in raw.items():
+        if task not in names:
+            warnings.append(f"link: ignored per-layer coefficients of unknown or unselected task '{task}'")
+            continue
+        for g, v in _pairs(text, warnings, f"lw.{task}"):
+            try:
+                if g not in groups:
+                    raise ValueError(f"not a layer group of this model; it has {', '.join(groups)}")
+                value = float(v)
+                if not math.isfinite(value):
+                    raise ValueError("not finite")
+                out.setdefault(task, {})[g] = value
+            except ValueError as exc:
+                warnings.append(f"link: ignored layer weight '{task}:{g}:{v}' ({exc})")
+    return out
 
 
 def _pairs(text: str, warnings: list[str], what: str):

@@ -18,7 +18,7 @@ from sammerge.errors import MergeError
 StateDict = dict[str, torch.Tensor]
 
 __all__ = ["StateDict", "TaskVector", "task_vector", "apply_task_vector", "check_compatible", "check_task_vectors",
-           "assert_finite", "linear_combination", "float_keys", "as_state_dict", "check_coefficients"]
+           "assert_finite", "linear_combination", "check_per_key", "float_keys", "as_state_dict", "check_coefficients"]
 
 # ----------------------------------------------------------------------------------------------
 # compatibility / finiteness checks
@@ -220,13 +220,18 @@ def as_state_dict(tv) -> Mapping[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 def linear_combination(pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
-                       coefficients: Sequence[float], validate: bool = True) -> StateDict:
+                       coefficients: Sequence[float | Mapping[str, float]], validate: bool = True) -> StateDict:
     """θ = θ_0 + Σ_t c_t τ_t (fast path: one fused ``add``/``mul`` per key and task, no element loops).
 
+    A coefficient is one number for the whole task vector, or a mapping key → c_{t,k} for every floating key
+    (per-layer coefficients: θ[k] = θ_0[k] + Σ_t c_{t,k} τ_t[k]; see :func:`sammerge.merging.layers.key_coefficients`).
     Pass ``validate=False`` in hot loops once inputs have been checked (coefficients are always checked).
     """
     task_vectors = [as_state_dict(tv) for tv in task_vectors]
-    coefs = check_coefficients(coefficients, "coefficients")
+    coefficients = list(coefficients)
+    scalars = check_coefficients([0.0 if isinstance(c, Mapping) else c for c in coefficients], "coefficients")
+    coefs = [check_per_key(c, f"coefficients[{i}]", pretrained) if isinstance(c, Mapping) else scalars[i]
+             for i, c in enumerate(coefficients)]
     if validate:
         check_task_vectors(pretrained, task_vectors)
     elif not task_vectors:
@@ -240,7 +245,21 @@ def linear_combination(pretrained: Mapping[str, torch.Tensor], task_vectors: Seq
             continue
         acc = base.float().clone() if base.dtype != torch.float32 else base.clone()
         for c, tv in zip(coefs, task_vectors):
+            c = c[key] if isinstance(c, dict) else c
             if c != 0.0:
                 acc.add_(tv[key], alpha=c)
         out[key] = acc.to(base.dtype)
     return out
+
+
+def check_per_key(values: Mapping[str, float], what: str, pretrained: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Per-key coefficients: finite numbers for exactly the floating keys of the base (MergeError otherwise)."""
+    fkeys = float_keys(pretrained)
+    missing = [k for k in fkeys if k not in values]
+    extra = [k for k in values if k not in pretrained]
+    if missing or extra:
+        parts = ([f"no coefficient for key(s) {', '.join(map(repr, missing[:5]))}"] if missing else []) + \
+            ([f"unknown key(s) {', '.join(map(repr, extra[:5]))}"] if extra else [])
+        raise MergeError(f"{what}: " + "; ".join(parts))
+    checked = check_coefficients([values[k] for k in fkeys], what)
+    return dict(zip(fkeys, checked))

@@ -1,0 +1,297 @@
+"""AdaMerging: entropy goes down, λ moves to the entropy optimum, specs merge as learned and round-trip."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sammerge.errors import ConfigError
+from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_learner, get_method, layers, merge_zoo,
+                              resolve_and_merge, task_vector, to_mergekit_yaml)
+from sammerge.merging.methods import ties_parts
+from sammerge.zoo import open_zoo
+
+FAST = dict(steps=25, images_per_task=24, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_zoo):
+    return open_zoo(tiny_zoo)
+
+
+def plain_entropy(zoo, theta, tasks, n, seed):
+    """Mean over tasks of the mean entropy, by an ordinary forward pass of a loaded encoder (independent path)."""
+    from sammerge.evaluation.adamerging import unlabeled_images
+    enc = zoo.create_encoder()
+    enc.load_state_dict(theta)
+    values = []
+    with torch.no_grad():
+        for t in tasks:
+            logits = zoo.heads[t](enc(unlabeled_images(zoo, t, n, seed)))
+            p = torch.softmax(logits.double(), -1)
+            values.append(float((-(p * p.log()).sum(-1)).mean()))
+    return sum(values) / len(values)
+
+
+def test_registered_with_a_schema():
+    learner = get_learner("adamerging")
+    names = [p.name for p in learner.params]
+    assert names == ["granularity", "base", "density", "steps", "lr", "images_per_task", "seed", "init", "clamp_low",
+                     "clamp_high"]
+    assert learner.param("granularity").choices == ("task", "layer")
+    assert learner.param("base").choices == ("task_arithmetic", "ties")
+    assert learner.defaults()["init"] == 0.3 and learner.to_dict()["kind"] == "learner"
+    with pytest.raises(ConfigError, match="adamerging.*learns coefficients"):
+        get_method("adamerging")
+    with pytest.raises(ConfigError, match="clamp_low"):
+        learner.validate_params({"clamp_low": 1.0, "clamp_high": 0.5})
+    with pytest.raises(ConfigError, match="init"):
+        learner.validate_params({"init": 1.5})
+    with pytest.raises(ConfigError, match="unknown parameter 'beta'"):
+        learner.validate_params({"beta": 1})
+
+
+@pytest.mark.parametrize("granularity,base", [("task", "task_arithmetic"), ("layer", "ties")])
+def test_entropy_decreases_and_the_spec_merges_as_learned(zoo, granularity, base):
+    calls = []
+    res = get_learner("adamerging")(zoo, "plain", granularity=granularity, base=base, **FAST,
+                                    progress=lambda d, t, s="": calls.append((d, t)))
+    assert len(res.entropy) == FAST["steps"] + 1 and not res.stopped
+    assert calls[-1] == (FAST["steps"], FAST["steps"])
+    assert res.entropy[res.best_step] < res.entropy[0] - 1e-3
+    assert res.entropy[-1] < res.entropy[0]
+    # the returned spec, merged by the ordinary merge path and scored by a plain forward, has the reported entropy
+    merged = merge_zoo(zoo, res.spec)
+    assert plain_entropy(zoo, merged, zoo.tasks, FAST["images_per_task"], 0) == pytest.approx(
+        res.entropy[res.best_step], abs=1e-4)
+    init_spec = res.spec.evolve(tasks=[t.model_copy(update={"weight": 0.3, "layer_weights": None})
+                                       for t in res.spec.tasks])
+    assert plain_entropy(zoo, merge_zoo(zoo, init_spec), zoo.tasks, 24, 0) == pytest.approx(res.entropy[0], abs=1e-4)
+    # every λ in the declared clamp range
+    assert all(0.0 <= v <= 1.0 for row in res.coefficients.values() for v in row.values())
+    assert res.spec.learned["learner"] == "adamerging" and res.spec.learned["settings"]["base"] == base
+    assert "unlabeled validation images" in res.spec.notes
+
+
+def test_per_layer_merge_equals_hand_built_sum(zoo):
+    res = get_learner("adamerging")(zoo, {"digits": "sam", "symbols": "plain"}, granularity="layer", base="ties",
+                                    density=0.4, **FAST)
+    assert res.groups == layers.group_names(zoo.pretrained())
+    assert res.spec.method == "ties" and res.spec.params["vote"] == "unweighted"
+    theta0 = zoo.pretrained()
+    parts = ties_parts(theta0, [zoo.task_vector("digits", "sam"), zoo.task_vector("symbols", "plain")], 0.4)
+    merged = merge_zoo(zoo, res.spec)
+    for k, base in theta0.items():
+        if base.is_floating_point():
+            g = layers.group_of(k)
+            want = base + res.coefficients["digits"][g] * parts[0][k] + res.coefficients["symbols"][g] * parts[1][k]
+            assert torch.allclose(merged[k], want, atol=1e-6), k
+    # task arithmetic base: θ0 + Σ λ_{t,g} τ_{t,g} from the fine-tuned checkpoints themselves
+    res = get_learner("adamerging")(zoo, "sam", granularity="layer", **FAST)
+    merged = merge_zoo(zoo, res.spec)
+    for k, base in theta0.items():
+        if base.is_floating_point():
+            want = base + sum(res.coefficients[t][layers.group_of(k)] * (zoo.finetuned(t, "sam")[k] - base)
+                              for t in zoo.tasks)
+            assert torch.allclose(merged[k], want, atol=1e-6), k
+
+
+def test_layer_wise_with_one_group_equals_task_wise(zoo):
+    from sammerge.evaluation.adamerging import learn_coefficients, unlabeled_images
+    task = get_learner("adamerging")(zoo, "plain", granularity="task", **FAST)
+    theta0 = zoo.pretrained()
+    keys = [k for k, v in theta0.items() if v.is_floating_point()]
+    lam, trace, best, _ = learn_coefficients(
+        theta0, [zoo.task_vector(t, "plain") for t in zoo.tasks], zoo.create_encoder(),
+        [zoo.heads[t] for t in zoo.tasks], [unlabeled_images(zoo, t, 24, 0) for t in zoo.tasks],
+        {"one": keys}, FAST["steps"], FAST["lr"], 0.3, (0.0, 1.0))
+    assert trace == task.entropy and best == task.best_step
+    assert [round(float(v), 6) for v in lam[:, 0]] == [task.coefficients[t]["all"] for t in zoo.tasks]
+    # the task-wise spec (weights) and a per-layer spec with the same λ on every group merge identically
+    groups = layers.group_names(theta0)
+    as_layers = task.spec.evolve(tasks=[t.model_copy(update={"weight": 1.0,
+                                                             "layer_weights": {g: t.weight for g in groups}})
+                                        for t in task.spec.tasks])
+    a, b = merge_zoo(zoo, task.spec), merge_zoo(zoo, as_layers)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_single_task_lambda_moves_toward_the_grid_optimum(zoo):
+    """One task: the learned λ ends nearer the grid search's best λ (same entropy objective, measured by a plain
+    forward pass) than the start, and its entropy is within a small margin of the grid's best.
+
+    The objective is not convex in λ (on the tiny zoo entropy first rises with λ, then falls): the start is put on the
+    grid optimum's side of the grid's highest point, so plain gradient descent must walk to it."""
+    task, n = "digits", 32
+    theta0, tv = zoo.pretrained(), zoo.task_vector(task, "plain")
+    grid = [round(0.1 * i, 1) for i in range(0, 31)]
+    scores = []
+    for lam in grid:
+        theta = {k: (v + lam * tv[k]) if v.is_floating_point() else v for k, v in theta0.items()}
+        scores.append(plain_entropy(zoo, theta, [task], n, 0))
+    i_best = min(range(len(grid)), key=scores.__getitem__)
+    i_top = max(range(len(grid)), key=scores.__getitem__)
+    best = grid[i_best]
+    start = grid[(i_top + i_best + 1) // 2]  # between the hill and the optimum
+    assert scores[grid.index(start)] > scores[i_best] + 0.01  # a real distance to walk
+    res = get_learner("adamerging")(zoo, {task: "plain"}, steps=80, lr=0.05, images_per_task=n, init=start,
+                                    clamp_low=0.0, clamp_high=3.0)
+    learned = res.coefficients[task]["all"]
+    assert abs(learned - best) < abs(start - best) - 0.05
+    theta = {k: (v + learned * tv[k]) if v.is_floating_point() else v for k, v in theta0.items()}
+    assert plain_entropy(zoo, theta, [task], n, 0) <= min(scores) + 0.02
+
+
+def test_stop_returns_best_so_far(zoo):
+    seen = []
+    res = get_learner("adamerging")(zoo, "plain", steps=100, lr=0.05, images_per_task=16,
+                                    should_stop=lambda: len(seen) >= 5, progress=lambda d, t, s="": seen.append(d))
+    assert res.stopped and res.steps_run == 4 and res.spec.learned["stopped"] is True
+    assert res.entropy[res.best_step] == min(res.entropy)
+    assert "stopped early" in res.spec.notes
+
+
+def test_learned_spec_round_trips(zoo, tmp_path):
+    res = get_learner("adamerging")(zoo, "sam", granularity="layer", **FAST)
+    spec = res.spec
+    back = MergeSpec.from_json(spec.to_json())
+    assert back.key() == spec.key() and back.learned == spec.learned
+    url, warnings = MergeSpec.from_query(spec.to_query(), zoo)
+    assert not warnings and url.key() == spec.key()
+    spec.save(tmp_path / "learned.yaml")
+    assert MergeSpec.load(tmp_path / "learned.yaml").key() == spec.key()
+    # mergekit: task-arithmetic AdaMerging is expressible; reading the export back merges the same weights
+    merged, _ = resolve_and_merge(from_mergekit_yaml(to_mergekit_yaml(spec)))
+    ours = merge_zoo(zoo, spec)
+    assert all(torch.allclose(ours[k], merged[k], atol=1e-6) for k in ours)
+    tw = get_learner("adamerging")(zoo, "plain", **FAST).spec
+    mk = from_mergekit_yaml(to_mergekit_yaml(tw))
+    assert [t.weight for t in mk.tasks] == [t.weight for t in tw.tasks] and not mk.has_layer_weights
+    ties = get_learner("adamerging")(zoo, "plain", base="ties", **FAST).spec
+    assert "SEMANTICS DIFFER" in to_mergekit_yaml(ties)
+    assert math.isfinite(float(task_vector(merge_zoo(zoo, ties), zoo.pretrained())["conv1.weight"].sum()))
+
+
+# -- the pages -----------------------------------------------------------------------------------------------------
+
+def _run_page(monkeypatch, zoo_dir, page):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("SAMMERGE_ZOO", str(zoo_dir))
+    monkeypatch.chdir(root)
+    return AppTest.from_file(str(root / page), default_timeout=300).run()
+
+
+def _clean(at):
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_layer_coefficients_page(monkeypatch, tiny_zoo_copy):
+    tiny_zoo = tiny_zoo_copy  # a private path: the server-wide caches (explorer, learned results) stay apart
+    from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
+    from sammerge.explorer.layers_view import LEARNED
+
+    zoo = open_zoo(tiny_zoo)
+    val = Evaluator.from_zoo(zoo, split="val", n_per_task=256, seed=0, device="cpu")
+    at = _run_page(monkeypatch, tiny_zoo, "pages/5_Layer_coefficients.py")
+    _clean(at)
+    # the editor starts at λ = 0.3 everywhere: task arithmetic at λ = 0.3 over every task (plain), scored independently
+    ta = MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": 0.3}, "plain")
+    assert _metric(at, "Mean accuracy") == f"{mean_accuracy(val.evaluate(merge_zoo(zoo, ta))):.1%}"
+    at.number_input(key="lc_set_steps").set_value(6).run()
+    at.selectbox(key="lc_set_granularity").set_value("layer").run()
+    at.button(key="lc_learn").click().run()
+    _clean(at)
+    reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
+    assert "plain: mean λ" in reading and "SAM: mean λ" in reading and "in 6 steps" in reading
+    settings = {**get_learner("adamerging").defaults(), "steps": 6, "granularity": "layer"}
+    learned = LEARNED.get(zoo, "sam", settings)
+    assert learned is not None and learned.steps_run == 6
+    assert _metric(at, "SAM: mean accuracy") == f"{mean_accuracy(val.evaluate(merge_zoo(zoo, learned.spec))):.1%}"
+    # loading the learned SAM coefficients into the editor reproduces the learned merge on SAM checkpoints
+    at.radio(key="lc_source").set_value("learned (SAM)").run()
+    _clean(at)
+    assert at.radio(key="lc_variant").value == "sam"
+    assert _metric(at, "Mean accuracy") == _metric(at, "SAM: mean accuracy")
+    assert {d.key for d in at.download_button} >= {"lc_dl_json_sam", "lc_dl_mk_sam", "lc_dl_spec", "lc_dl_mk"}
+
+
+def test_paper_table_page_adamerging_rows(monkeypatch, tiny_zoo_copy):
+    tiny_zoo = tiny_zoo_copy  # a private path: the page's cached table must not leak into other page tests
+    import json
+
+    from sammerge.evaluation.protocol import adamerging_table
+    from sammerge.explorer import paper
+
+    monkeypatch.setattr(paper, "ADAMERGING_SETTINGS", {"steps": 4, "images_per_task": 16})
+    at = _run_page(monkeypatch, tiny_zoo, "pages/4_Paper_table.py")
+    at.button(key="pt_compute").click().run()
+    at.button(key="pt_ada").click().run()
+    _clean(at)
+    shown = at.dataframe[0].value
+    ada = shown[shown["method"].str.contains("AdaMerging")]
+    assert len(ada) == 2 * len(open_zoo(tiny_zoo).variants)
+    want = adamerging_table(open_zoo(tiny_zoo), ("task", "layer"), settings={"steps": 4, "images_per_task": 16})
+    assert list(ada["mean"]) == pytest.approx(list(want["mean"]))  # deterministic: same numbers again
+    assert list(ada["normalized"]) == pytest.approx(list(want["normalized"]))
+    assert "pt_learned" in {d.key for d in at.download_button}
+    specs = json.loads(paper.learned_json(want))
+    assert len(specs) == len(want) and all(MergeSpec.from_dict(d).has_layer_weights == ("layer-wise" in k)
+                                           for k, d in specs.items())
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+
+def test_cli_learn_and_table(tiny_zoo, tmp_path, capsys):
+    import json
+
+    from sammerge.cli import main
+    out = tmp_path / "learned.yaml"
+    assert main(["learn", str(tiny_zoo), str(out), "--variant", "sam", "--granularity", "layer", "--steps", "4",
+                 "--images-per-task", "16", "--quiet"]) == 0
+    spec = MergeSpec.load(out)
+    assert spec.has_layer_weights and spec.variants == {t: "sam" for t in open_zoo(tiny_zoo).tasks}
+    assert spec.learned["settings"]["steps"] == 4
+    again = get_learner("adamerging")(open_zoo(tiny_zoo), "sam", granularity="layer", steps=4, images_per_task=16)
+    assert spec.layer_weights == again.spec.layer_weights  # seeded and deterministic
+    assert "layer1.0" in capsys.readouterr().out
+    assert main(["learn", str(tiny_zoo), str(tmp_path / "x.txt")]) == 2
+    assert main(["learn", str(tiny_zoo), str(tmp_path / "x.json"), "--clamp-low", "0.5"]) == 2  # init 0.3 outside
+    assert "init" in capsys.readouterr().err
+    specs = tmp_path / "specs.json"
+    assert main(["table", str(tiny_zoo), "--methods", "task_arithmetic", "--n-val", "16", "--n-test", "16",
+                 "--adamerging", "task", "--ada-steps", "3", "--ada-base", "ties", "--learned-out", str(specs),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("TIES-AdaMerging (task-wise)") == 2 and "entropy minimization on unlabeled" in text
+    learned = json.loads(specs.read_text())
+    assert sorted(learned) == ["plain · TIES-AdaMerging (task-wise)", "sam · TIES-AdaMerging (task-wise)"]
+    assert all(MergeSpec.from_dict(d).method == "ties" for d in learned.values())
+
+
+def test_benchmark_quick(tiny_zoo, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "adamerging.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "adamerging.py"), "--zoos", str(tiny_zoo),
+                           "--steps", "3", "--n-val", "16", "--n-test", "16", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = data["runs"][0]["variants"]["sam"]["rows"]
+    assert set(rows) == {"task_arithmetic", "ties", "adamerging_task_ta", "adamerging_layer_ta",
+                         "adamerging_task_ties", "adamerging_layer_ties"}
+    assert data["settings"]["steps"] == 3 and "| AdaMerging, layer-wise |" in proc.stdout

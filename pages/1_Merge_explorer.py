@@ -138,6 +138,11 @@ def on_all_variant(variant: str) -> None:
     request(ss[f"{W}state"].with_variants(variant, zoo))
 
 
+def on_drop_layers() -> None:
+    state = ss[f"{W}state"]
+    ss[f"{W}state"] = state.evolve(tasks=[t.model_copy(update={"layer_weights": None}) for t in state.tasks])
+
+
 def on_best_lambda() -> None:
     ss[f"{W}want_best"] = True
 
@@ -204,7 +209,11 @@ def controls_spec(state: MergeSpec) -> MergeSpec | None:
     densities = {t: None for t in included}
     if DENSITIES in names and ss.get(f"{W}dens_on"):
         densities = {t: round(float(ss[k_d(t)]), 6) for t in included}
-    return MergeSpec.for_zoo(zoo, method, params, variants, weights, densities, tasks=included)
+    # per-layer coefficients (from a link or the Layer coefficients page) have no controls here: they are kept
+    layer_weights = ({t: w for t, w in state.layer_weights.items() if t in included}
+                     if spec.supports_layer_weights else None)
+    return MergeSpec.for_zoo(zoo, method, params, variants, weights, densities, tasks=included,
+                             layer_weights=layer_weights or None)
 
 
 def param_control(spec, key: str, label: str | None = None):
@@ -338,6 +347,12 @@ def results_panel(state: MergeSpec | None) -> None:
     cols[0].metric("Mean accuracy", f"{cur.mean:.1%}")
     cols[1].metric("Normalized accuracy", f"{cur.normalized:.1%}")
     showing.caption(f"Showing: {describe(state)}")
+    if state.has_layer_weights:
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        c1.info("This merge carries per-layer coefficients λ_{t,g} (from a link or the **Layer coefficients** page) for "
+                + ", ".join(state.layer_weights) + "; edit them there. Every number and export here includes them.",
+                icon=":material/grid_on:")
+        c2.button("Drop them", key=f"{W}drop_layers_btn", on_click=on_drop_layers)
     with ui.friendly_errors("merge"):
         cmp = ex.compare(state)
         table = cmp.table()

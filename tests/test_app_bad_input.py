@@ -97,3 +97,27 @@ def test_controls_that_make_no_valid_merge_say_why_and_stay_usable(monkeypatch, 
     at.slider(key="ex_w_digits").set_value(1.0).run()  # the controls are still there: fix it
     assert_clean(at)
     assert shown(at)
+
+
+def test_per_layer_coefficients_from_a_link_are_kept_and_can_be_dropped(monkeypatch, tiny_zoo, lib):
+    from sammerge.merging import MergeSpec, merge_zoo
+    from sammerge.zoo import open_zoo
+
+    zoo, evaluator = lib
+    spec = MergeSpec.default_for_zoo(open_zoo(tiny_zoo))
+    groups = ["stem", "layer1.0"]
+    with_layers = spec.evolve(tasks=[t.model_copy(update={"layer_weights": {g: 0.5 for g in groups}}) if i == 0 else t
+                                     for i, t in enumerate(spec.tasks)])
+    at = open_page(monkeypatch, tiny_zoo, with_layers.to_query())
+    assert_clean(at)
+    want = {t: r.accuracy for t, r in evaluator.evaluate(merge_zoo(zoo, with_layers)).items()}
+    assert shown(at) == want
+    assert any("per-layer" in i.value for i in at.info)
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.5).run()  # another control: the layers stay
+    assert shown(at) == {t: r.accuracy for t, r in
+                         evaluator.evaluate(merge_zoo(zoo, with_layers.with_params(**{"lambda": 0.5}))).items()}
+    at.button(key="ex_drop_layers_btn").click().run()
+    assert_clean(at)
+    assert not any("per-layer" in i.value for i in at.info)
+    assert shown(at) == {t: r.accuracy for t, r in
+                         evaluator.evaluate(merge_zoo(zoo, spec.with_params(**{"lambda": 0.5}))).items()}

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from sammerge.webapp.browser import chromium_page, open_page, streamlit_server, wait_idle
+from sammerge.webapp.browser import zoo_or_demo, chromium_page, open_page, streamlit_server, wait_idle
 
 SLIDER = "[data-testid=stSlider] input[type=range]"
 
@@ -81,11 +81,7 @@ def main() -> int:
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    if args.zoo is None:
-        from sammerge.training.build import ensure_zoo
-        zoo = ensure_zoo("demo").path
-    else:
-        zoo = Path(args.zoo)
+    zoo = zoo_or_demo(args.zoo)
     report = {"zoo": str(zoo.name), "moves": args.moves}
     for mode in ("prefetch", "cold"):
         lambdas, times = browser_moves(zoo, args.moves, prefetch=mode == "prefetch")

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from sammerge.webapp.browser import CHROMIUM, CHROMIUM_ARGS, IDLE_JS, PAGES, streamlit_server
+from sammerge.webapp.browser import zoo_or_demo, CHROMIUM, CHROMIUM_ARGS, IDLE_JS, PAGES, streamlit_server
 
 SLIDER = "[data-testid=stSlider] input[type=range]"
 
@@ -119,11 +119,7 @@ def main() -> int:
     ap.add_argument("--moves", type=int, default=6)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    if args.zoo is None:
-        from sammerge.training.build import ensure_zoo
-        zoo = ensure_zoo("demo").path
-    else:
-        zoo = Path(args.zoo)
+    zoo = zoo_or_demo(args.zoo)
     info: dict = {}
     with streamlit_server({"SAMMERGE_ZOO": str(zoo)}, info=info) as url:
         result = asyncio.run(run(url, args.sessions, args.moves, info["pid"]))

@@ -75,6 +75,14 @@ def chromium_page(viewport=(1400, 1000)):
             browser.close()
 
 
+def zoo_or_demo(path: str | None) -> Path:
+    """A benchmark's zoo: the given directory, or the demo zoo (installed from the shipped one on first use)."""
+    if path is None:
+        from sammerge.training.build import ensure_zoo
+        return ensure_zoo("demo").path
+    return Path(path)
+
+
 def chromium_available() -> bool:
     return Path(CHROMIUM).is_file()
 

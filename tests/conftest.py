@@ -24,7 +24,8 @@ def tiny_zoo(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_zoo_copy(tiny_zoo, tmp_path) -> Path:
-    """A private copy of the tiny zoo that a test may corrupt."""
+    """A private copy of the tiny zoo that a test may corrupt, without the caches other tests wrote into the shared
+    one (analyses, sweeps, diagnostics): a copy starts as built, whatever ran before."""
     dest = tmp_path / "tiny_copy"
-    shutil.copytree(tiny_zoo, dest)
+    shutil.copytree(tiny_zoo, dest, ignore=shutil.ignore_patterns("analysis"))
     return dest

@@ -1,14 +1,17 @@
 """Per-layer coefficients: learn λ per task and layer group with AdaMerging, view them, edit them, evaluate."""
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
-from sammerge.webapp import ui
+from sammerge.webapp import jobs_view, ui
 from sammerge.evaluation.adamerging import DATA_NOTE
 from sammerge.explorer.figures import bar_figure
 from sammerge.explorer.layers_view import (LEARNED, coefficient_grid, coefficient_heatmaps, entropy_figure,
                                            group_names_of, learned_sentence, spec_from_grid, uniform_grid)
 from sammerge.explorer.style import variant_label
+from sammerge.jobs.worker import get_worker
 from sammerge.merging import get_learner, to_mergekit_yaml
 
 W = "lc_"
@@ -49,18 +52,49 @@ with ui.friendly_errors("AdaMerging settings"):
 variants = list(zoo.variants)
 results = {v: LEARNED.get(zoo, v, settings) for v in variants}
 missing = [v for v, r in results.items() if r is None]
-if missing:
-    st.caption(f"Runs {settings['steps']} Adam steps for each of {', '.join(map(variant_label, missing))} on this "
-               "server's CPU (about a minute each on the demo zoo); the results are kept for every visitor.")
+worker = get_worker()
+job_key = f"adamerging:{zoo.path}:{json.dumps(settings, sort_keys=True)}"
+job = worker.get(job_key)
+if missing and (job is None or not job.active):
+    st.caption(f"Runs {settings['steps']} Adam steps for each of {', '.join(map(variant_label, missing))} as a "
+               "background job of this server (about a minute each on the demo zoo): leaving the page does not stop "
+               "it, another session sees the same job, **Cancel** keeps the best coefficients so far; the results are "
+               "kept for every visitor.")
+    if job is not None and job.status == "failed":
+        st.error(f"AdaMerging: {job.error}", icon=":material/block:")
     if st.button(f"Learn for {' and '.join(map(variant_label, missing))}", type="primary", key=f"{W}learn"):
-        for v in missing:
-            bar = st.progress(0.0, text=f"AdaMerging, {variant_label(v)}")
-            with ui.friendly_errors("AdaMerging"):
-                res = learner(zoo, v, progress=ui.progress_callback(bar, f"AdaMerging ({variant_label(v)})"),
-                              **settings)
-            LEARNED.put(zoo, v, settings, res)
-            bar.empty()
+        def learn(progress, cancel_event, zoo=zoo, todo=tuple(missing), settings=settings):
+            for i, v in enumerate(todo):
+                def report(done, total, stage="", i=i, v=v):
+                    if not cancel_event.is_set():  # once cancelled, the learner stops itself (best so far kept)
+                        progress(i * total + done, len(todo) * total, f"AdaMerging ({variant_label(v)})")
+                LEARNED.put(zoo, v, settings, learner(zoo, v, progress=report, should_stop=cancel_event.is_set,
+                                                      **settings))
+                if cancel_event.is_set():
+                    break
+            return True
+        job, _ = worker.submit(job_key, learn, label=f"AdaMerging on {zoo.path.name}",
+                               owner=jobs_view.current_session_id(), restart=True)
+
+
+@st.fragment(run_every=1.0)
+def learning_progress() -> None:
+    """The learning job's progress (only this part reruns); the page reloads its results when it ends."""
+    current = worker.get(job_key)
+    if current is None:
+        return
+    if current.active:
+        if current.owner != jobs_view.current_session_id():
+            st.info("Another session started this learning job; its progress is shown here.", icon=":material/group:")
+        jobs_view.record_panel(current.snapshot())
+        jobs_view.cancel_button(current, f"{W}cancel")
+    elif ss.get(f"{W}seen_job") != (job_key, current.finished):
+        ss[f"{W}seen_job"] = (job_key, current.finished)
         st.rerun()
+
+
+if job is not None:
+    learning_progress()
 
 done = {v: r for v, r in results.items() if r is not None}
 if done:

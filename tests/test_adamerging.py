@@ -210,6 +210,13 @@ def test_layer_coefficients_page(monkeypatch, tiny_zoo_copy):
     at.selectbox(key="lc_set_granularity").set_value("layer").run()
     at.button(key="lc_learn").click().run()
     _clean(at)
+    # the learning runs as a job of the server's shared worker, not in the page's script run
+    from sammerge.jobs.worker import get_worker
+    jobs = [t for t in get_worker().tasks() if t.key.startswith(f"adamerging:{zoo.path}:")]
+    assert len(jobs) == 1
+    assert jobs[0].wait(timeout=600) is True
+    at.run()
+    _clean(at)
     reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
     assert "plain: mean λ" in reading and "SAM: mean λ" in reading and "in 6 steps" in reading
     settings = {**get_learner("adamerging").defaults(), "steps": 6, "granularity": "layer"}
@@ -295,3 +302,21 @@ def test_benchmark_quick(tiny_zoo, tmp_path):
     assert set(rows) == {"task_arithmetic", "ties", "adamerging_task_ta", "adamerging_layer_ta",
                          "adamerging_task_ties", "adamerging_layer_ties"}
     assert data["settings"]["steps"] == 3 and "| AdaMerging, layer-wise |" in proc.stdout
+
+
+def test_learning_job_can_be_cancelled_and_keeps_the_best_so_far(monkeypatch, tiny_zoo_copy):
+    from sammerge.explorer.layers_view import LEARNED
+    from sammerge.jobs.worker import get_worker
+
+    zoo = open_zoo(tiny_zoo_copy)
+    at = _run_page(monkeypatch, tiny_zoo_copy, "pages/5_Layer_coefficients.py")
+    at.number_input(key="lc_set_steps").set_value(1000).run()
+    at.button(key="lc_learn").click().run()
+    _clean(at)
+    [job] = [t for t in get_worker().tasks() if t.key.startswith(f"adamerging:{zoo.path}:")]
+    job.cancel()
+    assert job.wait(timeout=600) is True
+    settings = {**get_learner("adamerging").defaults(), "steps": 1000}
+    first = LEARNED.get(zoo, zoo.variants[0], settings)
+    assert first is not None and first.stopped and first.steps_run < 1000
+    assert LEARNED.get(zoo, zoo.variants[1], settings) is None  # the job ended at the cancel

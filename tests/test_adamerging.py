@@ -320,3 +320,34 @@ def test_learning_job_can_be_cancelled_and_keeps_the_best_so_far(monkeypatch, ti
     first = LEARNED.get(zoo, zoo.variants[0], settings)
     assert first is not None and first.stopped and first.steps_run < 1000
     assert LEARNED.get(zoo, zoo.variants[1], settings) is None  # the job ended at the cancel
+
+
+def test_single_task_labelled_proxy_moves_toward_the_grid_search_best_lambda(zoo):
+    """The issue's check: one task, the optimizer run on a labelled proxy (cross-entropy with the validation labels
+    instead of the entropy); a grid search of the same loss by ordinary forward passes gives the best λ, and the
+    learned λ ends nearer to it than where it started."""
+    from sammerge.evaluation.adamerging import learn_coefficients
+    from sammerge.merging.task_vector import float_keys
+
+    task, n = "digits", 64
+    theta0, tv = zoo.pretrained(), zoo.task_vector(task, "plain")
+    split = zoo.split(task, "val").subset(n, 0)
+    enc = zoo.create_encoder()
+
+    def labelled_loss(lam):
+        theta = {k: (v + lam * tv[k]) if v.is_floating_point() else v for k, v in theta0.items()}
+        enc.load_state_dict(theta)
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(zoo.heads[task](enc(split.images)), split.labels))
+
+    grid = [round(0.1 * i, 1) for i in range(0, 31)]
+    losses = [labelled_loss(lam) for lam in grid]
+    best = grid[min(range(len(grid)), key=losses.__getitem__)]
+    start = 0.0 if best >= 1.5 else 3.0  # start on the far side of the grid from the optimum
+    lam, trace, _, _ = learn_coefficients(theta0, [tv], zoo.create_encoder(), [zoo.heads[task]], [split.images],
+                                          {"all": float_keys(theta0)}, steps=120, lr=0.05, init=start,
+                                          clamp=(0.0, 3.0), labels=[split.labels])
+    learned = float(lam[0, 0])
+    assert trace[-1] < trace[0]
+    assert abs(learned - best) < abs(start - best) / 2, (learned, best, start)
+    assert labelled_loss(learned) <= labelled_loss(start)

@@ -89,9 +89,13 @@ def learn_coefficients(pretrained: Mapping[str, torch.Tensor], task_vectors: Seq
                        encoder: torch.nn.Module, heads: Sequence, images: Sequence[torch.Tensor],
                        groups: Mapping[str, Sequence[str]], steps: int, lr: float, init: float,
                        clamp: tuple[float, float], progress: Progress | None = None,
-                       should_stop: Callable[[], bool] | None = None, stage: str = "AdaMerging"
+                       should_stop: Callable[[], bool] | None = None, stage: str = "AdaMerging",
+                       labels: Sequence[torch.Tensor] | None = None
                        ) -> tuple[torch.Tensor, list[float], int, bool]:
     """Adam on λ [T, G] minimizing mean_t mean_x H(head_t(f(x; θ0 + Σ_t Σ_g λ_{t,g} τ_{t,g}))).
+
+    ``labels`` (a labelled proxy, for checks against a grid search): the cross-entropy with these labels replaces
+    the prediction entropy; AdaMerging itself never sees labels.
 
     ``groups``: group → keys (every floating key in exactly one group); ``images[t]``/``heads[t]``: task t's inputs
     and head. τ is cached flattened per group ([T, n_g]), so a step is one mat-vec per group, one forward and one
@@ -125,6 +129,9 @@ def learn_coefficients(pretrained: Mapping[str, torch.Tensor], task_vectors: Seq
                 params[key] = merged[offset:offset + n].view(shape)
                 offset += n
         feats = functional_call(encoder, params, (x,))
+        if labels is not None:
+            return torch.stack([torch.nn.functional.cross_entropy(heads[t](feats[bounds[t]:bounds[t + 1]]), labels[t])
+                                for t in range(T)]).mean()
         return torch.stack([entropy(heads[t](feats[bounds[t]:bounds[t + 1]])).mean() for t in range(T)]).mean()
 
     trace: list[float] = []

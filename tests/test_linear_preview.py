@@ -62,3 +62,18 @@ def test_lambda_moves_cost_no_forward_pass(linear_zoo):
 
 def test_ordinary_zoos_have_no_preview(tiny_zoo):
     assert Explorer(open_zoo(tiny_zoo), n_per_task=16).preview is None
+
+
+def test_analyses_that_would_use_the_plain_forward_refuse_linearized_zoos(linear_zoo):
+    from sammerge.analytics import report as an
+    from sammerge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="linearized"):
+        an.analyze_zoo(linear_zoo, quick=True)
+    with pytest.raises(ConfigError, match="linearized"):
+        an.sharpness_for(linear_zoo, linear_zoo.pretrained(), linear_zoo.tasks[0])
+    with pytest.raises(ConfigError, match="linearized"):
+        an.cross_task_linearity_for(linear_zoo, linear_zoo.tasks[0], linear_zoo.tasks[1], "plain")
+    # the evaluator-based ones use f_lin and work
+    curve = an.interpolation_for(linear_zoo, linear_zoo.tasks[0], "plain", n_per_task=16, use_cache=False)
+    assert len(curve["finetuned"].loss[linear_zoo.tasks[0]]) == 11

@@ -200,6 +200,7 @@ def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, o
     if progress:
         progress(0, total, "starting")
     timings: dict[str, float] = {}
+    _check_not_linearized(zoo, "the sharpness analysis")
     encoder = zoo.create_encoder()
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -349,6 +350,15 @@ def _sub(progress: Progress | None, stage: str) -> Progress | None:
     return (lambda done, total, _inner="": progress(done, total, stage)) if progress else None
 
 
+def _check_not_linearized(zoo, what: str) -> None:
+    """Sharpness and cross-task linearity differentiate the encoder's own forward; a linearized zoo is evaluated as
+    f(θ0) + J(θ − θ0), whose curvature these do not compute yet: refuse rather than report numbers of another model."""
+    if zoo.manifest.linearized:
+        raise ConfigError(f"{what} is not available for linearized zoos yet (it would differentiate f, but this zoo's "
+                          "models are f(θ0) + J(θ − θ0)); the landscapes, interpolation and disentanglement use the "
+                          "linearized model and work")
+
+
 def _check_tasks(zoo, *tasks):
     for t in tasks:
         if t not in zoo.tasks:
@@ -465,6 +475,7 @@ def cross_task_linearity_for(zoo, task_i: str, task_j: str, variant: str, n_imag
     """(Cached) cross-task linearity per block between θ_i and θ_j of a variant, on n_images of each task."""
     from sammerge.analytics.interference import cross_task_linearity
 
+    _check_not_linearized(zoo, "cross-task linearity")
     _check_tasks(zoo, task_i, task_j)
     _check_variant(zoo, variant)
     alphas = np.linspace(0, 1, 11) if alphas is None else np.asarray(alphas, float)
@@ -486,6 +497,7 @@ def sharpness_for(zoo, params: Mapping[str, torch.Tensor], task: str, n_images: 
     from sammerge.evaluation.evaluator import params_digest
     from sammerge.analytics.sharpness import fixed_batch
 
+    _check_not_linearized(zoo, "sharpness")
     _check_tasks(zoo, task)
     s = _merged_settings("sharpness", False, settings, n_images)
     inputs = dict(params=params_digest(params), task=task, settings=s)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from demo_regime import markdown as demo_regime_markdown
+from demo_regime import search_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,7 +108,8 @@ def paper_table(text: str) -> str:
     return text.strip()
 
 
-BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
+BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_v2.json": demo_regime, "regime_search.json": search_markdown,
+          "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table}
 

@@ -146,7 +146,7 @@ def _agg(values):
 
 
 def summarize(runs: list[dict], preset: str, seeds: list[int]) -> dict:
-    summary = {"preset": preset, "seeds": seeds, "torch_threads": torch.get_num_threads(),
+    summary = {"preset": preset, "seeds": seeds, "torch_threads": runs[0].get("torch_threads", torch.get_num_threads()),
                "build_time_s": _agg([r["build_time_s"] for r in runs]),
                "pretrained_test": _agg([r["pretrained_test"] for r in runs]), "variants": {}, "fair": {}}
     keys = ("individual_test", "merged_test", "normalized", "gap_points", "best_lambda_val", "min_gain_points",
@@ -166,8 +166,8 @@ def _pct(d: dict) -> str:
 
 
 def curve_at(runs: list[dict], variant: str, lam: str) -> str:
-    values = [r["variants"][variant].get("test_at", {}).get(lam, r["variants"][variant]["test_curve"].get(lam))
-              for r in runs]
+    values = [r["variants"][variant]["test_at"][lam] if "test_at" in r["variants"][variant]
+              else r["variants"][variant]["test_curve"][lam] for r in runs]
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
 
@@ -221,8 +221,9 @@ def markdown(summary: dict, runs: list[dict]) -> str:
 def search_markdown(data: dict) -> str:
     """One row per recipe tried (plain / SAM where both exist), measured rows first, then the issue's earlier probes."""
     lines = ["| recipe | tasks | seeds | pretrained | individual plain / SAM | TA best λ (val) plain / SAM | TA merged "
-             "plain / SAM | normalized plain / SAM | gap closed plain / SAM | build (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "plain / SAM | normalized plain / SAM | gap closed plain / SAM | smallest task gain (pts) plain / SAM "
+             "| build wall time (s; shared machine, load varies) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def two(row, key, fmt):
         vals = [row["variants"][v][key] for v in ("plain", "sam") if v in row["variants"]]
@@ -231,9 +232,10 @@ def search_markdown(data: dict) -> str:
     for row in data["probes"]:
         lines.append(f"| **{row['name']}**: {row['description']} | {row['n_tasks']} | {row['seeds']} | "
                      f"{100 * row['pretrained']:.1f} | {two(row, 'individual', lambda x: f'{100 * x:.1f}')} | "
-                     f"{two(row, 'best_lambda', lambda x: f'{x:g}')} | {two(row, 'merged', lambda x: f'{100 * x:.1f}')} | "
+                     f"{two(row, 'best_lambda', lambda x: f'{x:.2f}')} | {two(row, 'merged', lambda x: f'{100 * x:.1f}')} | "
                      f"{two(row, 'normalized', lambda x: f'{100 * x:.0f}')} | "
-                     f"{two(row, 'gap_closed', lambda x: f'{100 * x:.0f} %')} | {row['build_s']:.0f} |")
+                     f"{two(row, 'gap_closed', lambda x: f'{100 * x:.0f} %')} | "
+                     f"{two(row, 'min_gain_points', lambda x: f'{x:.1f}')} | {row['build_s']:.0f} |")
     lines += ["", "Earlier probes (issue #9's table, measured before this search; not re-run):", ""]
     lines += ["| recipe | pretrained | individual plain / SAM | TA best λ | merged plain / SAM | gap closed plain / SAM |",
               "|---|---|---|---|---|---|"]
@@ -283,6 +285,7 @@ def run_seeds(recipe: ZooRecipe, seeds: list[int], out: Path, reuse: bool, ties:
         result = measure(zoo, ties=ties)
         result["seed"] = seed
         result["build_time_s"] = zoo.manifest.build_wall_time_s
+        result["torch_threads"] = zoo.manifest.threads
         result["pretrain_time_s"] = sum(zoo.manifest.stage_times_s.get(k, 0.0) for k in ("pretrain", "probe"))
         runs.append(result)
         brief = {v: {k: round(r[k], 4) for k in ("individual_test", "best_lambda_val", "merged_test", "normalized",
@@ -331,10 +334,10 @@ def main() -> None:
                                                "preset": f"{args.preset}-{'-'.join(args.variants)}"})
         runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties)
     summary = summarize(runs, args.preset, args.seeds)
-    print(json.dumps(summary, indent=2))
-    print(markdown(summary, runs))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(markdown(summary, runs))
 
 
 if __name__ == "__main__":

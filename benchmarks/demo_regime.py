@@ -34,13 +34,13 @@ LAMBDAS = lambda_grid("task_arithmetic")
 MARKS = ("1/T", "0.3", "0.5", "1.0")
 
 
-def measure(zoo, n_val: int | None = None, ties: bool = True) -> dict:
+def measure(zoo, n_val: int | None = 256, ties: bool = True) -> dict:
     val = Evaluator.from_zoo(zoo, split="val", n_per_task=n_val)
     test = Evaluator.from_zoo(zoo, split="test", n_per_task=None)
     theta0 = zoo.pretrained()
     pre = test.evaluate(theta0)
     pre_mean = statistics.mean(r.accuracy for r in pre.values())
-    out = {"pretrained_test": pre_mean, "pretrained_per_task": {t: r.accuracy for t, r in pre.items()},
+    out = {"pretrained_test": pre_mean, "n_val_per_task": n_val, "pretrained_per_task": {t: r.accuracy for t, r in pre.items()},
            "linearized": zoo.manifest.linearized, "variants": {}}
     for variant in zoo.variants:
         indiv = {t: zoo.manifest.checkpoint(t, variant).accuracy.test for t in zoo.tasks}
@@ -49,7 +49,6 @@ def measure(zoo, n_val: int | None = None, ties: bool = True) -> dict:
         merged, merged_mean = sweep.test, sweep.test_mean
         indiv_mean = statistics.mean(indiv.values())
         direction = merged_direction("task_arithmetic", theta0, tvs)
-        test_curve = [mean_accuracy(r) for r in test.evaluate_many([scaled(theta0, direction, lam) for lam in LAMBDAS])]
         marks = {"1/T": 1 / len(zoo.tasks), "0.3": 0.3, "0.5": 0.5, "1.0": 1.0}
         at = {k: mean_accuracy(test.evaluate(scaled(theta0, direction, lam))) for k, lam in marks.items()}
         row = {
@@ -60,13 +59,12 @@ def measure(zoo, n_val: int | None = None, ties: bool = True) -> dict:
             "gap_closed": gap_closed(merged_mean, pre_mean, indiv_mean),
             "gap_points": 100 * (indiv_mean - merged_mean),
             "val_curve": dict(zip(map(str, LAMBDAS), sweep.val_mean)),
-            "test_curve": dict(zip(map(str, LAMBDAS), test_curve)),
             "test_at": at,
             "min_gain_points": 100 * min(indiv[t] - out["pretrained_per_task"][t] for t in zoo.tasks),
             "steps": zoo.manifest.checkpoint(zoo.tasks[0], variant).method["steps"],
             "label": zoo.manifest.checkpoint(zoo.tasks[0], variant).method["label"],
         }
-        if ties:
+        if ties and not variant.startswith("plain_"):  # TIES beside TA for the shipped variants
             tsweep = sweep_shared_lambda(val, "ties", theta0, tvs, test_evaluator=test)
             row.update(ties_best_lambda_val=tsweep.best_lambda, ties_merged_test=tsweep.test_mean,
                        ties_gap_closed=gap_closed(tsweep.test_mean, pre_mean, indiv_mean))
@@ -118,6 +116,29 @@ def fair_comparisons(variants: dict) -> dict:
     return out
 
 
+def merge_runs(runs: list[dict]) -> list[dict]:
+    """One run per seed: the variants of runs of the same seed (zoos built with different variant subsets of one
+    recipe share θ0, heads and, variant by variant, the same checkpoints) are united, fair comparisons redone."""
+    by_seed: dict[int, dict] = {}
+    for run in runs:
+        if run["seed"] not in by_seed:
+            by_seed[run["seed"]] = {**run, "variants": dict(run["variants"]), "build_time_s": run["build_time_s"]}
+            continue
+        into = by_seed[run["seed"]]
+        if abs(into["pretrained_test"] - run["pretrained_test"]) > 1e-9:
+            raise SystemExit(f"seed {run['seed']}: runs disagree on the pretrained model; not the same recipe")
+        into["variants"].update(run["variants"])
+        into["build_time_s"] += run["build_time_s"] - run.get("pretrain_time_s", 0.0)  # θ0 and heads counted once
+    out = []
+    for seed in sorted(by_seed):
+        run = by_seed[seed]
+        order = sorted(run["variants"], key=lambda v: (not v.startswith("plain"), run["variants"][v]["steps"], v))
+        run["variants"] = {v: run["variants"][v] for v in order}
+        run["fair"] = fair_comparisons(run["variants"])
+        out.append(run)
+    return out
+
+
 def _agg(values):
     values = [float(x) for x in values]
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -125,7 +146,7 @@ def _agg(values):
 
 
 def summarize(runs: list[dict], preset: str, seeds: list[int]) -> dict:
-    summary = {"preset": preset, "seeds": seeds, "torch_threads": torch.get_num_threads(),
+    summary = {"preset": preset, "seeds": seeds, "torch_threads": runs[0].get("torch_threads", torch.get_num_threads()),
                "build_time_s": _agg([r["build_time_s"] for r in runs]),
                "pretrained_test": _agg([r["pretrained_test"] for r in runs]), "variants": {}, "fair": {}}
     keys = ("individual_test", "merged_test", "normalized", "gap_points", "best_lambda_val", "min_gain_points",
@@ -145,8 +166,8 @@ def _pct(d: dict) -> str:
 
 
 def curve_at(runs: list[dict], variant: str, lam: str) -> str:
-    values = [r["variants"][variant].get("test_at", {}).get(lam, r["variants"][variant]["test_curve"].get(lam))
-              for r in runs]
+    values = [r["variants"][variant]["test_at"][lam] if "test_at" in r["variants"][variant]
+              else r["variants"][variant]["test_curve"][lam] for r in runs]
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
 
@@ -200,8 +221,9 @@ def markdown(summary: dict, runs: list[dict]) -> str:
 def search_markdown(data: dict) -> str:
     """One row per recipe tried (plain / SAM where both exist), measured rows first, then the issue's earlier probes."""
     lines = ["| recipe | tasks | seeds | pretrained | individual plain / SAM | TA best λ (val) plain / SAM | TA merged "
-             "plain / SAM | normalized plain / SAM | gap closed plain / SAM | build (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "plain / SAM | normalized plain / SAM | gap closed plain / SAM | smallest task gain (pts) plain / SAM "
+             "| build wall time (s; shared machine, load varies) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def two(row, key, fmt):
         vals = [row["variants"][v][key] for v in ("plain", "sam") if v in row["variants"]]
@@ -210,9 +232,10 @@ def search_markdown(data: dict) -> str:
     for row in data["probes"]:
         lines.append(f"| **{row['name']}**: {row['description']} | {row['n_tasks']} | {row['seeds']} | "
                      f"{100 * row['pretrained']:.1f} | {two(row, 'individual', lambda x: f'{100 * x:.1f}')} | "
-                     f"{two(row, 'best_lambda', lambda x: f'{x:g}')} | {two(row, 'merged', lambda x: f'{100 * x:.1f}')} | "
+                     f"{two(row, 'best_lambda', lambda x: f'{x:.2f}')} | {two(row, 'merged', lambda x: f'{100 * x:.1f}')} | "
                      f"{two(row, 'normalized', lambda x: f'{100 * x:.0f}')} | "
-                     f"{two(row, 'gap_closed', lambda x: f'{100 * x:.0f} %')} | {row['build_s']:.0f} |")
+                     f"{two(row, 'gap_closed', lambda x: f'{100 * x:.0f} %')} | "
+                     f"{two(row, 'min_gain_points', lambda x: f'{x:.1f}')} | {row['build_s']:.0f} |")
     lines += ["", "Earlier probes (issue #9's table, measured before this search; not re-run):", ""]
     lines += ["| recipe | pretrained | individual plain / SAM | TA best λ | merged plain / SAM | gap closed plain / SAM |",
               "|---|---|---|---|---|---|"]
@@ -262,6 +285,8 @@ def run_seeds(recipe: ZooRecipe, seeds: list[int], out: Path, reuse: bool, ties:
         result = measure(zoo, ties=ties)
         result["seed"] = seed
         result["build_time_s"] = zoo.manifest.build_wall_time_s
+        result["torch_threads"] = zoo.manifest.threads
+        result["pretrain_time_s"] = sum(zoo.manifest.stage_times_s.get(k, 0.0) for k in ("pretrain", "probe"))
         runs.append(result)
         brief = {v: {k: round(r[k], 4) for k in ("individual_test", "best_lambda_val", "merged_test", "normalized",
                                                   "gap_closed", "min_gain_points")}
@@ -277,6 +302,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("zoos/regime"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="reuse zoos already built in --out")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="summarize the runs of these --json files (seeds run as separate processes)")
     parser.add_argument("--no-ties", action="store_true", help="skip the TIES sweep")
     parser.add_argument("--probe", default=None, help="regime search: name of this probe (a row of --search)")
     parser.add_argument("--base", default="demo", help="probe: the preset the overrides apply to")
@@ -284,6 +311,8 @@ def main() -> None:
     parser.add_argument("--describe", default="", help="probe: one-line description for the table")
     parser.add_argument("--search", type=Path, default=Path("benchmarks/results/regime_search.json"),
                         help="probe: the regime-search results file (the row is added or replaced)")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="build only these variants of the preset (run others as separate processes; --combine)")
     args = parser.parse_args()
     if args.probe:
         recipe = ZooRecipe.model_validate(_apply(get_preset(args.base).model_dump(mode="json"),
@@ -295,13 +324,20 @@ def main() -> None:
         args.search.write_text(json.dumps(data, indent=1))
         print(json.dumps(row["variants"], indent=1))
         return
-    recipe = get_preset(args.preset)
-    runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties)
+    if args.combine:  # seeds run as separate processes: one summary over their runs
+        runs = merge_runs([r for f in args.combine for r in json.loads(f.read_text())["runs"]])
+        args.seeds = [r["seed"] for r in runs]
+    else:
+        recipe = get_preset(args.preset)
+        if args.variants:
+            recipe = recipe.model_copy(update={"variants": [v for v in recipe.variants if v.name in args.variants],
+                                               "preset": f"{args.preset}-{'-'.join(args.variants)}"})
+        runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties)
     summary = summarize(runs, args.preset, args.seeds)
-    print(json.dumps(summary, indent=2))
-    print(markdown(summary, runs))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(markdown(summary, runs))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
+from demo_regime import search_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -183,7 +184,8 @@ def paper_table(text: str) -> str:
     return text.strip()
 
 
-BLOCKS = {"demo_regime.json": demo_regime, "merge_eval.json": merge_eval, "analytics.json": analytics,
+BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_v2.json": demo_regime, "regime_search.json": search_markdown,
+          "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,

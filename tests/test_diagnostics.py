@@ -161,3 +161,27 @@ def test_fair_sam_comparisons_by_hand():
     fair = mod.fair_comparisons({**variants, "sam": v(0.80, 0.50)})["sam"]
     assert fair["equal_individual"]["plain_merged_at"] == pytest.approx(0.48)
     assert fair["equal_individual"]["interpolated"] is False
+
+
+def test_runs_of_one_seed_are_united():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_regime.py"
+    spec = importlib.util.spec_from_file_location("demo_regime_bench2", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(seed, variants, build, pre=0.3):
+        return {"seed": seed, "pretrained_test": pre, "build_time_s": build, "pretrain_time_s": 10.0,
+                "variants": {n: {"individual_test": i, "merged_test": m, "normalized": m / i, "steps": s}
+                             for n, (i, m, s) in variants.items()}}
+
+    runs = mod.merge_runs([run(0, {"plain": (0.6, 0.45, 150), "sam": (0.58, 0.46, 150)}, 100.0),
+                           run(0, {"plain_2x": (0.66, 0.47, 300)}, 60.0),
+                           run(1, {"plain": (0.62, 0.44, 150)}, 90.0)])
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert list(runs[0]["variants"]) == ["plain", "plain_2x", "sam"]
+    assert runs[0]["build_time_s"] == pytest.approx(150.0)  # θ0 and heads (10 s) counted once
+    assert runs[0]["fair"]["sam"]["equal_compute"]["merged"] == pytest.approx(-0.01)
+    with pytest.raises(SystemExit, match="pretrained"):
+        mod.merge_runs([run(0, {"plain": (0.6, 0.45, 150)}, 1.0), run(0, {"sam": (0.6, 0.45, 150)}, 1.0, pre=0.31)])

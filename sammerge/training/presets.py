@@ -142,7 +142,34 @@ def _tiny() -> ZooRecipe:
     )
 
 
-PRESETS = {"demo": _demo, "tiny": _tiny}
+REGIME_TASKS = ["digits", "latin_upper", "latin_lower", "symbols"]
+
+
+def _demo_v2() -> ZooRecipe:
+    """The regime search's best recipe (benchmarks/demo_regime.py): 4 tasks, a full-resolution encoder (stride-1
+    stem), short pretraining and short, small AdamW fine-tuning steps: task vectors stay in the pretrained basin."""
+    return ZooRecipe(
+        preset="demo_v2", seed=0, tasks=list(REGIME_TASKS),
+        encoder=EncoderConfig(channels=(16, 32, 64, 96), stem_width=16, stem_stride=1, output_stride=32),
+        pretrain=PretrainRecipe(steps=150, batch_size=128, lr=2e-3),
+        probe=ProbeRecipe(),
+        finetune=FinetuneRecipe(optimizer="adamw", lr=1e-3, steps=150, batch_size=128, warmup_steps=0),
+        variants=[VariantSpec(name="plain"), VariantSpec(name="sam", sam=True, rho=0.05),
+                  VariantSpec(name="asam", sam=True, rho=0.5, adaptive=True)],
+    )
+
+
+def _demo_v2_fair() -> ZooRecipe:
+    """demo_v2 plus plain runs at half and twice the steps, for the fair SAM comparisons (equal compute: SAM costs
+    two passes per step; equal individual accuracy: the plain family's merged-vs-individual curve). Its plain /
+    sam / asam checkpoints are those of demo_v2 (same seeds, same batches)."""
+    recipe = _demo_v2()
+    steps = recipe.finetune.steps
+    return recipe.model_copy(update={"preset": "demo_v2_fair", "variants": [
+        VariantSpec(name="plain_half", steps=steps // 2), *recipe.variants, VariantSpec(name="plain_2x", steps=2 * steps)]})
+
+
+PRESETS = {"demo": _demo, "tiny": _tiny, "demo_v2": _demo_v2, "demo_v2_fair": _demo_v2_fair}
 
 
 def get_preset(name: str) -> ZooRecipe:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -92,6 +93,7 @@ def main() -> int:
         r = report[mode]
         print(f"{mode:9s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
               f"(min {r['min_ms']:.0f}, max {r['max_ms']:.0f}) over {r['moves']} moves")
+    report["load_average_1min"] = os.getloadavg()[0]  # other work on the machine at the end
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -140,6 +141,7 @@ def main() -> int:
           f"server memory {m['before_mb']:.0f} MB → peak {m['peak_mb']:.0f} MB → {m['after_mb']:.0f} MB after")
     for e in errors:
         print("  " + e)
+    report["load_average_1min"] = os.getloadavg()[0]  # other work on the machine at the end
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 1 if errors or len(own) != args.sessions else 0

@@ -6,7 +6,7 @@
 
 What ships: the zoo (θ0, heads, every fine-tuned checkpoint, zoo.json with the recipe, hashes, torch version and
 device), its analysis (``sammerge analyze`` defaults), the cached 1-D curve, task plane and random plane the
-Sharpness page opens with, the paper table and the explorer's default λ sweeps.
+Sharpness page opens with, the paper table, the explorer's default λ sweeps and the regime diagnostics.
 """
 from __future__ import annotations
 
@@ -42,7 +42,10 @@ def warm_caches(zoo) -> None:
     print("paper table …", flush=True)
     ex.paper_table()
     print("default λ sweeps …", flush=True)
-    ex.sweeps(ex.default_spec())
+    ex.sweeps(ex.default_spec())  # kept in ZOO/analysis/sweeps
+    print("regime diagnostics …", flush=True)
+    from sammerge.analytics.diagnostics import diagnose_zoo
+    diagnose_zoo(zoo)
 
 
 def check(shipped: Path) -> int:

@@ -36,7 +36,11 @@ def test_shipped_zoo_carries_what_the_pages_open_with():
         assert an.interpolation_for(zoo, t[0], v, cached_only=True) is not None
         assert an.task_plane_for(zoo, t[0], t[1], v, n=11, cached_only=True) is not None
         assert an.random_plane_for(zoo, t[0], v, n=11, cached_only=True) is not None
+    from sammerge.analytics.diagnostics import diagnose_zoo
     from sammerge.explorer.service import Explorer
+    assert diagnose_zoo(zoo, cached_only=True) is not None
+    ex = Explorer(zoo)
+    assert ex.cached_sweeps(ex.default_spec()) is not None  # the explorer's λ-sweep chart shows at once
     frame = Explorer(zoo, n_per_task=8).paper_table_cached()
     assert frame is not None and set(frame["variant"]) == set(variants)
     # the stored numbers are the table's: its individual row equals the zoo's recorded test accuracies

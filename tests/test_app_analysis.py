@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bare_zoo(tiny_zoo, tmp_path_factory) -> Path:
     """A private copy of the tiny zoo (the pages may write an analysis into it)."""
     dest = tmp_path_factory.mktemp("app_analysis") / "tiny"
-    shutil.copytree(tiny_zoo, dest)
+    shutil.copytree(tiny_zoo, dest, ignore=shutil.ignore_patterns("analysis"))  # as built: no caches of other tests
     return dest
 
 

@@ -89,7 +89,7 @@ def test_sweep_fans_out_on_ray_and_matches_local(tiny_zoo, tmp_path):
     results = {}
     for backend in ("local", "ray"):
         path = tmp_path / backend
-        shutil.copytree(tiny_zoo, path)
+        shutil.copytree(tiny_zoo, path, ignore=shutil.ignore_patterns("analysis"))  # no caches of other tests
         zoo = open_zoo(path)
         specs = [MergeSpec.for_zoo(zoo, m, None, v) for m in ("task_arithmetic", "ties") for v in zoo.variants]
         results[backend] = run_sweeps(zoo, specs, backend=backend, chunk_size=6)

@@ -31,3 +31,9 @@ class ImportCheckError(SammergeError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__(f"{len(self.problems)} problem(s) found, nothing written:\n  - " + "\n  - ".join(self.problems))
+
+
+def invalid_fields(exc, what: str = "field") -> str:
+    """Every problem of a pydantic ``ValidationError`` in one line: "invalid field 'a.b': msg; invalid field …"."""
+    return "; ".join(f"invalid {what} '{'.'.join(str(p) for p in e['loc']) or '(root)'}': "
+                     f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sammerge.errors import CheckpointError, ZooError
+from sammerge.errors import CheckpointError, ZooError, invalid_fields
 from sammerge.io import load_state_dict, sha256_file
 from sammerge.merging.task_vector import task_vector
 from sammerge.training.model import (AnyEncoderConfig, Head, create_encoder, heads_from_state_dict,
@@ -172,9 +172,7 @@ def read_manifest(path: str | os.PathLike) -> ZooManifest:
     try:
         return ZooManifest.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        raise ZooError(f"{manifest_path}: invalid field '{loc}': {err['msg']}") from None
+        raise ZooError(f"{manifest_path}: {invalid_fields(exc)}") from None
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sammerge.errors import ConfigError, ZooError
+from sammerge.errors import ConfigError, ZooError, invalid_fields
 from sammerge.cli._progress import progress_bar
 
 
@@ -96,9 +96,7 @@ def _read_recipe(path: Path):
     try:
         return ZooRecipe.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        raise ConfigError(f"{path}: invalid recipe field '{loc}': {err['msg']}") from None
+        raise ConfigError(f"{path}: {invalid_fields(exc, 'recipe field')}") from None
 
 
 def _print_table(zoo) -> None:

@@ -5,7 +5,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
-from sammerge.errors import ConfigError
+from sammerge.errors import ConfigError, invalid_fields
 from sammerge.training.presets import VariantSpec, ZooRecipe
 
 
@@ -41,6 +41,4 @@ def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[st
     try:
         return ZooRecipe.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join((f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
-                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise ConfigError(f"recipe: {problems}") from None
+        raise ConfigError(f"recipe: {invalid_fields(exc, 'recipe field')}") from None

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from sammerge.webapp.browser import zoo_or_demo, chromium_page, open_page, streamlit_server, wait_idle
+from sammerge.webapp.browser import LAMBDA_SLIDER, zoo_or_demo, chromium_page, open_page, streamlit_server, wait_idle
 
-SLIDER = "[data-testid=stSlider] input[type=range]"
+SLIDER = LAMBDA_SLIDER
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,7 +40,7 @@ def browser_moves(zoo: Path, moves: int, prefetch: bool) -> tuple[list[float], l
     env = {"SAMMERGE_ZOO": str(zoo), "SAMMERGE_PREFETCH": "1" if prefetch else "0"}
     with streamlit_server(env) as url, chromium_page() as page:
         open_page(page, url, "merge_explorer")
-        slider = page.locator(SLIDER).first
+        slider = page.locator(SLIDER)
         lam = float(slider.get_attribute("value"))
         lambdas, times = [], []
         for _ in range(moves):

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from sammerge.webapp.browser import zoo_or_demo, CHROMIUM, CHROMIUM_ARGS, IDLE_JS, PAGES, streamlit_server
+from sammerge.webapp.browser import LAMBDA_SLIDER, zoo_or_demo, CHROMIUM, CHROMIUM_ARGS, IDLE_JS, PAGES, streamlit_server
 
-SLIDER = "[data-testid=stSlider] input[type=range]"
+SLIDER = LAMBDA_SLIDER
 
 
 def rss_mb(pid: int) -> float:
@@ -48,7 +48,7 @@ async def session(browser, url: str, index: int, moves: int, loaded: asyncio.Que
         await page.goto(f"{url}/{path}")
         await page.get_by_text(re.compile(marker)).first.wait_for(timeout=300_000)
         await page.wait_for_function(f"() => {IDLE_JS}", timeout=300_000)
-        slider = page.locator(SLIDER).first
+        slider = page.locator(SLIDER)
         lam = float(await slider.get_attribute("value"))
         for _ in range(index % 5):  # a different starting λ per session (0.3, 0.25, …, 0.1)
             lam = round(lam - 0.05, 2)

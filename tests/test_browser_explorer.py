@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sammerge.webapp.browser import (ARTIFACTS, IDLE_JS, PAGES, chromium_available, chromium_page, metric_values, open_page,
+from sammerge.webapp.browser import (ARTIFACTS, IDLE_JS, LAMBDA_SLIDER, PAGES, chromium_available, chromium_page, metric_values, open_page,
                      screenshot, streamlit_server, wait_idle)
 
 pytestmark = [pytest.mark.browser,
@@ -16,13 +16,15 @@ pytestmark = [pytest.mark.browser,
 
 
 def _lambda_slider(page):
-    return page.locator("[data-testid=stSlider] input[type=range]").first
+    return page.locator(LAMBDA_SLIDER)
 
 
 # The global λ slider's value and the λ of the "Showing: …" line, once that line describes the slider's value and the
 # run that drew it has ended (checked in one go in the page, so nothing can change between the reads).
 SETTLED_JS = f"""() => {{
-  const slider = document.querySelector('[data-testid=stSlider] input[type=range]').getAttribute('value');
+  const el = document.querySelector('{LAMBDA_SLIDER}');
+  if (!el) return null;
+  const slider = el.getAttribute('value');
   const line = Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'), e => e.innerText)
       .find(t => t.startsWith('Showing:'));
   const described = line && line.match(/λ = ([0-9.]+) ·/);

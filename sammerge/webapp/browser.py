@@ -75,6 +75,11 @@ def chromium_page(viewport=(1400, 1000)):
             browser.close()
 
 
+# The merge explorer's global λ slider, by its label: sliders mount one by one after a run's deltas arrive, so "the
+# first slider on the page" can briefly be a per-task λ_t slider.
+LAMBDA_SLIDER = '[data-testid=stSlider] input[type=range][aria-label^="Global λ"]'
+
+
 def zoo_or_demo(path: str | None) -> Path:
     """A benchmark's zoo: the given directory, or the demo zoo (installed from the shipped one on first use)."""
     if path is None:

@@ -334,8 +334,9 @@ def main() -> None:
                                                "preset": f"{args.preset}-{'-'.join(args.variants)}"})
         runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties)
     summary = summarize(runs, args.preset, args.seeds)
-    if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+    if args.json:  # the recipe lets a zoo of the same recipe show this study (sammerge.analytics.seed_study)
+        recipe_json = None if args.combine else get_preset(args.preset).model_dump(mode="json")
+        args.json.write_text(json.dumps({"summary": summary, "runs": runs, "recipe": recipe_json}, indent=2))
     print(json.dumps(summary, indent=2))
     print(markdown(summary, runs))
 

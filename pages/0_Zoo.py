@@ -5,6 +5,7 @@ import streamlit as st
 
 from sammerge.webapp import ui, zoo_picker
 from sammerge.analytics.diagnostics import diagnose_zoo
+from sammerge.analytics.seed_study import fair_table, load_study, study_reading, study_table
 from sammerge.explorer.analysis_views import checkpoint_table, load_analysis_for, sharpness_sentence
 from sammerge.explorer.diagnostics_view import merge_curve_figure, own_and_damage_figure, reading, summary_table
 ui.page_setup("Zoo")
@@ -14,8 +15,8 @@ st.markdown(
     "arithmetic** (θ = θ₀ + Σ λₜ τₜ, with task vectors τₜ = θₜ − θ₀). Merging loses accuracy through "
     "*parameter interference*. Lee et al. (ICLR 2025) report that fine-tuning with **sharpness-aware "
     "minimization (SAM)** gives task vectors that interfere less. This app lets you check that claim on "
-    "real checkpoints: every task here was fine-tuned twice from the same pretrained encoder, on the same "
-    "batches — once plainly, once with SAM.")
+    "real checkpoints: in a zoo built here every task is fine-tuned from the same pretrained encoder on the same "
+    "batches once per variant — plainly, with SAM, with ASAM — so the optimizer is the only difference.")
 
 zoo = ui.zoo_sidebar()
 m = zoo.manifest
@@ -89,6 +90,16 @@ if diag is not None:
     with c2:
         task = st.selectbox("Task", zoo.tasks, key="zoo_diag_task")
         ui.plot(own_and_damage_figure(diag, task), key="zoo_diag_task_fig", filename=f"own-vs-damage-{task}")
+
+study = load_study(zoo)
+if study is not None:
+    st.subheader("Plain vs SAM over seeds")
+    st.caption(f"This zoo's recipe built with seeds {', '.join(map(str, study['summary']['seeds']))} "
+               "(`benchmarks/demo_regime.py`): test accuracy, mean ± std over seeds; task arithmetic at each seed's "
+               "best validation λ. One seed is a sample: these are the numbers to compare variants by.")
+    st.dataframe(study_table(study), hide_index=True, width="stretch", key="zoo_study_table")
+    st.markdown("**Fair comparisons** (SAM-type variant minus plain, points): " + study_reading(study))
+    st.dataframe(fair_table(study), hide_index=True, width="stretch", key="zoo_study_fair")
 
 st.markdown("**Next:** open **Merge explorer** in the sidebar to merge these checkpoints and compare SAM with plain; "
             "**Sharpness & landscape** and **Interference** show why merges succeed or fail; **Paper table** gives "

@@ -3,6 +3,7 @@
     python scripts/ship_demo_zoo.py                 # build the demo preset (seed 0), analyse, ship
     python scripts/ship_demo_zoo.py --from ZOO      # ship an already built demo-preset zoo
     python scripts/ship_demo_zoo.py --check         # rebuild and compare every checkpoint's sha256 with the shipped one
+    python scripts/ship_demo_zoo.py --attach-study benchmarks/results/demo_regime.json   # ship the 3-seed study too
 
 What ships: the zoo (θ0, heads, every fine-tuned checkpoint, zoo.json with the recipe, hashes, torch version and
 device), its analysis (``sammerge analyze`` defaults), the cached 1-D curve, task plane and random plane the
@@ -11,6 +12,7 @@ Sharpness page opens with, the paper table, the explorer's default λ sweeps and
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -66,9 +68,20 @@ def main() -> int:
     ap.add_argument("--from", dest="source", type=Path, default=None, help="an already built demo-preset zoo")
     ap.add_argument("--out", type=Path, default=shipped_zoo_dir())
     ap.add_argument("--check", action="store_true", help="rebuild and compare hashes with the shipped zoo")
+    ap.add_argument("--attach-study", type=Path, default=None,
+                    help="only attach this seed study to the already shipped zoo (see --seed-study)")
+    ap.add_argument("--seed-study", type=Path, default=None,
+                    help="a benchmarks/demo_regime.py --json result of this recipe over several seeds: shipped with "
+                         "the zoo so the app shows the seed spread (refused unless it is this zoo's recipe)")
     args = ap.parse_args()
     if args.check:
         return check(args.out)
+    if args.attach_study is not None:
+        from sammerge.analytics.seed_study import attach_study
+        path = attach_study(open_zoo(args.out), json.loads(args.attach_study.read_text()))
+        path.chmod(0o644)
+        print(f"seed study: {path}")
+        return 0
     recipe = get_preset(SHIPPED_PRESET)
     fingerprint = recipe.fingerprint(data_sha256(load_benchmark()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,6 +96,9 @@ def main() -> int:
             sys.exit(f"{args.source}: not built from the current '{SHIPPED_PRESET}' recipe "
                      f"(fingerprint {zoo.manifest.recipe_fingerprint[:12]}…, expected {fingerprint[:12]}…)")
         warm_caches(zoo)
+        if args.seed_study is not None:
+            from sammerge.analytics.seed_study import attach_study
+            print(f"seed study: {attach_study(zoo, json.loads(args.seed_study.read_text()))}", flush=True)
         with atomic_dir(args.out, overwrite=True) as out:
             shutil.copytree(work, out, dirs_exist_ok=True, copy_function=shutil.copyfile)
             for path in out.rglob("*"):

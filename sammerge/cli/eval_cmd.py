@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation subset")
     p.add_argument("--all-tasks", action="store_true", help="evaluate every task of the zoo, not just the merged ones")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                   help="encoder forward: fp32 (default, exact), bf16 autocast, or auto (bf16 on CUDA, fp32 elsewhere); "
-                        "logits, loss and accuracy are fp32")
+                   help="encoder forward: fp32 (default, exact), bf16 autocast, or auto (bf16 on CUDA, fp32 "
+                        "elsewhere); logits, loss and accuracy are fp32")
     p.add_argument("--format", default="json", choices=["json", "csv"])
     p.add_argument("--out", type=Path, default=None, help="write here (atomically) instead of stdout")
     p.set_defaults(func=_run)

@@ -68,8 +68,9 @@ def _build(args: argparse.Namespace) -> int:
     from sammerge.training.presets import get_preset
 
     recipe = _read_recipe(args.recipe) if args.recipe else get_preset(args.preset)
-    recipe = with_knobs(recipe, seed=args.seed, steps=args.steps, rho=args.rho, adaptive=True if args.adaptive else None,
-                        linearized=True if args.linearized else None, precision=args.precision, seeds=args.seeds)
+    recipe = with_knobs(recipe, seed=args.seed, steps=args.steps, rho=args.rho,
+                        adaptive=True if args.adaptive else None, linearized=True if args.linearized else None,
+                        precision=args.precision, seeds=args.seeds)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")

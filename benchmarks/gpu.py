@@ -57,8 +57,7 @@ def finetune_seconds(zoo, task: str, precision: str, steps: int, device: torch.d
     from sammerge.training.presets import VariantSpec
     from sammerge.training.train import finetune
 
-    recipe = zoo.manifest.recipe.finetune.model_copy(update={"steps": steps, "precision": precision,
-                                                             "linearized": False})
+    recipe = zoo.manifest.recipe.finetune.model_copy(update={"steps": steps, "precision": precision})
     data = zoo.split(task, "train")
     warm = recipe.model_copy(update={"steps": 2})  # one untimed warm-up run (kernels, allocator)
     finetune(zoo.create_encoder().to(device), zoo.heads[task], data, warm, VariantSpec(name="plain"),
@@ -134,18 +133,25 @@ def main(argv=None) -> int:
     t_update, _ = timed(lambda: ev.evaluate(linear_combination(theta0, tvs, [lam] * len(tvs)),
                                             key=f"bench-{next(counter)}"), repeats, device)
     row("one slider update: merge + evaluate, fp32", t_update, f"mean accuracy {mean_accuracy(res):.4f}")
-    bf16 = Evaluator.from_zoo(zoo, split="val", n_per_task=n_per_task, seed=0, device=device, precision="bf16")
-    t_bf16, res_bf16 = timed(lambda: bf16.evaluate(merged, key=f"bench-{next(counter)}"), repeats, device)
-    agreement = float((predictions(bf16, merged) == predictions(ev, merged)).float().mean())
-    diff = max(abs(res[t].accuracy - res_bf16[t].accuracy) for t in res)
-    row("evaluate the merged model, bf16 autocast", t_bf16,
-        f"{n_images / t_bf16:,.0f} images/s; predictions agree with fp32 on {100 * agreement:.2f} % of images, "
-        f"max per-task accuracy difference {100 * diff:.2f} points")
-    steps = 5 if args.short else 50
-    for precision in ("fp32", "bf16"):
-        seconds = finetune_seconds(zoo, zoo.tasks[0], precision, steps, device)
-        row(f"fine-tune {steps} steps, {precision}", seconds,
-            f"{steps / seconds:.1f} steps/s, batch {zoo.manifest.recipe.finetune.batch_size}")
+    bf16_report = None
+    if zoo.manifest.linearized:  # f(θ0) + J Δ is evaluated and fine-tuned in fp32 only
+        print("(bf16 and fine-tuning rows skipped: a linearized zoo is evaluated and fine-tuned in fp32)")
+    else:
+        bf16 = Evaluator.from_zoo(zoo, split="val", n_per_task=n_per_task, seed=0, device=device, precision="bf16")
+        t_bf16, res_bf16 = timed(lambda: bf16.evaluate(merged, key=f"bench-{next(counter)}"), repeats, device)
+        agreement = float((predictions(bf16, merged) == predictions(ev, merged)).float().mean())
+        diff = max(abs(res[t].accuracy - res_bf16[t].accuracy) for t in res)
+        row("evaluate the merged model, bf16 autocast", t_bf16,
+            f"{n_images / t_bf16:,.0f} images/s; predictions agree with fp32 on {100 * agreement:.2f} % of images, "
+            f"max per-task accuracy difference {100 * diff:.2f} points")
+        bf16_report = {"prediction_agreement": agreement, "mean_accuracy": mean_accuracy(res_bf16),
+                       "per_task_accuracy": {t: r.accuracy for t, r in res_bf16.items()}}
+    if zoo.manifest.recipe is not None and not zoo.manifest.linearized:  # an imported zoo has no recipe
+        steps = 5 if args.short else 50
+        for precision in ("fp32", "bf16"):
+            seconds = finetune_seconds(zoo, zoo.tasks[0], precision, steps, device)
+            row(f"fine-tune {steps} steps, {precision}", seconds,
+                f"{steps / seconds:.1f} steps/s, batch {zoo.manifest.recipe.finetune.batch_size}")
 
     lambdas = lambda_grid("task_arithmetic")
     direction = merged_direction("task_arithmetic", theta0, tvs)
@@ -185,9 +191,7 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "preset": preset, "short": args.short, "repeats": repeats,
               "zoo": str(zoo.path), "variant": variant, "lambda": lam, "n_images": n_images,
               "mean_accuracy": mean_accuracy(res), "per_task_accuracy": {t: r.accuracy for t, r in res.items()},
-              "bf16": {"prediction_agreement": agreement, "mean_accuracy": mean_accuracy(res_bf16),
-                       "per_task_accuracy": {t: r.accuracy for t, r in res_bf16.items()}},
-              "rows": rows}
+              "bf16": bf16_report, "rows": rows}
     path = args.json or (None if args.short else str(ROOT / "benchmarks" / "results" / "gpu.json"))
     if path:
         Path(path).write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -6,8 +6,8 @@ slice. Many parameter settings can be evaluated in one batched pass (``torch.fun
 are cached by a hash of the parameters.
 
 ``precision``: "fp32" (default; exact), "bf16" (the encoder forward under bf16 autocast, on any device) or "auto"
-(bf16 on CUDA, fp32 elsewhere and for linearized zoos, whose f(θ0) + J Δ stays fp32). Features are cast back to fp32 before the heads: logits, loss and accuracy are
-always computed in fp32.
+(bf16 on CUDA, fp32 elsewhere and for linearized zoos, whose f(θ0) + J Δ stays fp32). Features are cast back to
+fp32 before the heads: logits, loss and accuracy are always computed in fp32.
 """
 from __future__ import annotations
 

@@ -67,8 +67,7 @@ def autocast(device: torch.device, precision: str):
 def features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     encoder.eval()
     device = next(encoder.parameters()).device
-    images = to_device(images, device)  # once, not per chunk
-    return torch.cat([encoder(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return torch.cat([encoder(to_device(images[i:i + batch_size], device)) for i in range(0, len(images), batch_size)])
 
 
 def _batch(data, idx: torch.Tensor, fresh_noise: bool, generator: torch.Generator,

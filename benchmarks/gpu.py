@@ -4,10 +4,11 @@
     python benchmarks/gpu.py --device cpu --short  # tiny zoo, few repeats: the CI check (well under a minute)
 
 Rows: the zoo build (job graph, local backend) and its stages; one slider update (merge θ0 + λ Σ τ_t, then
-evaluate every task's validation subset) in fp32 and under bf16 autocast (with the largest per-task accuracy
-difference to fp32, so it is clear whether bf16 is safe for the numbers shown); a 21-point shared-λ grid
-(``Evaluator.evaluate_many``, loop and vmap strategies); the top Hessian eigenvalue (Lanczos) of one
-checkpoint; a task plane. Times are medians over ``--repeats``; CUDA work is synchronized before each clock.
+evaluate every task's validation subset) with ``Evaluator(precision="fp32")`` and ``precision="bf16"`` (bf16
+autocast of the encoder forward; the share of images whose prediction agrees with fp32 and the largest per-task
+accuracy difference, so it is clear whether bf16 is safe for the numbers shown); fine-tuning steps with
+``FinetuneRecipe.precision`` fp32 and bf16; a 21-point shared-λ grid (``Evaluator.evaluate_many``, loop and vmap
+strategies); the top Hessian eigenvalue (Lanczos) of one checkpoint; a task plane. Times are medians over ``--repeats``; CUDA work is synchronized before each clock.
 Every number printed is measured in this run; nothing is extrapolated.
 """
 from __future__ import annotations
@@ -42,6 +43,31 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def predictions(ev, params) -> torch.Tensor:
+    """Predicted class of every evaluation image (task order), from the evaluator's own forward pass."""
+    with torch.inference_mode():
+        feats = ev.features(params)
+        return torch.cat([ev.heads[t](feats[ev.slices[t]]).argmax(1) for t in ev.tasks]).cpu()
+
+
+def finetune_seconds(zoo, task: str, precision: str, steps: int, device: torch.device) -> float:
+    """Wall time of ``steps`` fine-tuning steps (plain AdamW, the zoo's batch size) of θ0 on ``task``."""
+    from sammerge.training.presets import VariantSpec
+    from sammerge.training.train import finetune
+
+    recipe = zoo.manifest.recipe.finetune.model_copy(update={"steps": steps, "precision": precision})
+    data = zoo.split(task, "train")
+    warm = recipe.model_copy(update={"steps": 2})  # one untimed warm-up run (kernels, allocator)
+    finetune(zoo.create_encoder().to(device), zoo.heads[task], data, warm, VariantSpec(name="plain"),
+             torch.Generator().manual_seed(0))
+    encoder = zoo.create_encoder().to(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    finetune(encoder, zoo.heads[task], data, recipe, VariantSpec(name="plain"), torch.Generator().manual_seed(0))
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 
@@ -107,11 +133,25 @@ def main(argv=None) -> int:
     t_update, _ = timed(lambda: ev.evaluate(linear_combination(theta0, tvs, [lam] * len(tvs)),
                                             key=f"bench-{next(counter)}"), repeats, device)
     row("one slider update: merge + evaluate, fp32", t_update, f"mean accuracy {mean_accuracy(res):.4f}")
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        t_bf16, res_bf16 = timed(lambda: ev.evaluate(merged, key=f"bench-{next(counter)}"), repeats, device)
-    diff = max(abs(res[t].accuracy - res_bf16[t].accuracy) for t in res)
-    row("evaluate the merged model, bf16 autocast", t_bf16,
-        f"max per-task accuracy difference to fp32: {100 * diff:.2f} points")
+    bf16_report = None
+    if zoo.manifest.linearized:  # f(θ0) + J Δ is evaluated and fine-tuned in fp32 only
+        print("(bf16 and fine-tuning rows skipped: a linearized zoo is evaluated and fine-tuned in fp32)")
+    else:
+        bf16 = Evaluator.from_zoo(zoo, split="val", n_per_task=n_per_task, seed=0, device=device, precision="bf16")
+        t_bf16, res_bf16 = timed(lambda: bf16.evaluate(merged, key=f"bench-{next(counter)}"), repeats, device)
+        agreement = float((predictions(bf16, merged) == predictions(ev, merged)).float().mean())
+        diff = max(abs(res[t].accuracy - res_bf16[t].accuracy) for t in res)
+        row("evaluate the merged model, bf16 autocast", t_bf16,
+            f"{n_images / t_bf16:,.0f} images/s; predictions agree with fp32 on {100 * agreement:.2f} % of images, "
+            f"max per-task accuracy difference {100 * diff:.2f} points")
+        bf16_report = {"prediction_agreement": agreement, "mean_accuracy": mean_accuracy(res_bf16),
+                       "per_task_accuracy": {t: r.accuracy for t, r in res_bf16.items()}}
+    if zoo.manifest.recipe is not None and not zoo.manifest.linearized:  # an imported zoo has no recipe
+        steps = 5 if args.short else 50
+        for precision in ("fp32", "bf16"):
+            seconds = finetune_seconds(zoo, zoo.tasks[0], precision, steps, device)
+            row(f"fine-tune {steps} steps, {precision}", seconds,
+                f"{steps / seconds:.1f} steps/s, batch {zoo.manifest.recipe.finetune.batch_size}")
 
     lambdas = lambda_grid("task_arithmetic")
     direction = merged_direction("task_arithmetic", theta0, tvs)
@@ -151,7 +191,7 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "preset": preset, "short": args.short, "repeats": repeats,
               "zoo": str(zoo.path), "variant": variant, "lambda": lam, "n_images": n_images,
               "mean_accuracy": mean_accuracy(res), "per_task_accuracy": {t: r.accuracy for t, r in res.items()},
-              "rows": rows}
+              "bf16": bf16_report, "rows": rows}
     path = args.json or (None if args.short else str(ROOT / "benchmarks" / "results" / "gpu.json"))
     if path:
         Path(path).write_text(json.dumps(report, indent=1), encoding="utf-8")

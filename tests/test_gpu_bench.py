@@ -26,6 +26,8 @@ def test_gpu_benchmark_short_on_cpu(tmp_path):
     names = [row["name"] for row in r["rows"]]
     assert names[0].startswith("build the tiny zoo") and any("bf16" in n for n in names)
     assert any("task plane" in n for n in names) and any("eigenvalue" in n for n in names)
+    assert any(n == "fine-tune 5 steps, bf16" for n in names) and any(n == "fine-tune 5 steps, fp32" for n in names)
+    assert 0.9 <= r["bf16"]["prediction_agreement"] <= 1  # bf16 autocast (the CPU's) agrees on most images
     assert all(row["seconds"] > 0 for row in r["rows"])
     for row in r["rows"]:
         assert row["name"] in proc.stdout  # the printed table has every row

@@ -16,6 +16,9 @@ def register(subparsers) -> None:
                    help="evaluate a fixed, seeded subset of N images per task (default: the whole split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation subset")
     p.add_argument("--all-tasks", action="store_true", help="evaluate every task of the zoo, not just the merged ones")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="encoder forward: fp32 (default, exact), bf16 autocast, or auto (bf16 on CUDA, fp32 "
+                        "elsewhere); logits, loss and accuracy are fp32")
     p.add_argument("--format", default="json", choices=["json", "csv"])
     p.add_argument("--out", type=Path, default=None, help="write here (atomically) instead of stdout")
     p.set_defaults(func=_run)
@@ -33,14 +36,15 @@ def _run(args: argparse.Namespace) -> int:
     zoo = open_zoo(args.zoo)
     config = load_any_config(args.config)
     results, individual, resolved, _ = evaluate_spec(zoo, config, split=args.split, n_per_task=args.n_per_task,
-                                                     tasks=zoo.tasks if args.all_tasks else None, seed=args.seed)
+                                                     tasks=zoo.tasks if args.all_tasks else None, seed=args.seed,
+                                                     precision=args.precision)
     table = results_table(results, individual, resolved, args.split)
     if args.format == "csv":
         text = table.to_csv(index=False)
     else:
         text = json.dumps({
             "zoo": str(zoo.path), "config": str(args.config), "method": resolved.method, "params": resolved.params,
-            "split": args.split, "n_per_task": args.n_per_task, "seed": args.seed,
+            "split": args.split, "n_per_task": args.n_per_task, "seed": args.seed, "precision": args.precision,
             "mean_accuracy": table.attrs["mean_accuracy"],
             "mean_normalized_accuracy": float(table["normalized"].mean()) if "normalized" in table else None,
             "per_task": table.to_dict(orient="records")}, indent=2) + "\n"

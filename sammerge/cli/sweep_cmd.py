@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray address: auto, ray://host:10001 (default: a local Ray)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="evaluation precision: fp32 (default, the explorer's) or bf16 autocast (cached separately)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sweep)
 
@@ -73,7 +75,7 @@ def parse_params(items: list[str], method: str) -> dict:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from sammerge.jobs.sweeps import run_sweeps, sweep_key, sweeps_dir
+    from sammerge.jobs.sweeps import evaluation_settings, run_sweeps, sweep_key, sweeps_dir
     from sammerge.merging import MergeSpec, list_methods
     from sammerge.zoo import open_zoo
 
@@ -83,12 +85,13 @@ def _sweep(args: argparse.Namespace) -> int:
     specs = [MergeSpec.for_zoo(zoo, m, parse_params(args.param, m), v) for m in methods for v in sets]
     with progress_bar(not args.quiet) as progress:
         results = run_sweeps(zoo, specs, backend=args.backend, address=args.address, chunk_size=args.chunk,
-                             progress=progress, threads=args.threads)
+                             progress=progress, threads=args.threads, precision=args.precision)
     print(f"{'method':<22} {'variants':<28} {'points':>6} {'best λ':>7} {'val mean':>9}")
     for spec in specs:
-        r = results[sweep_key(zoo, spec)]
+        r = results[sweep_key(zoo, spec, evaluation_settings(args.precision))]
         variants = spec.uniform_variant() or ",".join(f"{t.task}:{t.variant}" for t in spec.tasks)
         lam = "—" if r.best_lambda is None else f"{r.best_lambda:g}"
         print(f"{spec.method:<22} {variants[:28]:<28} {len(r.val_mean):>6} {lam:>7} {r.best_val_mean:>9.4f}")
-    print(f"cached in {sweeps_dir(zoo)} (the explorer shows them at once)")
+    print(f"cached in {sweeps_dir(zoo)} " + ("(the explorer shows them at once)" if args.precision == "fp32" else
+                                             f"({args.precision}: kept apart from the explorer's fp32 sweeps)"))
     return 0

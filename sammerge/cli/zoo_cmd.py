@@ -12,8 +12,17 @@ def register(subparsers) -> None:
     zoo = subparsers.add_parser("zoo", help="build or inspect a model zoo")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
 
-    build = zsub.add_parser("build", help="pretrain, fit heads, fine-tune every task plainly and with SAM")
-    build.add_argument("--preset", default="demo", help="recipe preset: demo (default) or tiny")
+    from sammerge.training.presets import PRESETS, describe_preset
+
+    presets = "\n".join(f"  {name:<10} {describe_preset(name)}" for name in PRESETS)
+    build = zsub.add_parser("build", help="pretrain, fit heads, fine-tune every task plainly and with SAM",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=f"presets (--preset):\n{presets}\n\n"
+                                   "--seeds 0 1 2 turns each variant into one per fine-tuning seed (plain, plain_s1, "
+                                   "plain_s2, ...);\nrerun with --overwrite and more seeds or variants to extend a "
+                                   "zoo: finished jobs are not redone.")
+    build.add_argument("--preset", default="demo", metavar="PRESET",
+                       help=f"recipe preset: {', '.join(PRESETS)} (default demo; listed below)")
     build.add_argument("--recipe", type=Path, default=None,
                        help="a ZooRecipe as JSON or YAML (tasks, variants, ρ, steps, seed, ...) instead of --preset")
     build.add_argument("--out", required=True, type=Path, help="output zoo directory (must not exist)")
@@ -21,6 +30,14 @@ def register(subparsers) -> None:
     build.add_argument("--rho", type=float, default=None, help="override SAM's ρ")
     build.add_argument("--adaptive", action="store_true", help="use ASAM (adaptive SAM) for the SAM variant")
     build.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps")
+    build.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
+                       help="fine-tuning seeds: one variant per seed and variant, named NAME_sK (K = the zoo's seed "
+                            "keeps NAME); pretraining and heads stay those of --seed")
+    build.add_argument("--linearized", action="store_true",
+                       help="linearized fine-tuning: f(θ0) + J f(θ0)(θ − θ0) (sets finetune.linearized)")
+    build.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                       help="fine-tuning precision (finetune.precision): bf16 autocast of forward and backward, "
+                            "fp32 weights (default: the recipe's, fp32)")
     build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     build.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's own choice; 1 is fastest on a busy machine)")
@@ -46,26 +63,14 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from sammerge.training.presets import VariantSpec, get_preset
     from sammerge.training.build import build_zoo
+    from sammerge.training.knobs import with_knobs
+    from sammerge.training.presets import get_preset
 
     recipe = _read_recipe(args.recipe) if args.recipe else get_preset(args.preset)
-    updates = {}
-    if args.seed is not None:
-        updates["seed"] = args.seed
-    if args.steps is not None:
-        updates["finetune"] = recipe.finetune.model_copy(update={"steps": args.steps})
-    if args.rho is not None or args.adaptive:
-        variants = []
-        for v in recipe.variants:
-            if v.sam:
-                v = VariantSpec(name="asam" if args.adaptive else v.name, sam=True,
-                                rho=args.rho if args.rho is not None else (0.5 if args.adaptive else v.rho),
-                                adaptive=args.adaptive, steps=v.steps)
-            variants.append(v)
-        updates["variants"] = variants
-    if updates:  # re-validate the edited recipe as a whole
-        recipe = type(recipe).model_validate(recipe.model_copy(update=updates).model_dump())
+    recipe = with_knobs(recipe, seed=args.seed, steps=args.steps, rho=args.rho,
+                        adaptive=True if args.adaptive else None, linearized=True if args.linearized else None,
+                        precision=args.precision, seeds=args.seeds)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")

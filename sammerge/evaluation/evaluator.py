@@ -4,6 +4,10 @@ No model copies: one module, parameters swapped in with ``torch.func.functional_
 images go through the (shared, merged) encoder in one forward pass; each task's head reads its own
 slice. Many parameter settings can be evaluated in one batched pass (``torch.func.vmap``), and results
 are cached by a hash of the parameters.
+
+``precision``: "fp32" (default; exact), "bf16" (the encoder forward under bf16 autocast, on any device) or "auto"
+(bf16 on CUDA, fp32 elsewhere and for linearized zoos, whose f(θ0) + J Δ stays fp32). Features are cast back to
+fp32 before the heads: logits, loss and accuracy are always computed in fp32.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from sammerge.training.linearize import linearized_call
 from sammerge.training.model import Head, pick_device
 
 Params = Mapping[str, torch.Tensor]
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,12 @@ class Evaluator:
 
     def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
                  data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
-                 cache_size: int = 512, chunk_size: int = 512, linearize_at: Params | None = None) -> None:
+                 cache_size: int = 512, chunk_size: int = 512, linearize_at: Params | None = None,
+                 precision: str = "fp32") -> None:
         if not data:
             raise ConfigError("evaluation: no tasks to evaluate")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"evaluation: unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
         missing = [t for t in data if t not in heads]
         if missing:
             raise ConfigError(f"evaluation: no head for task '{missing[0]}'")
@@ -59,6 +67,13 @@ class Evaluator:
             p.requires_grad_(False)
         # a linearized zoo's θ is evaluated as f(θ0) + J f(θ0)(θ − θ0) (sammerge.training.linearize)
         self.linearize_at = None if linearize_at is None else {k: v.to(self.device) for k, v in linearize_at.items()}
+        if precision == "bf16" and linearize_at is not None:
+            raise ConfigError("evaluation: precision 'bf16' is not available for a linearized zoo (its Jacobian-vector "
+                              "product stays fp32); use fp32 or auto")
+        self.precision = precision
+        # the dtype the encoder forward runs in (autocast), None: fp32; "auto" keeps a linearized zoo in fp32
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" or (
+            precision == "auto" and self.device.type == "cuda" and linearize_at is None) else None
         self.tasks = list(data)
         self.heads = {t: heads[t].to(self.device) for t in self.tasks}
         images, labels, self.slices = [], [], {}
@@ -79,10 +94,10 @@ class Evaluator:
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
                  tasks: Sequence[str] | None = None, device: str | torch.device = "auto",
-                 chunk_size: int = 512) -> "Evaluator":
+                 chunk_size: int = 512, precision: str = "fp32") -> "Evaluator":
         """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``.
 
-        ``device="auto"`` evaluates on CUDA when available, else on the CPU.
+        ``device="auto"`` evaluates on CUDA when available, else on the CPU; ``precision`` as in the module doc.
         """
         if split not in ("train", "val", "test"):
             raise ConfigError(f"evaluation split must be train, val or test, not '{split}'")
@@ -99,9 +114,17 @@ class Evaluator:
         linearize_at = zoo.pretrained() if zoo.manifest.linearized else None
         # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
         return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size,
-                   linearize_at=linearize_at)
+                   linearize_at=linearize_at, precision=precision)
 
     def _forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features of ``images`` (fp32; computed under bf16 autocast when ``autocast_dtype`` is set)."""
+        if self.autocast_dtype is None:
+            return self._call(params, images)
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+            feats = self._call(params, images)
+        return feats.float()
+
+    def _call(self, params: Params, images: torch.Tensor) -> torch.Tensor:
         if self.linearize_at is None:
             return functional_call(self.encoder, params, (images,))
         return linearized_call(self.encoder, self.linearize_at, params, images)

@@ -59,7 +59,7 @@ def individual_results(evaluator: Evaluator, zoo, variants: Mapping[str, str]) -
 
 
 def evaluate_spec(zoo, spec: MergeSpec, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
-                  tasks: Sequence[str] | None = None):
+                  tasks: Sequence[str] | None = None, precision: str = "fp32"):
     """Merge as ``spec`` says (files checked) and evaluate on the zoo's tasks.
 
     Returns (results, individual, resolved spec, merged state dict): ``individual`` holds the fine-tuned model of
@@ -71,7 +71,7 @@ def evaluate_spec(zoo, spec: MergeSpec, split: str = "val", n_per_task: int | No
         raise ConfigError(f"config's checkpoints do not match zoo '{zoo.path}' (e.g. key '{sorted(mismatch)[0]}')")
     tasks = list(tasks) if tasks is not None else [t.task for t in spec.tasks if t.task in zoo.tasks] or zoo.tasks
     evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed,
-                                   tasks=sorted(set(tasks), key=zoo.tasks.index))
+                                   tasks=sorted(set(tasks), key=zoo.tasks.index), precision=precision)
     variants = {t.task: t.variant for t in spec.tasks if t.task in zoo.tasks and t.variant in zoo.variants}
     return evaluator.evaluate(merged), individual_results(evaluator, zoo, variants), resolved, merged
 

@@ -4,7 +4,9 @@ A sweep is exactly the explorer's (``Explorer.sweeps``): :func:`sammerge.evaluat
 over the method's λ grid on the explorer's evaluation images (val split, 256 images per task, seed 0), for a
 merge with λ left out. Its cache key is a sha256 over the merge without λ (method, parameters, tasks, variants,
 weights, densities), the sha256 of θ0 and of every checkpoint it uses, and the evaluation settings — so the
-cached result is found again after the zoo moves, and never when a checkpoint changed. Layout::
+cached result is found again after the zoo moves, and never when a checkpoint changed. A bf16 sweep
+(``precision="bf16"``: the encoder forward under bf16 autocast) has its own key: the explorer never shows it as
+fp32 numbers. Layout::
 
     ZOO/analysis/sweeps/{key}.json             the whole sweep (a SweepResult), what the explorer reads
     ZOO/analysis/sweeps/chunks/{key}-{i}.json  one chunk of λ values (a job's output)
@@ -27,12 +29,21 @@ from sammerge.progress import Progress
 FORMAT = 1
 # the explorer's evaluation (sammerge.explorer.service.EXPLORER_SPLIT / EXPLORER_N_PER_TASK, seed 0)
 EVALUATION = {"split": "val", "n_per_task": 256, "seed": 0}
+SWEEP_PRECISIONS = ("fp32", "bf16")
 _EVALUATORS: dict[tuple, object] = {}
 
 
 def sweeps_dir(zoo) -> Path:
     from sammerge.analytics.report import analysis_dir
     return analysis_dir(zoo) / "sweeps"
+
+
+def evaluation_settings(precision: str = "fp32") -> dict:
+    """The explorer's evaluation, with ``precision`` (``Evaluator``'s) named only when it is not fp32 (so fp32 keys
+    are the explorer's)."""
+    if precision not in SWEEP_PRECISIONS:
+        raise ConfigError(f"sweep precision must be {' or '.join(SWEEP_PRECISIONS)}, not '{precision}'")
+    return dict(EVALUATION) if precision == "fp32" else {**EVALUATION, "precision": precision}
 
 
 def merge_identity(spec: MergeSpec) -> dict:
@@ -109,13 +120,15 @@ def job_sweep_chunk(ctx, inp: dict) -> dict:
     return {"points": len(res.val_mean)}
 
 
-def sweep_jobs(zoo, specs: Sequence[MergeSpec], chunk_size: int = 8, threads: int | None = 1) -> dict[str, list[Job]]:
+def sweep_jobs(zoo, specs: Sequence[MergeSpec], chunk_size: int = 8, threads: int | None = 1,
+               precision: str = "fp32") -> dict[str, list[Job]]:
     """key → the chunk jobs of each distinct sweep (specs that differ only in λ share one)."""
     if chunk_size < 1:
         raise ConfigError(f"--chunk must be ≥ 1, got {chunk_size}")
+    evaluation = evaluation_settings(precision)
     out: dict[str, list[Job]] = {}
     for spec in specs:
-        key = sweep_key(zoo, spec)
+        key = sweep_key(zoo, spec, evaluation)
         if key in out:
             continue
         grid = lambda_grid(spec.method)
@@ -123,7 +136,7 @@ def sweep_jobs(zoo, specs: Sequence[MergeSpec], chunk_size: int = 8, threads: in
         merge = merge_identity(spec)
         label = f"{spec.method} · {'/'.join(sorted({t.variant for t in spec.tasks}))}"
         out[key] = [Job("sweep", f"λ sweep {label} [{c[0] if c else '—'}…{c[-1] if c else ''}]", job_sweep_chunk,
-                        {"merge": merge, "key": key, "lambdas": c, "evaluation": EVALUATION,
+                        {"merge": merge, "key": key, "lambdas": c, "evaluation": evaluation,
                          "output": f"chunks/{key}-{i}.json"},
                         outputs=(f"chunks/{key}-{i}.json",), threads=threads, resources=Resources(num_cpus=threads or 1))
                     for i, c in enumerate(chunks)]
@@ -161,14 +174,15 @@ def save_sweep(zoo, spec: MergeSpec, result: SweepResult) -> None:
 
 def run_sweeps(zoo, specs: Sequence[MergeSpec], backend: str = "local", address: str | None = None,
                chunk_size: int = 8, progress: Progress | None = None, cancel_event=None,
-               threads: int | None = 1) -> dict[str, SweepResult]:
-    """Compute (or reuse) the sweep of every spec; key → SweepResult, each also written to the cache."""
+               threads: int | None = 1, precision: str = "fp32") -> dict[str, SweepResult]:
+    """Compute (or reuse) the sweep of every spec; key → SweepResult, each also written to the cache.
+    ``precision``: "fp32" (the explorer's) or "bf16" (cached under its own keys)."""
     from sammerge.jobs import check_backend, clear_cancel, run_graph
 
     check_backend(backend, address)
     root = sweeps_dir(zoo)
     clear_cancel(root)  # a new run was asked for
-    by_key = sweep_jobs(zoo, specs, chunk_size, threads)
+    by_key = sweep_jobs(zoo, specs, chunk_size, threads, precision)
     todo = {k: jobs for k, jobs in by_key.items() if not (root / f"{k}.json").is_file()}
     all_jobs = [j for jobs in todo.values() for j in jobs]
     if all_jobs:

@@ -164,7 +164,8 @@ def job_evaluate(ctx, inp: dict) -> dict:
 def zoo_jobs(recipe: ZooRecipe, data_sha: str, device: str = "cpu", threads: int | None = None) -> list[Job]:
     """The build graph of a recipe, in dependency order. Seeds derive from the recipe seed and the task's
     index, exactly as a one-shot build: pretrain ``seed``; task i: subset ``seed+i``, probe ``seed+1000+i``,
-    fine-tuning torch seed ``seed+17i`` and batch seed ``seed+7919(i+1)`` (the same for every variant).
+    fine-tuning torch seed ``s+17i`` and batch seed ``s+7919(i+1)`` with s = the variant's ``seed`` or, when None,
+    the recipe's (so every variant without its own seed sees the same batches).
     The device and the torch thread count are inputs too: a build resumed with other settings redoes the jobs
     whose bytes would differ."""
     res = Resources(num_cpus=threads or 1, num_gpus=1 if device.startswith("cuda") else 0)
@@ -187,9 +188,10 @@ def zoo_jobs(recipe: ZooRecipe, data_sha: str, device: str = "cpu", threads: int
         jobs += [head, Job("evaluate", f"evaluate θ0 on {task}", job_evaluate, {**ev_inp, "checkpoint": PRETRAINED},
                            reads=(PRETRAINED, head_file(task)), deps=(pre.id, head.id), **kw)]
         for v in recipe.variants:
+            seed = recipe.seed if v.seed is None else v.seed  # a variant's own fine-tuning seed
             ft = Job("finetune", f"fine-tune {task}/{v.name}", job_finetune,
-                     {**per_task, "variant": v.model_dump(mode="json"), "finetune": recipe.finetune.model_dump(mode="json"),
-                      "torch_seed": recipe.seed + 17 * i, "batch_seed": recipe.seed + 7919 * (i + 1)},
+                     {**per_task, "variant": v.job_dump(), "finetune": recipe.finetune.job_dump(),
+                      "torch_seed": seed + 17 * i, "batch_seed": seed + 7919 * (i + 1)},
                      outputs=(checkpoint_file(task, v.name),), reads=(PRETRAINED, head_file(task)),
                      deps=(pre.id, head.id), weight=(v.steps or recipe.finetune.steps) * (2 if v.sam else 1), **kw)
             rel = checkpoint_file(task, v.name)
@@ -206,6 +208,10 @@ def _method(recipe: ZooRecipe, variant: VariantSpec) -> dict:
               "adaptive": variant.adaptive if variant.sam else None, "label": variant.describe()}
     if ft.optimizer == "sgd":
         method["momentum"] = ft.momentum
+    if ft.precision != "fp32":
+        method["precision"] = ft.precision
+    if variant.seed is not None:
+        method["seed"] = variant.seed
     return method
 
 

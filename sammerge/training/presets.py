@@ -50,11 +50,31 @@ class FinetuneRecipe(_Strict):
     linearized: bool = Field(False, description="fine-tune (and evaluate) f(θ0) + J f(θ0)(θ − θ0) instead of f(θ)")
     trainable: Literal["all", "last_stage", "last_two_stages"] = Field(
         "all", description="which encoder parameters are fine-tuned (the rest stay at θ0)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward and backward under bf16 autocast on the training device (both SAM passes), "
+                            "fp32 master weights, optimizer and loss")
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> "FinetuneRecipe":
+        if self.linearized and self.precision != "fp32":
+            raise ValueError("linearized fine-tuning runs in fp32 (precision bf16 is for plain forward passes)")
+        return self
+
+    def job_dump(self) -> dict:
+        """JSON of the recipe for the build's job ids: fields added after the job graph existed are left out at their
+        default, so finished jobs of older builds keep their ids (linearized and trainable predate it)."""
+        return without_defaults(self.model_dump(mode="json"), {"precision": "fp32"})
 
 
-# Fields added after zoos were shipped: left out of the fingerprint while at their default, so older recipes
-# keep their fingerprint (and their cached zoos).
-_FINGERPRINT_DEFAULTS = {"finetune": {"linearized": False, "trainable": "all"}}
+# Fields added after zoos were shipped: left out of the fingerprint (and of the build's job ids) while at their
+# default, so older recipes keep their fingerprint (and their cached zoos, and their finished jobs).
+_FINGERPRINT_DEFAULTS = {"finetune": {"linearized": False, "trainable": "all", "precision": "fp32"}}
+_VARIANT_FINGERPRINT_DEFAULTS = {"seed": None}
+
+
+def without_defaults(dump: dict, defaults: dict) -> dict:
+    """``dump`` without the keys whose value equals their (later added) default."""
+    return {k: v for k, v in dump.items() if not (k in defaults and v == defaults[k])}
 
 
 class VariantSpec(_Strict):
@@ -65,11 +85,16 @@ class VariantSpec(_Strict):
     rho: float = Field(0.05, gt=0)
     adaptive: bool = False
     steps: int | None = Field(None, ge=1, description="override of the fine-tuning steps")
+    seed: int | None = Field(None, ge=0, description="fine-tuning seed of this variant (its batch order and SAM "
+                                                     "noise); None: the zoo's seed")
 
     def describe(self) -> str:
-        if not self.sam:
-            return "plain"
-        return f"{'ASAM' if self.adaptive else 'SAM'} ρ={self.rho:g}"
+        label = "plain" if not self.sam else f"{'ASAM' if self.adaptive else 'SAM'} ρ={self.rho:g}"
+        return label if self.seed is None else f"{label}, seed {self.seed}"
+
+    def job_dump(self) -> dict:
+        """JSON of the variant without later-added fields at their default (job ids and fingerprints)."""
+        return without_defaults(self.model_dump(mode="json"), _VARIANT_FINGERPRINT_DEFAULTS)
 
 
 class EvalRecipe(_Strict):
@@ -105,9 +130,8 @@ class ZooRecipe(_Strict):
         """sha256 over the recipe and the data hash: a changed recipe means a rebuild."""
         recipe = self.model_dump(mode="json")
         for section, defaults in _FINGERPRINT_DEFAULTS.items():
-            for key, default in defaults.items():
-                if recipe[section].get(key) == default:
-                    del recipe[section][key]
+            recipe[section] = without_defaults(recipe[section], defaults)
+        recipe["variants"] = [v.job_dump() for v in self.variants]
         payload = json.dumps({"recipe": recipe, "data": data_sha256}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -120,7 +144,9 @@ GLYPH7_TASKS = [t for t in ALL_TASKS if t != "font_style"]  # font_style: fine-t
 
 
 def _glyphs7() -> ZooRecipe:
-    """The first demo recipe (7 glyph tasks, stride-2 stem, long fine-tuning): merging closes only ≈10 % of the
+    """The first demo recipe: 7 glyph tasks, stride-2 stem, long fine-tuning (merging closes little of the gap).
+
+    Merging closes only ≈10 % of the
     pretrained → individual gap there; kept for comparison (README, "Looking for a regime")."""
     return ZooRecipe(
         preset="glyphs7", seed=0, tasks=list(GLYPH7_TASKS),
@@ -133,6 +159,7 @@ def _glyphs7() -> ZooRecipe:
 
 
 def _tiny() -> ZooRecipe:
+    """A seconds-long build for tests and CI: 3 tasks, a small encoder, 20 fine-tuning steps (not for results)."""
     return ZooRecipe(
         preset="tiny", seed=0, tasks=["digits", "latin_upper", "symbols"], max_train_per_task=512,
         encoder=EncoderConfig(channels=(8, 16, 16, 32), stem_width=8, stem_stride=2, gn_groups=4, output_stride=16),
@@ -148,7 +175,9 @@ DEMO_TASKS = ["digits", "latin_upper", "latin_lower", "symbols"]
 
 
 def _demo() -> ZooRecipe:
-    """The shipped demo: the regime search's best recipe (benchmarks/demo_regime.py, formerly ``demo_v2``): 4 tasks,
+    """The shipped demo: 4 tasks, plain / SAM / ASAM, short fine-tuning that keeps task vectors mergeable.
+
+    The regime search's best recipe (benchmarks/demo_regime.py, formerly ``demo_v2``): 4 tasks,
     a full-resolution encoder (stride-1 stem), short pretraining and short, small AdamW fine-tuning steps, so task
     vectors stay in the pretrained basin and task arithmetic closes about half of the pretrained → individual gap."""
     return ZooRecipe(
@@ -163,8 +192,10 @@ def _demo() -> ZooRecipe:
 
 
 def _demo_fair() -> ZooRecipe:
-    """demo plus plain runs at half and twice the steps, for the fair SAM comparisons (equal compute: SAM costs
-    two passes per step; equal individual accuracy: the plain family's merged-vs-individual curve). Its plain /
+    """demo plus plain runs at half and twice the steps, for the fair SAM comparisons.
+
+    Equal compute: SAM costs two passes per step; equal individual accuracy: the plain family's
+    merged-vs-individual curve. Its plain /
     sam / asam checkpoints are those of demo (same seeds, same batches)."""
     recipe = _demo()
     steps = recipe.finetune.steps
@@ -173,6 +204,12 @@ def _demo_fair() -> ZooRecipe:
 
 
 PRESETS = {"demo": _demo, "demo_fair": _demo_fair, "tiny": _tiny, "glyphs7": _glyphs7}
+
+
+def describe_preset(name: str) -> str:
+    """One line on a preset: the first line of its recipe function's docstring."""
+    doc = (PRESETS[name].__doc__ or "").strip()
+    return doc.splitlines()[0].rstrip(".") if doc else name
 
 
 def get_preset(name: str) -> ZooRecipe:

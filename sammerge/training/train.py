@@ -2,9 +2,15 @@
 
 All loops are seeded through an explicit ``torch.Generator`` so that, for a task, the plain and the
 SAM run see exactly the same batches in the same order: the only difference is SAM.
+
+On CUDA a batch is assembled on the CPU (same generator, same bytes as on the CPU), copied from pinned memory
+with ``non_blocking=True``, and the loss per step stays on the device until the loop ends: the hot loops never
+wait for the GPU. ``FinetuneRecipe.precision="bf16"`` runs the encoder's forward (and so its backward) under
+bf16 autocast; weights, optimizer state, logits and the loss stay fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -43,16 +49,38 @@ def _lr_lambda(schedule: str, warmup: int, steps: int) -> Callable[[int], float]
     return factor
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``: unchanged on the CPU; on CUDA copied from pinned memory without waiting for it."""
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on ``device`` for ``precision="bf16"``, else nothing (fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     encoder.eval()
     device = next(encoder.parameters()).device
-    return torch.cat([encoder(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+    return torch.cat([encoder(to_device(images[i:i + batch_size], device)) for i in range(0, len(images), batch_size)])
 
 
-def _batch(data, idx: torch.Tensor, fresh_noise: bool, generator: torch.Generator) -> torch.Tensor:
-    """Training images ``idx``: with freshly drawn noise (``Split.noisy_batch``) or the stored ones."""
-    return data.noisy_batch(idx, generator) if fresh_noise else data.images[idx]
+def _batch(data, idx: torch.Tensor, fresh_noise: bool, generator: torch.Generator,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images ``idx`` (with freshly drawn noise, ``Split.noisy_batch``, or the stored ones) and their
+    labels, on ``device``."""
+    x = data.noisy_batch(idx, generator) if fresh_noise else data.images[idx]
+    return to_device(x, device), to_device(data.labels[idx], device)
+
+
+def _losses(losses: list[torch.Tensor]) -> list[float]:
+    """The per-step losses as floats: one device → host copy after the loop, not one per step."""
+    return torch.stack(losses).cpu().tolist() if losses else []
 
 
 def pretrain(encoder: nn.Module, data, num_classes: int, recipe: PretrainRecipe, generator: torch.Generator,
@@ -68,8 +96,7 @@ def pretrain(encoder: nn.Module, data, num_classes: int, recipe: PretrainRecipe,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda("cosine", recipe.steps // 20, recipe.steps))
     encoder.train()
     for step, idx in enumerate(_batches(len(data.labels), recipe.batch_size, recipe.steps, generator)):
-        x = _batch(data, idx, recipe.fresh_noise, generator).to(device)
-        y = data.labels[idx].to(device)
+        x, y = _batch(data, idx, recipe.fresh_noise, generator, device)
         loss = F.cross_entropy(head(encoder(x)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,7 +160,10 @@ def trainable_parameters(encoder: nn.Module, trainable: str = "all") -> list[nn.
 
 def finetune(encoder: nn.Module, head: Head, data, recipe: FinetuneRecipe, variant: VariantSpec, generator: torch.Generator,
              on_step: StepCallback | None = None) -> list[float]:
-    """Fine-tune the encoder in place on one task (a ``Split``) with the head frozen; returns the loss per step."""
+    """Fine-tune the encoder in place on one task (a ``Split``) with the head frozen; returns the loss per step.
+
+    ``recipe.precision="bf16"``: features f(x) under bf16 autocast (both SAM passes), then
+    loss = CE(f(x)·Wᵀ + b, y) in fp32; the backward pass runs outside the autocast region, as torch advises."""
     device = next(encoder.parameters()).device
     steps = variant.steps or recipe.steps
     if recipe.optimizer == "adamw":
@@ -151,13 +181,14 @@ def finetune(encoder: nn.Module, head: Head, data, recipe: FinetuneRecipe, varia
     head_w, head_b = head.weight.to(device), head.bias.to(device)
 
     def loss_on(x, y):
-        return F.cross_entropy(F.linear(encoder(x), head_w, head_b), y)
+        with autocast(device, recipe.precision):
+            feats = encoder(x)
+        return F.cross_entropy(F.linear(feats.float(), head_w, head_b), y)
 
     losses = []
     encoder.train()
     for step, idx in enumerate(_batches(len(data.labels), recipe.batch_size, steps, generator)):
-        x = _batch(data, idx, recipe.fresh_noise, generator).to(device)
-        y = data.labels[idx].to(device)
+        x, y = _batch(data, idx, recipe.fresh_noise, generator, device)
         loss = loss_on(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,11 +203,11 @@ def finetune(encoder: nn.Module, head: Head, data, recipe: FinetuneRecipe, varia
                 nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             optimizer.step()
         scheduler.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
         if on_step:
             on_step(step)
     encoder.eval()
-    return losses
+    return _losses(losses)
 
 
 @torch.no_grad()

@@ -229,3 +229,21 @@ def test_cli_precomputes_and_refuses_ordinary_zoos(lin_copy, tiny_zoo, capsys):
     assert main(["preview", str(lin_copy.path), "--n-per-task", "0", "--threads", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--n-per-task" in err and "--threads" in err
+
+
+def test_a_read_only_zoo_gets_the_preview_in_memory(lin_copy, monkeypatch):
+    zoo = lin_copy
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(pc, "save_state_dict", refuse)
+    with pytest.raises(Exception, match="cannot write the instant preview"):
+        pc.precompute_preview(zoo, SUBSET, device="cpu")
+    ex = Explorer(zoo, n_per_task=SUBSET.n_per_task)
+    ex.prefetch_enabled = False
+    assert ex.instant.wait(120) is not None and cache_files(zoo) == []
+    spec = ex.default_spec().with_params(**{LAMBDA: 0.4})
+    got = ex.evaluate(spec)
+    assert ex.evaluator.forward_count == 0  # scored by the in-memory preview
+    want = Evaluator.from_zoo(zoo, split="val", n_per_task=SUBSET.n_per_task, seed=0).evaluate(merge_zoo(zoo, spec))
+    assert {t: r.accuracy for t, r in got.items()} == {t: r.accuracy for t, r in want.items()}

@@ -154,14 +154,21 @@ def preview_job_key(zoo, subset: Subset) -> str:
 def submit_preview_job(zoo, subset: Subset = Subset(), device: str | torch.device = "auto", worker=None,
                        owner: str | None = None):
     """The worker task that precomputes the preview (``jobs.worker``: the running or finished one for this zoo and
-    subset if there is one — never two; a failed or cancelled one is started again)."""
+    subset if there is one — never two; a failed or cancelled one is started again). Its result: the file's path,
+    or the tensors themselves when the zoo is not writable."""
     from sammerge.jobs.worker import get_worker
 
     _require_linearized(zoo)
     worker = worker if worker is not None else get_worker()
 
     def run(progress, cancel_event):
-        return str(precompute_preview(zoo, subset, progress=progress, device=device))
+        if load_preview(zoo, subset) is not None:
+            return preview_path(zoo, subset)
+        tensors = compute_preview(zoo, subset, progress, device)
+        try:
+            return save_preview(zoo, subset, tensors)
+        except ZooError:
+            return tensors  # a read-only zoo: the preview lives in this server's memory only
 
     task, _ = worker.submit(preview_job_key(zoo, subset), run, label=f"instant preview of {Path(zoo.path).name}",
                             owner=owner)
@@ -184,7 +191,9 @@ class InstantPreview:
             self.task = submit_preview_job(zoo, subset, device=evaluator.device, worker=worker)
 
     def _load(self) -> bool:
-        tensors = load_preview(self.zoo, self.subset)
+        done = self.task is not None and self.task.status == "done"
+        tensors = self.task.result if done and isinstance(self.task.result, PreviewTensors) else None
+        tensors = tensors or load_preview(self.zoo, self.subset)
         if tensors is None:
             return False
         if not torch.equal(tensors.labels, self.evaluator.labels.to("cpu")):

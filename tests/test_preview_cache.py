@@ -247,3 +247,21 @@ def test_a_read_only_zoo_gets_the_preview_in_memory(lin_copy, monkeypatch):
     assert ex.evaluator.forward_count == 0  # scored by the in-memory preview
     want = Evaluator.from_zoo(zoo, split="val", n_per_task=SUBSET.n_per_task, seed=0).evaluate(merge_zoo(zoo, spec))
     assert {t: r.accuracy for t, r in got.items()} == {t: r.accuracy for t, r in want.items()}
+
+
+def test_the_benchmark_measures_cold_precompute_load_and_updates(lin_copy, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "linear_preview.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "linear_preview.py"), str(lin_copy.path),
+                           "--updates", "3", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["updates_with_identical_accuracy"] == r["updates"] == 3 and r["jvps"] == 6
+    assert r["precompute_cold_s"] > r["precompute_forward_and_jvps_s"] > 0 and r["load_ms"] > 0
+    assert pc.load_preview(open_zoo(lin_copy.path), pc.Subset()) is not None

@@ -110,14 +110,15 @@ def compute_preview(zoo, subset: Subset, progress: Progress | None = None,
     _require_linearized(zoo)
     report = progress or (lambda done, total, stage="": None)
     pairs = [(t, v) for v in zoo.variants for t in zoo.tasks]
-    total = 1 + len(pairs)
-    report(0, total, "instant preview: f(θ0)")
+    total = 2 + len(pairs)
+    report(0, total, "instant preview: evaluation images")
     ev = Evaluator.from_zoo(zoo, split=subset.split, n_per_task=subset.n_per_task, seed=subset.seed, device=device)
     preview = LinearPreview(ev, max_directions=1)
+    report(1, total, "instant preview: f(θ0)")
     base = preview.base().to("cpu")
     jvps = {}
     for i, (task, variant) in enumerate(pairs):
-        report(1 + i, total, f"instant preview: J·τ {task} ({variant})")
+        report(2 + i, total, f"instant preview: J·τ {task} ({variant})")
         jvps[task_id(task, variant)] = preview.jvp(task_id(task, variant),
                                                    lambda t=task, v=variant: zoo.task_vector(t, v)).to("cpu")
     report(total, total, "instant preview: saving")

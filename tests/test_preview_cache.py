@@ -265,3 +265,37 @@ def test_the_benchmark_measures_cold_precompute_load_and_updates(lin_copy, tmp_p
     assert r["updates_with_identical_accuracy"] == r["updates"] == 3 and r["jvps"] == 6
     assert r["precompute_cold_s"] > r["precompute_forward_and_jvps_s"] > 0 and r["load_ms"] > 0
     assert pc.load_preview(open_zoo(lin_copy.path), pc.Subset()) is not None
+
+
+def test_the_job_runs_beside_exact_linearized_evaluations_in_another_thread(lin_copy):
+    """Forward-mode AD has one dual level per process: a job using torch.func.jvp breaks (and is broken by) the
+    explorer's exact evaluation of the linearized model (also a jvp) running at the same time in another thread."""
+    zoo = lin_copy
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=SUBSET.n_per_task, seed=0, device="cpu")
+    merged = merge_zoo(zoo, MergeSpec.for_zoo(zoo, "task_arithmetic", {LAMBDA: 0.5}, zoo.variants[-1]))
+    want = ev.evaluate(merged)
+    stop, errors, results = threading.Event(), [], []
+
+    def exact_loop():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                results.append(ev.evaluate(merged, key=f"run {i}"))  # a new key: evaluated again
+            except Exception as exc:  # noqa: BLE001 — recorded for the assertion
+                errors.append(exc)
+                return
+    thread = threading.Thread(target=exact_loop)
+    thread.start()
+    try:
+        task = pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=Worker())
+        try:
+            task.wait(300)
+        except Exception:  # noqa: BLE001 — the status below says what happened
+            pass
+    finally:
+        stop.set()
+        thread.join(120)
+    assert task.status == "done", task.error
+    assert errors == [] and results and all(r == want for r in results)
+    assert pc.load_preview(zoo, SUBSET) is not None

@@ -5,7 +5,8 @@ The preview (:mod:`sammerge.evaluation.linear_preview`) scores a merge θ0 + Σ_
     f_lin(x; θ) = f(x; θ0) + Σ_t c_t (J τ_t)(x),
 
 so f(x; θ0) and one J τ_t per checkpoint (task × variant) on the evaluation images are all it needs. They are
-computed once (:func:`precompute_preview`: one forward and one ``torch.func.jvp`` per checkpoint) and stored in
+computed once (:func:`precompute_preview`: one forward and one J·τ per checkpoint, by reverse mode so that the job
+may run beside the explorer's forward-mode AD) and stored in
 ``ZOO/analysis/cache/linear_preview-{key}.safetensors`` — tensors ``base`` [N, D], ``jvp/{task}/{variant}``
 [N, D] and the evaluation ``labels`` [N] — written atomically (a failed, cancelled or killed computation leaves no
 file). ``key`` hashes everything the numbers depend on: the zoo's file hashes (θ0, heads, every checkpoint,
@@ -104,8 +105,8 @@ def load_preview(zoo, subset: Subset) -> PreviewTensors | None:
 
 def compute_preview(zoo, subset: Subset, progress: Progress | None = None,
                     device: str | torch.device = "auto") -> PreviewTensors:
-    """f(x; θ0) and J τ_t for every checkpoint on the subset's images (its own evaluator and encoder module, so it
-    may run beside an explorer). ``progress(done, total, stage)`` is called before each step (a job's callback
+    """f(x; θ0) and J τ_t for every checkpoint on the subset's images (its own evaluator and encoder module, and
+    reverse-mode J·v, so it may run in a thread beside an explorer). ``progress(done, total, stage)`` is called before each step (a job's callback
     stops the computation there when it is cancelled)."""
     _require_linearized(zoo)
     report = progress or (lambda done, total, stage="": None)
@@ -113,7 +114,8 @@ def compute_preview(zoo, subset: Subset, progress: Progress | None = None,
     total = 2 + len(pairs)
     report(0, total, "instant preview: evaluation images")
     ev = Evaluator.from_zoo(zoo, split=subset.split, n_per_task=subset.n_per_task, seed=subset.seed, device=device)
-    preview = LinearPreview(ev, max_directions=1)
+    ev.encoder = zoo.create_encoder().to(ev.device).eval()  # twice differentiable (no fused attention kernel)
+    preview = LinearPreview(ev, max_directions=1, reverse_mode=True)  # thread-safe beside forward-mode AD
     report(1, total, "instant preview: f(θ0)")
     base = preview.base().to("cpu")
     jvps = {}

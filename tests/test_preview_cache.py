@@ -170,6 +170,10 @@ def test_a_failed_job_leaves_no_cache_file(lin_copy, monkeypatch):
     assert task.status == "failed" and "disk on fire" in task.error and cache_files(zoo) == []
 
 
+def submit_again(zoo, worker):
+    return pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
+
+
 def test_two_requests_start_one_job(lin_copy, monkeypatch):
     zoo, worker = lin_copy, Worker(max_workers=2)
     gate = Gate(monkeypatch, after=0)
@@ -180,6 +184,12 @@ def test_two_requests_start_one_job(lin_copy, monkeypatch):
     gate.go.set()
     first.wait(120)
     assert gate.calls == len(zoo.tasks) * len(zoo.variants)  # one JVP per checkpoint, computed once
+    assert submit_again(zoo, worker) is first  # done, file on disk: nothing to do
+    pc.preview_path(zoo, SUBSET).unlink()
+    rerun = submit_again(zoo, worker)  # the file has gone: computed again
+    assert rerun is not first
+    rerun.wait(120)
+    assert pc.load_preview(zoo, SUBSET) is not None
     # another subset is another piece of work
     other = pc.submit_preview_job(zoo, pc.Subset("val", 8, 1), device="cpu", worker=worker)
     assert other is not first

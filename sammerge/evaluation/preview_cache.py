@@ -157,7 +157,8 @@ def preview_job_key(zoo, subset: Subset) -> str:
 def submit_preview_job(zoo, subset: Subset = Subset(), device: str | torch.device = "auto", worker=None,
                        owner: str | None = None):
     """The worker task that precomputes the preview (``jobs.worker``: the running or finished one for this zoo and
-    subset if there is one — never two; a failed or cancelled one is started again). Its result: the file's path,
+    subset if there is one — never two; a failed or cancelled one, or a done one whose file is gone, is started
+    again). Its result: the file's path,
     or the tensors themselves when the zoo is not writable."""
     from sammerge.jobs.worker import get_worker
 
@@ -173,8 +174,12 @@ def submit_preview_job(zoo, subset: Subset = Subset(), device: str | torch.devic
         except ZooError:
             return tensors  # a read-only zoo: the preview lives in this server's memory only
 
-    task, _ = worker.submit(preview_job_key(zoo, subset), run, label=f"instant preview of {Path(zoo.path).name}",
-                            owner=owner)
+    key = preview_job_key(zoo, subset)
+    done = worker.get(key)
+    # a finished job whose file has gone since (deleted, zoo rewritten) runs again; one holding the tensors does not
+    restart = (done is not None and done.status == "done" and not isinstance(done.result, PreviewTensors)
+               and load_preview(zoo, subset) is None)
+    task, _ = worker.submit(key, run, label=f"instant preview of {Path(zoo.path).name}", owner=owner, restart=restart)
     return task
 
 

@@ -15,7 +15,7 @@ from sammerge.evaluation import preview_cache as pc
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.evaluation.linear_preview import LinearPreview
 from sammerge.explorer.service import Explorer
-from sammerge.io import load_state_dict, save_state_dict, sha256_file
+from sammerge.io import save_state_dict, sha256_file
 from sammerge.jobs.runner import JobCancelled
 from sammerge.jobs.worker import Worker
 from sammerge.merging import LAMBDA, MergeSpec, merge_zoo

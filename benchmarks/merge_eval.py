@@ -89,11 +89,14 @@ def forward_flops(model, images) -> float:
     return float(counter.get_total_flops())
 
 
+TWINS = "vmap: a merge + its 2 twins in one forward (per merge)"
+
+
 def engine_options(engine: Evaluator, theta0, tvs, configs, repeats: int) -> dict:
     """(d) What the field uses to speed up small convnets on CPU, each timed against the engine as it is (one
     forward of the evaluation set for one merge), interleaved so machine noise hits all alike. Kept in the engine
     only where this shows a gain with identical predictions."""
-    from torch.func import functional_call
+    from torch.func import functional_call, vmap
 
     x = engine.images
     merged = [linear_combination(theta0, tvs, c, validate=False) for c in configs]
@@ -127,6 +130,15 @@ def engine_options(engine: Evaluator, theta0, tvs, configs, repeats: int) -> dic
         with torch.inference_mode():
             return chunked(lambda xx: compiled_fwd(p, xx), x)
 
+    def vmap_twins(p):
+        """The explorer's update evaluates a merge and its all-plain / all-SAM twins: all three in one forward,
+        ``torch.func.vmap`` over stacked parameters (here ``p`` and the next two configurations); timed per merge."""
+        i = next(j for j, m in enumerate(merged) if m is p)
+        group = [merged[(i + k) % len(merged)] for k in range(3)]
+        stacked = {k: torch.stack([g[k] for g in group]) for k in p}
+        with torch.inference_mode():
+            return chunked(lambda xx: vmap(lambda q: functional_call(enc, q, (xx,)))(stacked)[0], x)
+
     threads = torch.get_num_threads()
 
     def one_thread(p):
@@ -137,7 +149,9 @@ def engine_options(engine: Evaluator, theta0, tvs, configs, repeats: int) -> dic
             torch.set_num_threads(threads)
 
     variants = {"engine (as is)": plain, "channels_last": channels_last, "bf16 autocast": bf16,
-                "torch.compile (inductor)": compiled, "1 torch thread": one_thread}
+                "torch.compile (inductor)": compiled, "1 torch thread": one_thread,
+                TWINS: vmap_twins}
+    per_call = {TWINS: 3}  # merges evaluated by one call
     ref = [plain(p) for p in merged[:2]]
     agreement = {}
     for name, f in variants.items():
@@ -153,7 +167,7 @@ def engine_options(engine: Evaluator, theta0, tvs, configs, repeats: int) -> dic
         for name, f in variants.items():
             t1 = time.perf_counter()
             f(merged[i % len(merged)])
-            times[name].append(time.perf_counter() - t1)
+            times[name].append((time.perf_counter() - t1) / per_call.get(name, 1))
     base = statistics.median(times["engine (as is)"])
     out = {}
     for name in variants:

@@ -89,11 +89,15 @@ def load(r: dict) -> str:
 
 
 def linear_preview(r: dict) -> str:
-    return (f"Linearized zoo `{r['zoo']}` ({r['tasks']} tasks × {r['images_per_task']} images): precomputation "
-            f"{r['precompute_s']:.1f} s ({r['jvps']} JVPs); one slider update (task arithmetic, new λ and λ_t) "
-            f"**{r['preview_update_ms']:.1f} ms** through the preview vs {r['exact_update_ms']:.0f} ms merging and "
-            f"evaluating the linearized model; identical per-task accuracy in {r['updates_with_identical_accuracy']}/"
-            f"{r['updates']} updates, max |Δ loss| {r['max_abs_loss_difference']:.1e}; {r['threads']} torch thread(s).")
+    return (f"Linearized zoo `{r['zoo']}` ({r['tasks']} tasks × {r['images_per_task']} images): precomputation from "
+            f"cold {r['precompute_cold_s']:.1f} s (loading the evaluation images {r['precompute_images_s']:.1f} s, "
+            f"f(θ0) and {r['jvps']} J·τ {r['precompute_forward_and_jvps_s']:.1f} s; {r['cache_bytes'] / 2**20:.1f} MiB "
+            f"in the zoo's cache), loading it from the disk cache **{r['load_ms']:.1f} ms**; one slider update (task "
+            f"arithmetic, new λ and λ_t) **{r['preview_update_ms']:.1f} ms** through the preview vs "
+            f"{r['exact_update_ms']:.0f} ms merging and evaluating the linearized model; identical per-task accuracy in "
+            f"{r['updates_with_identical_accuracy']}/{r['updates']} updates, max |Δ loss| "
+            f"{r['max_abs_loss_difference']:.1e}; {r['threads']} torch thread(s)"
+            + (f", machine load average {r['load_average_1min']:.1f} on {r['cpus']} CPUs." if "cpus" in r else "."))
 
 
 def analytics(r: dict) -> str:

@@ -22,6 +22,20 @@ def tiny_zoo(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def linear_zoo(tmp_path_factory):
+    """The `tiny` preset built with linearized fine-tuning (f(θ0) + J(θ − θ0)), opened; built once per session."""
+    from sammerge.training.build import build_zoo
+    from sammerge.training.presets import get_preset
+    from sammerge.zoo import open_zoo
+
+    recipe = get_preset("tiny")
+    recipe = recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"linearized": True})})
+    out = tmp_path_factory.mktemp("linzoo") / "lin"
+    build_zoo(recipe, out)
+    return open_zoo(out)
+
+
 @pytest.fixture
 def tiny_zoo_copy(tiny_zoo, tmp_path) -> Path:
     """A private copy of the tiny zoo that a test may corrupt, without the caches other tests wrote into the shared

@@ -9,18 +9,6 @@ from sammerge.merging import LAMBDA, MergeSpec, merge_zoo
 from sammerge.zoo import open_zoo
 
 
-@pytest.fixture(scope="module")
-def linear_zoo(tmp_path_factory):
-    from sammerge.training.build import build_zoo
-    from sammerge.training.presets import get_preset
-
-    recipe = get_preset("tiny")
-    recipe = recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"linearized": True})})
-    out = tmp_path_factory.mktemp("linzoo") / "lin"
-    build_zoo(recipe, out)
-    return open_zoo(out)
-
-
 def exact(zoo, spec, n=48):
     """The merged weights evaluated through the linearized model (an independent, ordinary path)."""
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=n, seed=0)
@@ -37,7 +25,7 @@ def exact(zoo, spec, n=48):
 ])
 def test_preview_equals_exact_linearized_evaluation(linear_zoo, method, params, weights):
     ex = Explorer(linear_zoo, n_per_task=48)
-    assert ex.preview is not None
+    assert ex.instant.wait(300) is not None, ex.instant.describe()  # f(θ0), J τ_t: a background job, then on disk
     spec = MergeSpec.for_zoo(linear_zoo, method, params, {"digits": "sam", "latin_upper": "plain", "symbols": "sam"},
                              weights)
     got, want = ex.evaluate(spec), exact(linear_zoo, spec)
@@ -48,8 +36,10 @@ def test_preview_equals_exact_linearized_evaluation(linear_zoo, method, params, 
 
 def test_lambda_moves_cost_no_forward_pass(linear_zoo):
     ex = Explorer(linear_zoo, n_per_task=48)
-    ex.compare(ex.default_spec())  # references, and one J τ per checkpoint of the merge and its twins
+    assert ex.instant.wait(300) is not None, ex.instant.describe()
+    ex.compare(ex.default_spec())  # references; every J τ_t is precomputed
     jvps, forwards = ex.preview.jvp_count, ex.evaluator.forward_count
+    assert jvps == 0
     for lam in (0.1, 0.55, 1.7):
         ex.compare(ex.default_spec().with_params(**{LAMBDA: lam}))
     assert (ex.preview.jvp_count, ex.evaluator.forward_count) == (jvps, forwards)
@@ -61,7 +51,8 @@ def test_lambda_moves_cost_no_forward_pass(linear_zoo):
 
 
 def test_ordinary_zoos_have_no_preview(tiny_zoo):
-    assert Explorer(open_zoo(tiny_zoo), n_per_task=16).preview is None
+    ex = Explorer(open_zoo(tiny_zoo), n_per_task=16)
+    assert ex.preview is None and ex.instant is None
 
 
 def test_analyses_that_would_use_the_plain_forward_refuse_linearized_zoos(linear_zoo):

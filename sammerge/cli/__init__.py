@@ -10,7 +10,7 @@ from sammerge.errors import SammergeError
 
 # Sub-command modules; each defines register(subparsers) and sets func(args) -> int.
 COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd", "table_cmd", "diagnose_cmd", "sweep_cmd",
-                   "jobs_cmd", "learn_cmd")
+                   "jobs_cmd", "learn_cmd", "preview_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from sammerge.errors import SammergeError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
 from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
+from sammerge.evaluation.preview_cache import InstantPreview, Subset
 from sammerge.evaluation.search import SweepResult, merged_direction, sweep_shared_lambda
 from sammerge.explorer.style import variant_label
 from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo
@@ -117,8 +118,10 @@ class Explorer:
         self.n_per_task = n_per_task
         self.seed = seed
         self.evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed)
-        # linearized zoos: exact results from f(θ0) + Σ c J τ, no forward pass per update
-        self.preview = LinearPreview(self.evaluator) if self.evaluator.linearize_at is not None else None
+        # linearized zoos: exact results from f(θ0) + Σ c J τ, no forward pass per update, once the precomputed
+        # f(θ0), J τ_t are loaded from the zoo's cache or prepared by a background job (exact evaluation until then)
+        self.instant = (InstantPreview(zoo, self.evaluator, Subset(split, n_per_task, seed))
+                        if self.evaluator.linearize_at is not None else None)
         self.cache_size = cache_size
         self._lock = threading.RLock()
         self._tvs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -134,6 +137,11 @@ class Explorer:
         self._prefetch_idle.set()
 
     @property
+    def preview(self) -> LinearPreview | None:
+        """A linearized zoo's instant preview once ready (``self.instant``), else None: merges evaluated exactly."""
+        return self.instant.get() if self.instant is not None else None
+
+    @property
     def tasks(self) -> list[str]:
         return self.zoo.tasks
 
@@ -143,8 +151,7 @@ class Explorer:
 
     def describe_evaluation(self) -> str:
         n = self.evaluator.images.shape[0] // max(1, len(self.evaluator.tasks))
-        lin = ("; linearized zoo: f(θ0) + J(θ − θ0), every merge scored exactly from f(θ0) and one J·τ per "
-               "checkpoint" if self.preview is not None else "")
+        lin = f"; linearized zoo f(θ0) + J(θ − θ0): {self.instant.describe()}" if self.instant is not None else ""
         return f"{self.split} split, {n} images per task (fixed subset, seed {self.seed}){lin}"
 
     def default_spec(self) -> MergeSpec:

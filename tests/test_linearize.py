@@ -173,3 +173,38 @@ def test_linearized_zoo_merge_equals_hand_taylor(linear_zoo):
     [r_many] = ev.evaluate_many([merged], strategy="vmap")
     r_one = Evaluator.from_zoo(linear_zoo, split="val", n_per_task=8, device="cpu").evaluate(merged)
     assert {t: r.accuracy for t, r in r_many.items()} == {t: r.accuracy for t, r in r_one.items()}
+
+
+def test_linearized_calls_from_several_threads_at_once_agree_with_one_thread():
+    """torch's forward-mode AD has one dual level per process: without sammerge's lock, concurrent jvps fail
+    ("no level exists") — as the explorer's evaluation and a background preview job once did."""
+    import threading
+
+    from sammerge.training.linearize import linearized_call
+    from sammerge.training.model import create_encoder
+    from sammerge.training.presets import get_preset
+
+    torch.manual_seed(0)
+    encoder = create_encoder(get_preset("tiny").encoder).eval()
+    theta0 = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    params = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in theta0.items()}
+    x = torch.randn(32, 1, 16, 16)
+    reference = linearized_call(encoder, theta0, params, x).detach()
+    problems = []
+
+    def work():
+        try:
+            for _ in range(20):
+                with torch.no_grad():
+                    out = linearized_call(encoder, theta0, params, x)
+                if not torch.allclose(out, reference, atol=1e-5):
+                    problems.append("different output")
+        except RuntimeError as exc:
+            problems.append(str(exc)[:120])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad
 
 from sammerge.errors import ConfigError
+from sammerge.training.linearize import locked_jvp
 
 Params = Mapping[str, torch.Tensor]
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -120,7 +121,7 @@ def hvp(loss_fn: LossFn, params: Params, v: Params) -> dict[str, torch.Tensor]:
 
     primal = {k: base[k] for k in keys}
     tangent = {k: v[k].detach().to(base[k].dtype) for k in keys}
-    return jvp(grad(f), (primal,), (tangent,))[1]
+    return locked_jvp(grad(f), (primal,), (tangent,))[1]
 
 
 class HessianOperator:

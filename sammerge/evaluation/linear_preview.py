@@ -20,10 +20,11 @@ from collections import OrderedDict
 from typing import Callable, Mapping, Sequence
 
 import torch
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
+from sammerge.training.linearize import locked_jvp
 
 Params = Mapping[str, torch.Tensor]
 
@@ -87,7 +88,7 @@ class LinearPreview:
         def one(x: torch.Tensor) -> torch.Tensor:
             def f(*tensors):
                 return functional_call(encoder, {**fixed, **dict(zip(keys, tensors))}, (x,))
-            return jvp_by_double_vjp(f, primals, tangents) if self.reverse_mode else jvp(f, primals, tangents)[1]
+            return jvp_by_double_vjp(f, primals, tangents) if self.reverse_mode else locked_jvp(f, primals, tangents)[1]
 
         out = self._chunks(one)
         self.jvp_count += 1

@@ -9,6 +9,7 @@ ordinary weight arithmetic on θ.
 """
 from __future__ import annotations
 
+import threading
 from typing import Mapping
 
 import torch
@@ -16,6 +17,17 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 Params = Mapping[str, torch.Tensor]
+
+# torch's forward-mode AD has one dual level per process: two threads inside ``jvp`` at once break each other
+# ("no level exists", "bad optional access"), e.g. the explorer's exact evaluation of a linearized zoo while a
+# background job computes its preview, or two sessions on two linearized zoos. Every jvp in sammerge takes this lock.
+FORWARD_AD_LOCK = threading.RLock()
+
+
+def locked_jvp(f, primals: tuple, tangents: tuple):
+    """``torch.func.jvp(f, primals, tangents)`` under ``FORWARD_AD_LOCK`` (safe from any thread)."""
+    with FORWARD_AD_LOCK:
+        return jvp(f, primals, tangents)
 
 
 def linearized_call(module: nn.Module, theta0: Params, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +43,7 @@ def linearized_call(module: nn.Module, theta0: Params, params: Params, x: torch.
 
     primals = tuple(theta0[k] for k in keys)
     tangents = tuple(params[k] - theta0[k] for k in keys)
-    out, delta = jvp(f, primals, tangents)
+    out, delta = locked_jvp(f, primals, tangents)
     return out + delta
 
 

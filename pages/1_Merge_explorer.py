@@ -383,9 +383,10 @@ def results_panel(state: MergeSpec | None) -> None:
         summaries = cmp.summaries()
     # the next slider step, merged and evaluated while the user looks (on a slow encoder: its estimate)
     ex.prefetch(ex.neighbours(state), estimate=ALLOW_ESTIMATE and ex.estimating())
-    if not (look.exact and cmp.exact):
-        estimate_note.caption(f"Mean accuracy {look.text()} — refining…  \nUntil the exact evaluation running in the "
-                              f"background replaces them, the numbers on this page are an {cmp.evaluation}.")
+    if not (look.exact and cmp.exact):  # (the refinement may finish in between: the next poll redraws the page)
+        estimate_note.caption(f"Mean accuracy {look.text()} — refining…" + ("" if cmp.exact else (
+            "  \nUntil the exact evaluation running in the background replaces them, the numbers on this page are an "
+            f"{cmp.evaluation}.")))
         refresh_when_refined(state)
     approx = "" if cmp.exact else "≈ "
     others = {v: summaries[v] for v in zoo.variants}

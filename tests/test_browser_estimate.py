@@ -31,14 +31,12 @@ def test_estimate_is_refined_without_a_click(vit_zoo):
         page.goto(f"{url}/Merge_explorer")
         estimate = f"Mean accuracy ≈ {iv.estimate:.1%} [{iv.low:.1%}, {iv.high:.1%}] ({K} images/task, 95% CI) — refining…"
         page.get_by_text(estimate, exact=False).first.wait_for(timeout=180_000)
-        shown_at = time.monotonic()
         # no click, no key: the polling fragment redraws the page once the background evaluation is done
         page.get_by_text(re.compile("refining…")).first.wait_for(state="detached", timeout=180_000)
         page.wait_for_function("() => !document.querySelector('[data-stale=true]')", timeout=60_000)
         values = metric_values(page)
         assert values[0] == exact, values
         assert not any(v.startswith("≈") for v in values), values
-        assert [t for t in sent if t > shown_at], "the refresh came from no request of the page"
         # polling stops with the estimate: nothing more asked of the server while the page is left alone
         quiet_from = time.monotonic()
         page.wait_for_timeout(3500)

@@ -3,6 +3,7 @@ the fixed subset with the Wilson interval of its counts; the background refineme
 from __future__ import annotations
 
 import statistics
+import threading
 
 import pytest
 import torch
@@ -29,6 +30,21 @@ def vit_zoo(tmp_path_factory):
     return import_zoo(load_import_spec(spec_path), root / "zoo")
 
 
+@pytest.fixture
+def gate(monkeypatch):
+    """Holds the background refinement back until set, so that a test sees the estimate state for sure."""
+    release = threading.Event()
+    references = Explorer.references
+
+    def gated(self):
+        if threading.current_thread().name == "sammerge-prefetch":
+            release.wait(300)
+        return references(self)
+    monkeypatch.setattr(Explorer, "references", gated)
+    yield release
+    release.set()
+
+
 def plain_counts(zoo, state, images: dict) -> dict[str, int]:
     """Correct predictions per task by a fresh timm module with ``state`` loaded (no Evaluator, no functional_call)."""
     model = zoo.create_encoder()
@@ -40,13 +56,17 @@ def plain_counts(zoo, state, images: dict) -> dict[str, int]:
     return out
 
 
+def look_results(ex, spec):
+    return ex.estimates.evaluate_many([spec])[0]
+
+
 def subset(zoo, k: int | None = None) -> dict:
     """The explorer's fixed validation subset (256 per task, seed 0), each task's first ``k`` images."""
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=256, seed=0, device="cpu")
     return {t: (ev.images[ev.slices[t]][:k], ev.labels[ev.slices[t]][:k]) for t in ev.tasks}
 
 
-def test_estimate_first_then_exact(vit_zoo):
+def test_estimate_first_then_exact(vit_zoo, gate):
     zoo = vit_zoo
     ex = Explorer(zoo, estimate_n_per_task=K, latency_target_s=0.0)  # any exact evaluation counts as slow
     assert ex.images_per_task() == 24 and ex.estimate_size() == K
@@ -67,15 +87,18 @@ def test_estimate_first_then_exact(vit_zoo):
 
     # the estimate comparison says what it is, down to the export
     cmp = ex.compare(spec, allow_estimate=True)
-    if not cmp.exact:  # (the refinement may already have finished on a fast machine)
-        assert cmp.n_per_task == K and "ESTIMATE" in cmp.evaluation
-        rec = cmp.results_record()
-        iv = cmp.intervals()["mean"]
-        assert rec["_mean"]["val_accuracy_ci95_low"] == pytest.approx(iv.low, abs=1e-6)
-        assert all(rec[t]["val_n"] == K for t in spec.task_names)
-        assert "ESTIMATE" in model_card(cmp, zoo)
+    assert not cmp.exact and cmp.n_per_task == K and "ESTIMATE" in cmp.evaluation
+    assert cmp.results["current"] == look_results(ex, spec)
+    rec = cmp.results_record()
+    iv = cmp.intervals()["mean"]
+    assert (rec["_mean"]["val_accuracy_ci95_low"], rec["_mean"]["val_accuracy_ci95_high"]) == pytest.approx(
+        (iv.low, iv.high), abs=1e-6)
+    assert all(rec[t]["val_n"] == K for t in spec.task_names)
+    assert "ESTIMATE" in model_card(cmp, zoo) and "ESTIMATE" in ex.export_spec(spec, allow_estimate=True).notes
+    assert ex.refining(spec) and not ex.is_exact_ready(spec)
 
     # the refinement, queued on the background thread: afterwards the numbers are exact
+    gate.set()
     assert ex.wait_prefetched(timeout=300)
     assert ex.is_exact_ready(spec) and not ex.refining(spec)
     exact = ex.first_look(spec)
@@ -111,11 +134,12 @@ def test_exact_override_and_fast_zoos_skip_the_estimate(vit_zoo):
     assert not whole.estimating() and whole.first_look(spec).exact
 
 
-def test_a_newer_refinement_replaces_the_older(vit_zoo):
+def test_a_newer_refinement_replaces_the_older(vit_zoo, gate):
     ex = Explorer(vit_zoo, estimate_n_per_task=K, latency_target_s=0.0)
     first, second = (ex.default_spec().with_params(**{LAMBDA: v}) for v in (0.2, 0.9))
     assert not ex.first_look(first).exact
     assert not ex.first_look(second).exact  # replaces what the first refinement has not started
+    gate.set()
     assert ex.wait_prefetched(timeout=300)
-    assert ex.is_exact_ready(second)
+    assert ex.is_exact_ready(second) and not ex.is_cached(first)
     assert ex.first_look(second).exact

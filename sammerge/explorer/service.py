@@ -28,6 +28,7 @@ from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
 from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
 from sammerge.evaluation.search import SweepResult, merged_direction, sweep_shared_lambda
+from sammerge.explorer.estimates import SubsetEstimates
 from sammerge.explorer.style import variant_label
 from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo
 from sammerge.progress import Progress
@@ -177,14 +178,8 @@ class Explorer:
         # estimate first, refine in the background (see the module docstring)
         self.estimate_n_per_task = estimate_n_per_task
         self.latency_target_s = latency_target_s
-        self.images_per_s: float | None = None   # measured forward throughput of the zoo's encoder
         self._merge_lock = threading.RLock()     # merges (the page's estimate must not wait for an exact evaluation)
-        self._est_lock = threading.RLock()       # the estimate evaluators and their own encoder module
-        self._est_encoder: torch.nn.Module | None = None
-        self._est_evaluators: dict[str, Evaluator] = {}
-        self._est_results: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()
-        self._est_refs: dict[tuple[str, str], TaskResult] = {}  # (task, variant) → on the task's first k images
-        self._est_pretrained: dict[str, TaskResult] | None = None
+        self.estimates = SubsetEstimates(zoo, self.evaluator, estimate_n_per_task, self.merge, 4 * cache_size)
         self._task_evaluators: dict[str, Evaluator] = {}
         self._refine_queue: list[tuple[str, MergeSpec | None]] = []
 
@@ -242,7 +237,8 @@ class Explorer:
                     start = time.perf_counter()
                     results = (self.evaluator.evaluate_many(merged) if len(merged) > 1
                                else [self.evaluator.evaluate(merged[0], key=f"spec:{todo[0]}")])
-                    self._note_throughput(len(merged) * len(self.evaluator.labels), time.perf_counter() - start)
+                    self.estimates.note_throughput(len(merged) * len(self.evaluator.labels),
+                                                   time.perf_counter() - start)
                 for k, res in zip(todo, results):
                     self._results[k] = res
                 while len(self._results) > 4 * self.cache_size:
@@ -294,12 +290,13 @@ class Explorer:
         ``exact`` is False) while the exact evaluation is queued in the background (:meth:`refine`)."""
         specs = self.twins(spec)
         if allow_estimate and not self.is_exact_ready(spec) and self.estimating():
-            results = self.estimate_many(list(specs.values()))
-            pre = self._estimate_pretrained()
-            ft = {v: {t: self._estimate_individual(t, v) for t in self.tasks} for v in self.variants}
+            est = self.estimates
+            results = est.evaluate_many(list(specs.values()))
+            ft = {v: {t: est.individual(t, v) for t in self.tasks} for v in self.variants}
             self.refine(spec)
-            return Comparison(tuple(self.tasks), tuple(self.variants), specs, dict(zip(specs, results)), pre, ft,
-                              self.split, self.describe_estimate(), exact=False, n_per_task=self.estimate_size())
+            return Comparison(tuple(self.tasks), tuple(self.variants), specs, dict(zip(specs, results)),
+                              est.pretrained(), ft, self.split, est.describe(self.split, self.seed), exact=False,
+                              n_per_task=est.k)
         results = self.evaluate_many(list(specs.values()))
         pre, ft = self.references()
         return Comparison(tuple(self.tasks), tuple(self.variants), specs, dict(zip(specs, results)), pre, ft,
@@ -314,10 +311,10 @@ class Explorer:
         """The merge's summary with 95 % Wilson intervals: exact when fast enough or already refined, else an
         estimate on the first k images per task with the exact evaluation queued in the background."""
         if allow_estimate and not self.is_exact_ready(spec) and self.estimating():
-            res = self.estimate_many([spec])[0]
-            individual = {t.task: self._estimate_individual(t.task, t.variant) for t in spec.tasks}
+            res = self.estimates.evaluate_many([spec])[0]
+            individual = {t.task: self.estimates.individual(t.task, t.variant) for t in spec.tasks}
             self.refine(spec)
-            n, exact = self.estimate_size(), False
+            n, exact = self.estimates.k, False
         else:
             res = self.evaluate(spec)
             _, ft = self.references()
@@ -334,88 +331,30 @@ class Explorer:
         """Whether the exact comparison of ``spec`` (its twins and the references) needs no evaluation."""
         return self._refs is not None and all(self.is_cached(s) for s in self.twins(spec).values())
 
-    # -- estimates: the first k images per task of the same fixed subset ------------------------------
+    # -- estimates (``explorer.estimates``): the first k images per task of the same fixed subset --------
     def images_per_task(self) -> int:
         """Images per task of the exact evaluation (the largest task; a small split may hold fewer)."""
-        return max(sl.stop - sl.start for sl in self.evaluator.slices.values())
+        return SubsetEstimates.images_per_task(self.evaluator)
 
     def estimate_size(self) -> int:
         """k: images per task of an estimate (at most the exact budget)."""
-        return max(1, min(self.estimate_n_per_task, self.images_per_task()))
+        return self.estimates.k
 
-    def describe_estimate(self) -> str:
-        return (f"ESTIMATE on the {self.split} split: the first {self.estimate_size()} of the "
-                f"{self.images_per_task()} fixed images per task (seed {self.seed}), 95 % Wilson intervals; "
-                "the exact evaluation was still running")
+    @property
+    def images_per_s(self) -> float | None:
+        """The encoder's measured forward throughput (None before the first measurement)."""
+        return self.estimates.images_per_s
 
     def estimating(self) -> bool:
         """Whether merges are shown as estimates first: not on a linearized zoo (its preview is exact and
         instant), not when k covers every image, and only when one exact evaluation at the measured throughput
-        (:meth:`measure_throughput`) would take longer than ``latency_target_s``."""
-        if self.preview is not None or self.estimate_size() >= self.images_per_task():
+        would take longer than ``latency_target_s`` (the first call measures it: θ0 on the estimate's images)."""
+        if self.preview is not None or self.estimates.covers_everything():
             return False
-        return len(self.evaluator.labels) / self.measure_throughput() > self.latency_target_s
-
-    def measure_throughput(self) -> float:
-        """Images per second through the zoo's encoder, measured once: a warm-up forward on 2 images, then θ0 on
-        the estimate's images (kept: it is θ0's estimate). Exact evaluations later raise it if they run faster."""
-        if self.images_per_s is None:
-            self._estimate_pretrained()
-        return self.images_per_s
-
-    def _note_throughput(self, images: int, seconds: float) -> None:
-        rate = images / max(seconds, 1e-9)
-        self.images_per_s = rate if self.images_per_s is None else max(self.images_per_s, rate)
-
-    def _estimator(self, task: str | None = None) -> Evaluator:
-        """An evaluator on the first k images per task of the explorer's subset (``task``: that task alone). It has
-        its own encoder module: functional_call swaps parameters in place, and the refinement uses the other."""
-        name = task or "*"
-        with self._est_lock:
-            if name not in self._est_evaluators:
-                ev, k = self.evaluator, self.estimate_size()
-                if self._est_encoder is None:
-                    self._est_encoder = self.zoo.create_encoder(fused_attention=True)
-                tasks = [task] if task else ev.tasks
-                data = {t: (ev.images[ev.slices[t]][:k], ev.labels[ev.slices[t]][:k]) for t in tasks}
-                self._est_evaluators[name] = Evaluator(self._est_encoder, {t: ev.heads[t] for t in tasks}, data,
-                                                       device=ev.device, chunk_size=ev.chunk_size)
-            return self._est_evaluators[name]
-
-    def estimate_many(self, specs: Sequence[MergeSpec]) -> list[dict[str, TaskResult]]:
-        """Per-task results of merges on the first k images per task (cached by spec)."""
-        with self._est_lock:
-            keys = [s.key() for s in specs]
-            for key, s in zip(keys, specs):
-                if key not in self._est_results:
-                    self._est_results[key] = self._estimator().evaluate(self.merge(s), key=f"spec:{key}")
-                    while len(self._est_results) > 4 * self.cache_size:
-                        self._est_results.popitem(last=False)
-                self._est_results.move_to_end(key)
-            return [self._est_results[k] for k in keys]
+        return self.estimates.predicted_exact_s() > self.latency_target_s
 
     def is_estimated(self, spec: MergeSpec) -> bool:
-        return spec.key() in self._est_results
-
-    def _estimate_pretrained(self) -> dict[str, TaskResult]:
-        """θ0 on the estimate's images, timed after a 2-image warm-up: the throughput measurement."""
-        with self._est_lock:
-            if self._est_pretrained is None:
-                ev = self._estimator()
-                task = ev.tasks[0]
-                Evaluator(ev.encoder, {task: ev.heads[task]}, {task: (ev.images[:2], ev.labels[:2])},
-                          device=ev.device).evaluate(self.zoo.pretrained(), key="warm-up")
-                start = time.perf_counter()
-                self._est_pretrained = ev.evaluate(self.zoo.pretrained(), key="pretrained")
-                self._note_throughput(len(ev.labels), time.perf_counter() - start)
-            return self._est_pretrained
-
-    def _estimate_individual(self, task: str, variant: str) -> TaskResult:
-        """The fine-tuned ``task``/``variant`` model on its task's first k images."""
-        with self._est_lock:
-            if (task, variant) not in self._est_refs:
-                self._est_refs[(task, variant)] = self._estimator(task).evaluate(self.zoo.finetuned(task, variant))[task]
-            return self._est_refs[(task, variant)]
+        return self.estimates.is_estimated(spec)
 
     def refine(self, spec: MergeSpec) -> None:
         """Queue the exact evaluation of ``spec``'s comparison (references, the merge, its twins) on the background
@@ -490,7 +429,7 @@ class Explorer:
                 if kind == "references":
                     self.references()
                 elif kind == "estimate":
-                    self.estimate_many([spec])
+                    self.estimates.evaluate_many([spec])
                 else:
                     self.evaluate(spec)
             except Exception:  # noqa: BLE001 — a prefetch never fails the page; on demand it reports the error

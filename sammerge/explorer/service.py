@@ -141,7 +141,7 @@ class FirstLook:
     exact: bool
 
     def text(self) -> str:
-        """"≈ 41.0 % [33.1 %, 50.2 %] (32 images/task, 95 % CI)" for an estimate; "41.0 %" when exact."""
+        """"≈ 41.0% [33.1%, 50.2%] (32 images/task, 95% CI)" for an estimate; "41.0%" when exact."""
         iv = self.intervals["mean"]
         if self.exact:
             return f"{self.summary.mean:.1%}"

@@ -386,7 +386,7 @@ def results_panel(state: MergeSpec | None) -> None:
     if not (look.exact and cmp.exact):  # (the refinement may finish in between: the next poll redraws the page)
         estimate_note.caption(f"Mean accuracy {look.text()} — refining…" + ("" if cmp.exact else (
             "  \nUntil the exact evaluation running in the background replaces them, the numbers on this page are an "
-            f"{cmp.evaluation}.")))
+            f"{cmp.evaluation} (no SAM-vs-plain reading from an estimate).")))
         refresh_when_refined(state)
     approx = "" if cmp.exact else "≈ "
     others = {v: summaries[v] for v in zoo.variants}
@@ -396,7 +396,7 @@ def results_panel(state: MergeSpec | None) -> None:
         col.metric(f"All {variant_label(v)} (norm.)", f"{approx}{s['normalized']:.1%}", delta=delta,
                    help=f"The same merge with every selected task on its {variant_label(v)} checkpoint; "
                         "delta vs the other fine-tuning method.")
-    sentence = sam_vs_plain_sentence(summaries)
+    sentence = sam_vs_plain_sentence(summaries) if cmp.exact else None  # no verdict from an estimate
     if sentence:
         st.markdown("**Reading:** " + sentence)
 

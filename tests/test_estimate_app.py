@@ -62,6 +62,7 @@ def test_estimate_then_exact_number(monkeypatch, vit_zoo, gate):
     assert "ESTIMATE" in note[0]
     assert metric(at, "Mean accuracy") == f"≈ {iv.estimate:.1%}"
     assert all(m.value.startswith("≈ ") for m in at.metric), [m.value for m in at.metric]
+    assert not [m.value for m in at.markdown if m.value.startswith("**Reading:**")]  # no verdict from an estimate
     config = next(c.value for c in at.code if '"notes"' in c.value)  # "Show the configuration": the export
     assert "ESTIMATE" in config and "val_accuracy_ci95_low" in config
 
@@ -71,6 +72,7 @@ def test_estimate_then_exact_number(monkeypatch, vit_zoo, gate):
     assert not refining(at)
     full = plain_counts(zoo, merged, subset(zoo))
     assert metric(at, "Mean accuracy") == f"{sum(full.values()) / (24 * len(full)):.1%}"
+    assert [m.value for m in at.markdown if m.value.startswith("**Reading:**")]
     config = next(c.value for c in at.code if '"notes"' in c.value)
     assert "ESTIMATE" not in config and "ci95" not in config and '"val_n": 24.0' in config
 

@@ -157,7 +157,30 @@ def cpu_vit(r: dict) -> str:
                      f"{row['evaluate_s']:.1f} s | {row['slider_to_number_s']:.1f} s | {row['images_per_s']:.1f} | "
                      f"{100 * row['ci95_half_width_task']:.1f} / {100 * row['ci95_half_width_mean']:.1f} pts |")
     lines += ["", f"One Hessian-vector product (the unit of λ_max and trace) on 16 images: {r['hvp_16_images_s']:.1f} s."]
-    return "\n".join(lines)
+    return "\n".join(lines + _cpu_vit_explorer(r.get("explorer")))
+
+
+def _cpu_vit_explorer(e: dict | None) -> list[str]:
+    """The explorer path of ``benchmarks/cpu_vit.py``: time to the first (estimated) and to the refined number."""
+    if not e:
+        return []
+    decision = (f"an exact evaluation of one merge is predicted at {e['predicted_exact_s']:.1f} s, over the "
+                f"{e['latency_target_s']:g} s target, so each move shows an estimate first" if e["estimating"] else
+                f"exact evaluation is within the {e['latency_target_s']:g} s target: no estimate step")
+    lines = ["", f"**Through the explorer's engine** (`Explorer.first_look`, then `compare(allow_estimate=True)` as the "
+                 f"page calls it, then the background refinement), in a **reduced configuration** to fit the shared "
+                 f"CPU: the same model imported as a zoo of {e['tasks']} tasks × {len(e['variants'])} checkpoints, an "
+                 f"image budget of {e['n_per_task']} per task, estimates from the first {e['estimate_n_per_task']}; "
+                 f"measured throughput {e['images_per_s']:.1f} images/s, so {decision} ({e['threads']} torch "
+                 f"thread(s), 1-min load average {e['load_average_1min_at_end']:.1f} at the end, measured "
+                 f"{e['measured'][:10]}; one run per move, times from the move).", "",
+             "| slider move | first number | page with twins (estimated) | refined to exact | exact mean |",
+             "|---|---|---|---|---|"]
+    for i, m in enumerate(e["moves"]):
+        what = "first move (one-time: throughput probe, θ0 and fine-tuned models, references)" if i == 0 else "next move"
+        lines.append(f"| λ = {m['lambda']:g}, {what} | {m['first_number_s']:.1f} s: {m['first_text']} | "
+                     f"{m['estimated_page_s']:.1f} s | {m['refined_s']:.1f} s | {100 * m['exact_mean']:.1f} % |")
+    return lines
 def vit_step(r: dict) -> str:
     """The measured ViT-B/32 step and the paper-scale zoo's cost (``benchmarks/vit_step.py``)."""
     st, c, rec, g = r["steps"], r["cost"], r["recipe"], r["cost"]["gpu_assumption"]

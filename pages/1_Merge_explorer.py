@@ -9,7 +9,7 @@ import streamlit as st
 from sammerge.errors import ConfigError, SammergeError
 from sammerge.explorer.exports import figure_html, figure_png, model_card, png_available, weights_bytes
 from sammerge.explorer.figures import bar_figure, radar_figure, sam_vs_plain_sentence, sweep_figure
-from sammerge.explorer.service import method_choices
+from sammerge.explorer.service import EXPLORER_N_PER_TASK, method_choices
 from sammerge.explorer.style import describe, variant_label
 from sammerge.merging import (DENSITIES, LAMBDA, WEIGHTS, MergeSpec, from_mergekit_yaml, get_method,
                               is_mergekit_config, to_mergekit_yaml)
@@ -24,10 +24,29 @@ st.markdown(
     "so the difference SAM makes is visible at a glance.")
 
 zoo = ui.zoo_sidebar()
-ex = ui.get_explorer(zoo)
 ss = st.session_state
 
 W = "ex_"  # prefix of every widget key on this page
+
+
+def on_budget() -> None:  # plain copies: Streamlit forgets widget values when the user visits another page
+    ss[f"{W}budget_v"], ss[f"{W}exact_v"] = int(ss[f"{W}budget"]), bool(ss[f"{W}exact"])
+
+
+# the image budget and the exact override live outside the fragment: a new budget is another Explorer (a full rerun)
+ss[f"{W}budget"] = ss.setdefault(f"{W}budget_v", EXPLORER_N_PER_TASK)
+ss[f"{W}exact"] = ss.setdefault(f"{W}exact_v", False)
+with st.sidebar:
+    st.header("Evaluation")
+    st.number_input("Images per task", min_value=1, max_value=100_000, step=16, key=f"{W}budget", on_change=on_budget,
+                    help="The fixed validation subset every merge is scored on (seed 0; a task with fewer "
+                         "images uses all of them). Fewer images: faster, less precise.")
+    st.toggle("Always evaluate exactly", key=f"{W}exact", on_change=on_budget,
+              help="Off: when the encoder is too slow to evaluate the whole budget at once (e.g. a ViT-B/32 on a "
+                   "CPU), a merge is first shown as an estimate from its first images per task, with its 95 % "
+                   "confidence interval, and refined to the exact number in the background.")
+ex = ui.get_explorer(zoo, n_per_task=ss[f"{W}budget_v"])
+ALLOW_ESTIMATE = not ss[f"{W}exact_v"]
 
 
 def k_param(method: str, name: str) -> str:
@@ -341,12 +360,17 @@ def results_panel(state: MergeSpec | None) -> None:
                "from merging). Means are over the selected tasks.")
     cols = st.columns(2 + len(zoo.variants))
     showing = st.empty()
-    # the merge the user just changed first (streamed to the page), then its all-plain / all-SAM twins
+    estimate_note = st.empty()
+    # the merge the user just changed first (streamed to the page), then its all-plain / all-SAM twins; on a slow
+    # encoder an estimate from the first images per task first, refined in the background
     with ui.friendly_errors("merge"):
-        cur = ex.summary(state)
-    cols[0].metric("Mean accuracy", f"{cur.mean:.1%}")
-    cols[1].metric("Normalized accuracy", f"{cur.normalized:.1%}")
+        look = ex.first_look(state, allow_estimate=ALLOW_ESTIMATE)
+    cur, approx = look.summary, "" if look.exact else "≈ "
+    cols[0].metric("Mean accuracy", f"{approx}{cur.mean:.1%}")
+    cols[1].metric("Normalized accuracy", f"{approx}{cur.normalized:.1%}")
     showing.caption(f"Showing: {describe(state)}")
+    if not look.exact:
+        estimate_note.caption(f"Mean accuracy {look.text()} — refining…")
     if state.has_layer_weights:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
         c1.info("This merge carries per-layer coefficients λ_{t,g} (from a link or the **Layer coefficients** page) for "
@@ -354,18 +378,25 @@ def results_panel(state: MergeSpec | None) -> None:
                 icon=":material/grid_on:")
         c2.button("Drop them", key=f"{W}drop_layers_btn", on_click=on_drop_layers)
     with ui.friendly_errors("merge"):
-        cmp = ex.compare(state)
+        cmp = ex.compare(state, allow_estimate=ALLOW_ESTIMATE)
         table = cmp.table()
         summaries = cmp.summaries()
-    ex.prefetch(ex.neighbours(state))  # the next slider step, merged and evaluated while the user looks
+    # the next slider step, merged and evaluated while the user looks (on a slow encoder: its estimate)
+    ex.prefetch(ex.neighbours(state), estimate=ALLOW_ESTIMATE and ex.estimating())
+    if not (look.exact and cmp.exact):  # (the refinement may finish in between: the next poll redraws the page)
+        estimate_note.caption(f"Mean accuracy {look.text()} — refining…" + ("" if cmp.exact else (
+            "  \nUntil the exact evaluation running in the background replaces them, the numbers on this page are an "
+            f"{cmp.evaluation} (no SAM-vs-plain reading from an estimate).")))
+        refresh_when_refined(state)
+    approx = "" if cmp.exact else "≈ "
     others = {v: summaries[v] for v in zoo.variants}
     for col, (v, s) in zip(cols[2:], others.items()):
         ref = next((o for w, o in others.items() if w != v), None)
         delta = None if ref is None else f"{100 * (s['normalized'] - ref['normalized']):+.1f} pts"
-        col.metric(f"All {variant_label(v)} (norm.)", f"{s['normalized']:.1%}", delta=delta,
+        col.metric(f"All {variant_label(v)} (norm.)", f"{approx}{s['normalized']:.1%}", delta=delta,
                    help=f"The same merge with every selected task on its {variant_label(v)} checkpoint; "
                         "delta vs the other fine-tuning method.")
-    sentence = sam_vs_plain_sentence(summaries)
+    sentence = sam_vs_plain_sentence(summaries) if cmp.exact else None  # no verdict from an estimate
     if sentence:
         st.markdown("**Reading:** " + sentence)
 
@@ -410,6 +441,15 @@ def results_panel(state: MergeSpec | None) -> None:
     st.caption("Best shared λ on validation — " + "; ".join(parts) + ".")
 
 
+def refresh_when_refined(state: MergeSpec) -> None:
+    """Poll (only while an estimate is on screen) until the exact evaluation of ``state`` is done, then redraw."""
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        if ex.is_exact_ready(state):
+            st.rerun()
+    poll()
+
+
 def export_panel(state: MergeSpec | None) -> None:
     st.divider()
     st.subheader("5 · Export, share, import")
@@ -417,7 +457,7 @@ def export_panel(state: MergeSpec | None) -> None:
         st.caption("Select at least one task to export a merge.")
         return
     with ui.friendly_errors("export"):
-        cfg = ex.export_spec(state)
+        cfg = ex.export_spec(state, allow_estimate=ALLOW_ESTIMATE)
     name = f"merge-{state.method}"
     # Every file is made when its button is clicked, from the spec the controls committed last (a plain dict in
     # session state: the callables run off the script thread). Data fixed at drawing time would be that of the last
@@ -427,6 +467,12 @@ def export_panel(state: MergeSpec | None) -> None:
 
     def at_click(make):
         return lambda: make(box["spec"])
+
+    def comparison(s):  # estimates (saying so) while the exact evaluation runs, as on screen
+        return ex.compare(s, allow_estimate=ALLOW_ESTIMATE)
+
+    def card(s):
+        return model_card(comparison(s), zoo)
 
     def sweep(s):
         return sweep_figure(ex.sweeps(s), s, zoo.variants, ex.split)
@@ -442,9 +488,9 @@ def export_panel(state: MergeSpec | None) -> None:
                     + "Checkpoints (sha256): " + ", ".join(f"{t.task}/{variant_label(t.variant)} `{(t.sha256 or '?')[:10]}`"
                                                            for t in state.tasks))
         c = st.columns(3)
-        c[0].download_button("Config (JSON)", at_click(lambda s: ex.export_spec(s).to_json()), f"{name}.json", "application/json",
+        c[0].download_button("Config (JSON)", at_click(lambda s: ex.export_spec(s, ALLOW_ESTIMATE).to_json()), f"{name}.json", "application/json",
                              key=f"{W}dl_json", on_click="ignore", width="stretch")
-        c[1].download_button("Config (YAML)", at_click(lambda s: ex.export_spec(s).to_yaml()), f"{name}.yaml", "application/x-yaml",
+        c[1].download_button("Config (YAML)", at_click(lambda s: ex.export_spec(s, ALLOW_ESTIMATE).to_yaml()), f"{name}.yaml", "application/x-yaml",
                              key=f"{W}dl_yaml", on_click="ignore", width="stretch")
         c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
                              "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
@@ -452,15 +498,15 @@ def export_panel(state: MergeSpec | None) -> None:
         c[0].download_button("Merged weights (.safetensors)", at_click(lambda s: weights_bytes(ex.merge(s), s)), f"{name}.safetensors",
                              "application/octet-stream", key=f"{W}dl_st", on_click="ignore",
                              width="stretch", help="The merged encoder; the config is in its metadata.")
-        c[1].download_button("Model card (.md)", at_click(lambda s: model_card(ex.compare(s), zoo)), f"{name}.md", "text/markdown",
+        c[1].download_button("Model card (.md)", at_click(card), f"{name}.md", "text/markdown",
                              key=f"{W}dl_card", on_click="ignore", width="stretch")
-        c[2].download_button("Results table (.csv)", at_click(lambda s: ex.compare(s).table().to_csv(index=False)), f"{name}-results.csv", "text/csv",
+        c[2].download_button("Results table (.csv)", at_click(lambda s: comparison(s).table().to_csv(index=False)), f"{name}-results.csv", "text/csv",
                              key=f"{W}dl_csv", on_click="ignore", width="stretch")
         c = st.columns(3)
-        c[0].download_button("Bar chart (.html)", at_click(lambda s: figure_html(bar_figure(ex.compare(s)))),
+        c[0].download_button("Bar chart (.html)", at_click(lambda s: figure_html(bar_figure(comparison(s)))),
                              f"{name}-bars.html", "text/html", key=f"{W}dl_bars", on_click="ignore",
                              width="stretch")
-        c[1].download_button("Radar chart (.html)", at_click(lambda s: figure_html(radar_figure(ex.compare(s)))),
+        c[1].download_button("Radar chart (.html)", at_click(lambda s: figure_html(radar_figure(comparison(s)))),
                              f"{name}-radar.html", "text/html", key=f"{W}dl_radar", on_click="ignore",
                              width="stretch")
         sweeps = ex.cached_sweeps(state)
@@ -471,9 +517,9 @@ def export_panel(state: MergeSpec | None) -> None:
                              help=None if sweeps else "Compute the λ sweep first.")
         if png_available():
             c = st.columns(3)
-            c[0].download_button("Bar chart (.png)", at_click(lambda s: figure_png(bar_figure(ex.compare(s)))),
+            c[0].download_button("Bar chart (.png)", at_click(lambda s: figure_png(bar_figure(comparison(s)))),
                                  f"{name}-bars.png", "image/png", key=f"{W}png_bars", on_click="ignore", width="stretch")
-            c[1].download_button("Radar chart (.png)", at_click(lambda s: figure_png(radar_figure(ex.compare(s)))),
+            c[1].download_button("Radar chart (.png)", at_click(lambda s: figure_png(radar_figure(comparison(s)))),
                                  f"{name}-radar.png", "image/png", key=f"{W}png_radar", on_click="ignore",
                                  width="stretch")
             c[2].download_button("λ-sweep chart (.png)",

@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny zoo built per test session (seconds), copied where a test mutates it."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import torch
 
 # The test models are tiny: one thread is faster than two (and immune to a busy machine).
 torch.set_num_threads(1)
+# The app evaluates exactly unless a test asks for the estimate-first path (a busy machine could otherwise make the
+# measured throughput of the tiny zoo look slow enough for estimates: explorer/estimates.py).
+os.environ.setdefault("SAMMERGE_LATENCY_TARGET_S", "inf")
 
 
 @pytest.fixture(scope="session")

@@ -23,3 +23,10 @@ def test_cpu_vit_benchmark_quick(tmp_path):
     # fewer images, wider interval
     assert report["rows"][0]["ci95_half_width_task"] > report["rows"][1]["ci95_half_width_task"]
     assert report["hvp_16_images_s"] > 0
+    # the explorer path: an estimate first (latency target 0 in --quick), then the exact numbers
+    ex = report["explorer"]
+    assert ex["estimating"] and ex["estimate_n_per_task"] == 4 and ex["n_per_task"] == 8
+    for move in ex["moves"]:
+        assert not move["first_exact"] and move["first_text"].startswith("≈ ")
+        assert 0 < move["first_number_s"] <= move["estimated_page_s"] <= move["refined_s"]
+        assert move["ci95"][0] <= move["first_mean"] <= move["ci95"][1]

@@ -4,10 +4,17 @@ Data flow of one slider move: the page builds a :class:`~sammerge.merging.MergeS
 (validated once) → :meth:`Explorer.compare` merges it and its all-plain / all-SAM twins (task vectors and
 results cached by :meth:`MergeSpec.key`) and evaluates them on one fixed image subset → a :class:`Comparison`,
 which figures, tables, readings and exports only read.
+
+On a slow encoder (a ViT-B/32 on a CPU) exact evaluation of the whole image budget takes longer than
+``latency_target_s``, judged from the encoder's forward throughput measured once: then :meth:`Explorer.first_look`
+and ``compare(spec, allow_estimate=True)`` answer from the first k images per task of the same fixed subset
+(an estimate with Wilson intervals, :mod:`sammerge.evaluation.estimate`) and queue the exact evaluation on the
+background prefetch thread, which replaces the estimate once done.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,19 +23,24 @@ import pandas as pd
 import torch
 
 from sammerge.errors import SammergeError
+from sammerge.evaluation.estimate import Interval, result_intervals
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
 from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
 from sammerge.evaluation.preview_cache import InstantPreview, Subset
 from sammerge.evaluation.search import SweepResult, merged_direction, sweep_shared_lambda
+from sammerge.explorer.estimates import SubsetEstimates
 from sammerge.explorer.style import variant_label
 from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo
 from sammerge.progress import Progress
 
-__all__ = ["Explorer", "Comparison", "method_choices", "EXPLORER_SPLIT", "EXPLORER_N_PER_TASK"]
+__all__ = ["Explorer", "Comparison", "FirstLook", "method_choices", "EXPLORER_SPLIT", "EXPLORER_N_PER_TASK",
+           "EXPLORER_ESTIMATE_N", "EXPLORER_LATENCY_TARGET_S"]
 
 EXPLORER_SPLIT = "val"
 EXPLORER_N_PER_TASK = 256
+EXPLORER_ESTIMATE_N = 32           # images per task of a first estimate (the first k of the fixed subset)
+EXPLORER_LATENCY_TARGET_S = 0.3    # exact evaluation predicted slower than this → estimate first
 
 
 def method_choices() -> list[str]:
@@ -54,10 +66,17 @@ class Comparison:
     individual: dict[str, dict[str, TaskResult]]
     split: str
     evaluation: str                              # "val split, 256 images per task (fixed subset, seed 0)"
+    exact: bool = True                           # False: an estimate from the first images of the subset
+    n_per_task: int = 0                          # images per task behind these numbers (largest task)
 
     @property
     def spec(self) -> MergeSpec:
         return self.specs["current"]
+
+    def intervals(self, name: str = "current") -> dict[str, Interval]:
+        """95 % Wilson intervals of merge ``name``'s accuracy per selected task and ``"mean"`` (pooled counts)."""
+        res = self.results[name]
+        return result_intervals({t: res[t] for t in self.specs[name].task_names})
 
     def individual_for(self, name: str = "current") -> dict[str, TaskResult]:
         """The fine-tuned model each task of merge ``name`` uses (same images)."""
@@ -105,14 +124,38 @@ class Comparison:
                    f"{split}_normalized_accuracy": _round(s.per_task_normalized[t]), f"{split}_n": float(cur[t].n)}
                for t in self.spec.task_names}
         out["_mean"] = {f"{split}_accuracy": _round(s.mean), f"{split}_normalized_accuracy": _round(s.normalized)}
+        if not self.exact:  # an estimate: its 95 % Wilson interval goes with every accuracy
+            for name, iv in self.intervals().items():
+                row = out["_mean" if name == "mean" else name]
+                row[f"{split}_accuracy_ci95_low"], row[f"{split}_accuracy_ci95_high"] = _round(iv.low), _round(iv.high)
         return out
+
+
+@dataclass(frozen=True)
+class FirstLook:
+    """The number a slider move shows first: one merge's summary, exact or estimated from ``n_per_task`` images
+    per task with 95 % Wilson intervals (``intervals``: per selected task and ``"mean"``, pooled counts)."""
+    spec: MergeSpec
+    summary: Summary
+    intervals: dict[str, Interval]
+    n_per_task: int
+    exact: bool
+
+    def text(self) -> str:
+        """"≈ 41.0% [33.1%, 50.2%] (32 images/task, 95% CI)" for an estimate; "41.0%" when exact."""
+        iv = self.intervals["mean"]
+        if self.exact:
+            return f"{self.summary.mean:.1%}"
+        return (f"≈ {iv.estimate:.1%} [{iv.low:.1%}, {iv.high:.1%}] ({self.n_per_task} images/task, "
+                f"{iv.confidence:.0%} CI)")
 
 
 class Explorer:
     """Merges and evaluations for one zoo, cached; thread-safe (one computation at a time)."""
 
     def __init__(self, zoo, n_per_task: int = EXPLORER_N_PER_TASK, split: str = EXPLORER_SPLIT, seed: int = 0,
-                 cache_size: int = 64) -> None:
+                 cache_size: int = 64, estimate_n_per_task: int = EXPLORER_ESTIMATE_N,
+                 latency_target_s: float = EXPLORER_LATENCY_TARGET_S) -> None:
         self.zoo = zoo
         self.split = split
         self.n_per_task = n_per_task
@@ -135,6 +178,13 @@ class Explorer:
         self._prefetch_thread: threading.Thread | None = None
         self._prefetch_idle = threading.Event()
         self._prefetch_idle.set()
+        # estimate first, refine in the background (see the module docstring)
+        self.estimate_n_per_task = estimate_n_per_task
+        self.latency_target_s = latency_target_s
+        self._merge_lock = threading.RLock()     # merges (the page's estimate must not wait for an exact evaluation)
+        self.estimates = SubsetEstimates(zoo, self.evaluator, estimate_n_per_task, self.merge, 4 * cache_size)
+        self._task_evaluators: dict[str, Evaluator] = {}
+        self._refine_queue: list[tuple[str, MergeSpec | None]] = []
 
     @property
     def preview(self) -> LinearPreview | None:
@@ -167,7 +217,7 @@ class Explorer:
     def merge(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
         """The merged encoder for ``spec`` (cached; do not modify the result)."""
         key = spec.key()
-        with self._lock:
+        with self._merge_lock:
             if key in self._merged:
                 self._merged.move_to_end(key)
                 return self._merged[key]
@@ -191,8 +241,11 @@ class Explorer:
                     results = [self._linear_result(first[k]) for k in todo]
                 else:
                     merged = [self.merge(first[k]) for k in todo]
+                    start = time.perf_counter()
                     results = (self.evaluator.evaluate_many(merged) if len(merged) > 1
-                               else [self.evaluator.evaluate(merged[0])])
+                               else [self.evaluator.evaluate(merged[0], key=f"spec:{todo[0]}")])
+                    self.estimates.note_throughput(len(merged) * len(self.evaluator.labels),
+                                                   time.perf_counter() - start)
                 for k, res in zip(todo, results):
                     self._results[k] = res
                 while len(self._results) > 4 * self.cache_size:
@@ -217,33 +270,107 @@ class Explorer:
         with self._lock:
             if self._refs is None:
                 pre = self.evaluator.evaluate(self.zoo.pretrained())
-                ft = {}
-                for v in self.variants:
-                    results = self.evaluator.evaluate_many([self.zoo.finetuned(t, v) for t in self.tasks])
-                    ft[v] = {t: res[t] for t, res in zip(self.tasks, results)}
+                # each fine-tuned model only on its own task's images (the only entry read): T× fewer forwards
+                ft = {v: {t: self._task_evaluator(t).evaluate(self.zoo.finetuned(t, v))[t] for t in self.tasks}
+                      for v in self.variants}
                 self._refs = (pre, ft)
             return self._refs
+
+    def _task_evaluator(self, task: str) -> Evaluator:
+        """The explorer's evaluator restricted to ``task`` (same images, same encoder module, same device)."""
+        if task not in self._task_evaluators:
+            ev = self.evaluator
+            sl = ev.slices[task]
+            self._task_evaluators[task] = Evaluator(ev.encoder, {task: ev.heads[task]},
+                                                    {task: (ev.images[sl], ev.labels[sl])}, device=ev.device,
+                                                    chunk_size=ev.chunk_size, linearize_at=ev.linearize_at)
+        return self._task_evaluators[task]
 
     def twins(self, spec: MergeSpec) -> dict[str, MergeSpec]:
         """``"current"`` plus the same merge with every task on each variant (``jobs.sweeps.twins``)."""
         from sammerge.jobs.sweeps import twins
         return twins(self.zoo, spec)
 
-    def compare(self, spec: MergeSpec) -> Comparison:
+    def compare(self, spec: MergeSpec, allow_estimate: bool = False) -> Comparison:
+        """The merge, its twins and the references on the same images. ``allow_estimate``: when exact evaluation
+        would be slow (:meth:`estimating`) and is not done yet, an estimate on the first k images per task (its
+        ``exact`` is False) while the exact evaluation is queued in the background (:meth:`refine`)."""
         specs = self.twins(spec)
+        if allow_estimate and not self.is_exact_ready(spec) and self.estimating():
+            est = self.estimates
+            results = est.evaluate_many(list(specs.values()))
+            ft = {v: {t: est.individual(t, v) for t in self.tasks} for v in self.variants}
+            self.refine(spec)
+            return Comparison(tuple(self.tasks), tuple(self.variants), specs, dict(zip(specs, results)),
+                              est.pretrained(), ft, self.split, est.describe(self.split, self.seed), exact=False,
+                              n_per_task=est.k)
         results = self.evaluate_many(list(specs.values()))
         pre, ft = self.references()
         return Comparison(tuple(self.tasks), tuple(self.variants), specs, dict(zip(specs, results)), pre, ft,
-                          self.split, self.describe_evaluation())
+                          self.split, self.describe_evaluation(), n_per_task=self.images_per_task())
 
     def summary(self, spec: MergeSpec) -> Summary:
         """Summary of one merge (no twins): what the page shows first."""
         _, ft = self.references()
         return summarize(self.evaluate(spec), {t.task: ft[t.variant][t.task] for t in spec.tasks}, spec.task_names)
 
+    def first_look(self, spec: MergeSpec, allow_estimate: bool = True) -> FirstLook:
+        """The merge's summary with 95 % Wilson intervals: exact when fast enough or already refined, else an
+        estimate on the first k images per task with the exact evaluation queued in the background."""
+        if allow_estimate and not self.is_exact_ready(spec) and self.estimating():
+            res = self.estimates.evaluate_many([spec])[0]
+            individual = {t.task: self.estimates.individual(t.task, t.variant) for t in spec.tasks}
+            self.refine(spec)
+            n, exact = self.estimates.k, False
+        else:
+            res = self.evaluate(spec)
+            _, ft = self.references()
+            individual = {t.task: ft[t.variant][t.task] for t in spec.tasks}
+            n, exact = self.images_per_task(), True
+        return FirstLook(spec, summarize(res, individual, spec.task_names),
+                         result_intervals({t: res[t] for t in spec.task_names}), n, exact)
+
     def is_cached(self, spec: MergeSpec) -> bool:
         """Whether the results of ``spec`` are in memory (showing it costs no evaluation)."""
         return spec.key() in self._results
+
+    def is_exact_ready(self, spec: MergeSpec) -> bool:
+        """Whether the exact comparison of ``spec`` (its twins and the references) needs no evaluation."""
+        return self._refs is not None and all(self.is_cached(s) for s in self.twins(spec).values())
+
+    # -- estimates (``explorer.estimates``): the first k images per task of the same fixed subset --------
+    def images_per_task(self) -> int:
+        """Images per task of the exact evaluation (the largest task; a small split may hold fewer)."""
+        return SubsetEstimates.images_per_task(self.evaluator)
+
+    def estimate_size(self) -> int:
+        """k: images per task of an estimate (at most the exact budget)."""
+        return self.estimates.k
+
+    @property
+    def images_per_s(self) -> float | None:
+        """The encoder's measured forward throughput (None before the first measurement)."""
+        return self.estimates.images_per_s
+
+    def estimating(self) -> bool:
+        """Whether merges are shown as estimates first: not on a linearized zoo (its preview is exact and
+        instant), not when k covers every image, and only when one exact evaluation at the measured throughput
+        would take longer than ``latency_target_s`` (the first call measures it: θ0 on the estimate's images)."""
+        if self.preview is not None or self.estimates.covers_everything():
+            return False
+        return self.estimates.predicted_exact_s() > self.latency_target_s
+
+    def is_estimated(self, spec: MergeSpec) -> bool:
+        return self.estimates.is_estimated(spec)
+
+    def refine(self, spec: MergeSpec) -> None:
+        """Queue the exact evaluation of ``spec``'s comparison (references, the merge, its twins) on the background
+        thread, ahead of any prefetch; a newer call replaces what an older one has not started."""
+        with self._prefetch_cv:
+            items = [] if self._refs is not None else [("references", None)]
+            items += [("exact", s) for s in self.twins(spec).values() if not self.is_cached(s)]
+            self._refine_queue = items
+            self._wake()
 
     # -- background prefetch of the merges a user is likely to ask for next -----------------------------
     def neighbours(self, spec: MergeSpec, steps: int = 1) -> list[MergeSpec]:
@@ -262,25 +389,35 @@ class Explorer:
                     out.append(spec.with_params(**{LAMBDA: value}))
         return out
 
-    def prefetch(self, specs: Sequence[MergeSpec]) -> None:
+    def prefetch(self, specs: Sequence[MergeSpec], estimate: bool = False) -> None:
         """Evaluate ``specs`` and their all-plain / all-SAM twins in a background thread, one merge at a time (a
-        request from the page waits for at most one); a newer call replaces what an older one has not started."""
+        request from the page waits for at most one); a newer call replaces what an older one has not started.
+        ``estimate``: only their estimates (on the first k images per task), after any pending refinement."""
         if not self.prefetch_enabled:
             return
         with self._prefetch_cv:
-            self._prefetch_queue = [t for s in specs for t in self.twins(s).values() if not self.is_cached(t)]
-            if not self._prefetch_queue:
-                return
-            self._prefetch_idle.clear()
-            if self._prefetch_thread is None:
-                self._prefetch_thread = threading.Thread(target=self._prefetch_loop, daemon=True,
-                                                         name="sammerge-prefetch")
-                self._prefetch_thread.start()
-            self._prefetch_cv.notify()
+            done = self.is_estimated if estimate else self.is_cached
+            kind = "estimate" if estimate else "exact"
+            self._prefetch_queue = [(kind, t) for s in specs for t in self.twins(s).values() if not done(t)]
+            self._wake()
+
+    def _wake(self) -> None:
+        """Start (or wake) the background thread when there is work (call with ``_prefetch_cv`` held)."""
+        if not self._prefetch_queue and not self._refine_queue:
+            return
+        self._prefetch_idle.clear()
+        if self._prefetch_thread is None:
+            self._prefetch_thread = threading.Thread(target=self._prefetch_loop, daemon=True, name="sammerge-prefetch")
+            self._prefetch_thread.start()
+        self._prefetch_cv.notify()
 
     def wait_prefetched(self, timeout: float | None = None) -> bool:
-        """Block until the background prefetch has nothing left to do (tests, benchmarks)."""
+        """Block until the background thread (refinements, prefetch) has nothing left to do (tests, benchmarks)."""
         return self._prefetch_idle.wait(timeout)
+
+    def refining(self, spec: MergeSpec) -> bool:
+        """Whether the exact comparison of ``spec`` is not ready yet but queued or running in the background."""
+        return not self.is_exact_ready(spec) and not self._prefetch_idle.is_set()
 
     prefetch_idle_exit_s = 30.0  # the worker thread ends after this long without work
     prefetch_enabled = True
@@ -288,15 +425,20 @@ class Explorer:
     def _prefetch_loop(self) -> None:
         while True:
             with self._prefetch_cv:
-                if not self._prefetch_queue:
+                if not self._prefetch_queue and not self._refine_queue:
                     self._prefetch_idle.set()
                     self._prefetch_cv.wait(self.prefetch_idle_exit_s)
-                    if not self._prefetch_queue:  # idle: end the thread (it keeps the explorer alive otherwise)
-                        self._prefetch_thread = None
+                    if not self._prefetch_queue and not self._refine_queue:  # idle: end the thread (it keeps the
+                        self._prefetch_thread = None                          # explorer alive otherwise)
                         return
-                spec = self._prefetch_queue.pop(0)
+                kind, spec = (self._refine_queue or self._prefetch_queue).pop(0)
             try:
-                self.evaluate(spec)
+                if kind == "references":
+                    self.references()
+                elif kind == "estimate":
+                    self.estimates.evaluate_many([spec])
+                else:
+                    self.evaluate(spec)
             except Exception:  # noqa: BLE001 — a prefetch never fails the page; on demand it reports the error
                 pass
 
@@ -355,11 +497,12 @@ class Explorer:
         return out
 
     # -- exports ----------------------------------------------------------------------------------------
-    def export_spec(self, spec: MergeSpec) -> MergeSpec:
-        """``spec`` with its measured results and a note on how they were measured (the config download)."""
-        return spec.evolve(results=self.compare(spec).results_record(),
-                           notes=f"exported from the sammerge explorer; results measured on the "
-                                 f"{self.describe_evaluation()}")
+    def export_spec(self, spec: MergeSpec, allow_estimate: bool = False) -> MergeSpec:
+        """``spec`` with its measured results and a note on how they were measured (the config download);
+        ``allow_estimate``: the estimate (with its intervals, and saying so) while the exact numbers are not ready."""
+        cmp = self.compare(spec, allow_estimate=allow_estimate)
+        return spec.evolve(results=cmp.results_record(),
+                           notes=f"exported from the sammerge explorer; results measured on the {cmp.evaluation}")
 
     # -- paper table ------------------------------------------------------------------------------------
     def _paper_inputs(self) -> dict:

@@ -147,19 +147,24 @@ def zoo_sidebar():
 # ----------------------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _explorer_cached(path: str, manifest_mtime: float):
-    from sammerge.explorer.service import Explorer
-    ex = Explorer(open_zoo_cached(path))
+def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
+    from sammerge.explorer import service
+    ex = service.Explorer(open_zoo_cached(path), n_per_task=n_per_task,
+                          # estimate-first settings (tests force the estimate path with a target of 0)
+                          estimate_n_per_task=int(os.environ.get("SAMMERGE_ESTIMATE_N", service.EXPLORER_ESTIMATE_N)),
+                          latency_target_s=float(os.environ.get("SAMMERGE_LATENCY_TARGET_S",
+                                                                service.EXPLORER_LATENCY_TARGET_S)))
     ex.prefetch_enabled = os.environ.get("SAMMERGE_PREFETCH", "1") != "0"  # 0: evaluate only on demand
     return ex
 
 
-def get_explorer(zoo):
-    """The shared Explorer (evaluator, merge and result caches) of a zoo, one per server."""
+def get_explorer(zoo, n_per_task: int | None = None):
+    """The shared Explorer (evaluator, merge and result caches) of a zoo and image budget, one per server."""
     manifest = Path(zoo.path) / "zoo.json"
     mtime = manifest.stat().st_mtime if manifest.is_file() else -1.0
+    from sammerge.explorer.service import EXPLORER_N_PER_TASK
     with st.spinner("Loading the evaluation images and checkpoints (first time only)…"):
-        return _explorer_cached(str(zoo.path), mtime)
+        return _explorer_cached(str(zoo.path), mtime, int(n_per_task or EXPLORER_N_PER_TASK))
 
 
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}

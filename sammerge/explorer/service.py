@@ -13,8 +13,10 @@ background prefetch thread, which replaces the estimate once done.
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -174,6 +176,8 @@ class Explorer:
         self._refs: tuple[dict, dict] | None = None
         self._paper: dict[str, pd.DataFrame] = {}
         self._prefetch_cv = threading.Condition()
+        self._closing = False  # set at interpreter exit: the background thread ends instead of waiting for work
+        _LIVE_EXPLORERS.add(self)
         self._prefetch_queue: list[MergeSpec] = []
         self._prefetch_thread: threading.Thread | None = None
         self._prefetch_idle = threading.Event()
@@ -425,6 +429,10 @@ class Explorer:
     def _prefetch_loop(self) -> None:
         while True:
             with self._prefetch_cv:
+                if self._closing:
+                    self._prefetch_thread = None
+                    self._prefetch_idle.set()
+                    return
                 if not self._prefetch_queue and not self._refine_queue:
                     self._prefetch_idle.set()
                     self._prefetch_cv.wait(self.prefetch_idle_exit_s)
@@ -441,6 +449,16 @@ class Explorer:
                     self.evaluate(spec)
             except Exception:  # noqa: BLE001 — a prefetch never fails the page; on demand it reports the error
                 pass
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Drop queued background work and wait for the evaluation in progress (at most ``timeout`` s)."""
+        with self._prefetch_cv:
+            self._closing = True
+            self._prefetch_queue, self._refine_queue = [], []
+            thread = self._prefetch_thread
+            self._prefetch_cv.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     # -- λ sweeps: once per method, parameters (but λ) and variant set ---------------------------------
     @staticmethod
@@ -533,6 +551,17 @@ class Explorer:
                                lambda: _frame_to_json(paper_table(self.zoo, progress=progress)), threads=None)
                 self._paper["table"] = _frame_from_json(found)
             return self._paper["table"]
+
+
+# A daemon thread still inside torch while Python finalizes aborts the process ("terminate called without an
+# active exception"), so at exit every explorer drops its queued work and lets the running evaluation finish.
+_LIVE_EXPLORERS: "weakref.WeakSet[Explorer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_explorers() -> None:
+    for explorer in list(_LIVE_EXPLORERS):
+        explorer.close()
 
 
 def _frame_to_json(frame: pd.DataFrame) -> dict:

@@ -128,6 +128,8 @@ def merge_runs(runs: list[dict]) -> list[dict]:
         if abs(into["pretrained_test"] - run["pretrained_test"]) > 1e-9:
             raise SystemExit(f"seed {run['seed']}: runs disagree on the pretrained model; not the same recipe")
         into["variants"].update(run["variants"])
+        if into.get("torch_threads") is None:  # older result files did not record it per run
+            into["torch_threads"] = run.get("torch_threads")
         into["build_time_s"] += run["build_time_s"] - run.get("pretrain_time_s", 0.0)  # θ0 and heads counted once
     out = []
     for seed in sorted(by_seed):
@@ -335,7 +337,7 @@ def main() -> None:
         runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties)
     summary = summarize(runs, args.preset, args.seeds)
     if args.json:  # the recipe lets a zoo of the same recipe show this study (sammerge.analytics.seed_study)
-        recipe_json = None if args.combine else get_preset(args.preset).model_dump(mode="json")
+        recipe_json = get_preset(args.preset).model_dump(mode="json")  # --combine: runs of --preset's recipe
         args.json.write_text(json.dumps({"summary": summary, "runs": runs, "recipe": recipe_json}, indent=2))
     print(json.dumps(summary, indent=2))
     print(markdown(summary, runs))

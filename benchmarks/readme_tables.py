@@ -70,7 +70,8 @@ def browser_latency(r: dict) -> str:
         return (f"Median **{statistics.median(t):.0f} ms** over {r['moves']} moves (min {min(t):.0f} ms, "
                 f"max {max(t):.0f} ms) on zoo `{Path(r['zoo']).name}`.")
     rows = ["| server | median | p95 | min | max | moves |", "|---|---|---|---|---|---|"]
-    names = {"prefetch": "default (next steps prefetched)", "cold": "`SAMMERGE_PREFETCH=0` (every move computed)",
+    names = {"prefetch": "`SAMMERGE_PREFETCH=1`: next steps prefetched (default on ≥ 4 cores)",
+             "cold": "`SAMMERGE_PREFETCH=0`: every move computed (default on < 4 cores)",
              "engine": "engine alone: merge + evaluate the same merges and twins"}
     for mode in ("prefetch", "cold", "engine"):
         m = r[mode]
@@ -211,7 +212,7 @@ def paper_table(text: str) -> str:
     return text.strip()
 
 
-BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_v2.json": demo_regime, "regime_search.json": search_markdown,
+BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
           "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,

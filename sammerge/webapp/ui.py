@@ -19,9 +19,28 @@ def demo_preset() -> str:
     return os.environ.get("SAMMERGE_PRESET", "demo")
 
 
+@st.cache_resource(show_spinner=False)
+def server_torch_threads() -> int:
+    """Set once per server: torch gets every core but one ($SAMMERGE_TORCH_THREADS or $OMP_NUM_THREADS override).
+
+    The spare core serves the web traffic: with every core in torch's pool its threads spin-wait while Tornado
+    works, and on 2 cores a demo update spent 330–490 ms in the merge + evaluation instead of ~220 ms with one torch
+    thread (benchmarks/browser_latency.py)."""
+    import torch
+
+    env = os.environ.get("SAMMERGE_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    try:
+        threads = int(env) if env else max(1, (os.cpu_count() or 1) - 1)
+    except ValueError:
+        threads = max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
 def page_setup(title: str, icon: str = "🧪") -> str | None:
     """Configure the page; returns the title of the page this session showed before (None on first visit)."""
     st.set_page_config(page_title=f"{title} · sammerge", page_icon=icon, layout="wide")
+    server_torch_threads()
     previous = st.session_state.get("_page")
     st.session_state["_page"] = title
     return previous
@@ -146,6 +165,16 @@ def zoo_sidebar():
 # shared resources and small helpers for the pages
 # ----------------------------------------------------------------------------------------------
 
+def prefetch_by_default() -> bool:
+    """Whether explorers merge the next slider steps in the background: $SAMMERGE_PREFETCH (1 / 0), else only with
+    ≥ 4 cores — on 2 cores the prefetch competes with the foreground update for the same cores and made the median
+    update slower (469 vs 304 ms, benchmarks/browser_latency.py)."""
+    env = os.environ.get("SAMMERGE_PREFETCH")
+    if env is not None:
+        return env != "0"
+    return (os.cpu_count() or 1) >= 4
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
     from sammerge.explorer import service
@@ -154,7 +183,7 @@ def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
                           estimate_n_per_task=int(os.environ.get("SAMMERGE_ESTIMATE_N", service.EXPLORER_ESTIMATE_N)),
                           latency_target_s=float(os.environ.get("SAMMERGE_LATENCY_TARGET_S",
                                                                 service.EXPLORER_LATENCY_TARGET_S)))
-    ex.prefetch_enabled = os.environ.get("SAMMERGE_PREFETCH", "1") != "0"  # 0: evaluate only on demand
+    ex.prefetch_enabled = prefetch_by_default()
     return ex
 
 

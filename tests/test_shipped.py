@@ -41,6 +41,10 @@ def test_shipped_zoo_carries_what_the_pages_open_with():
     assert diagnose_zoo(zoo, cached_only=True) is not None
     ex = Explorer(zoo)
     assert ex.cached_sweeps(ex.default_spec()) is not None  # the explorer's λ-sweep chart shows at once
+    from sammerge.analytics.seed_study import load_study
+    study = load_study(zoo)  # the Zoo page's seed spread: ≥ 3 seeds of this recipe, every shipped variant in it
+    assert study is not None and len(study["summary"]["seeds"]) >= 3
+    assert set(variants) <= set(study["summary"]["variants"])
     frame = Explorer(zoo, n_per_task=8).paper_table_cached()
     assert frame is not None and set(frame["variant"]) == set(variants)
     # the stored numbers are the table's: its individual row equals the zoo's recorded test accuracies

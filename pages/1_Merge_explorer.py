@@ -18,10 +18,10 @@ from sammerge.webapp import ui
 came_from = ui.page_setup("Merge explorer", "🎛️")
 st.title("Merge explorer")
 st.markdown(
-    "Pick a **merge method** and its settings, choose which tasks to merge and whether each uses its **SAM** or its "
-    "**plain** fine-tuned checkpoint, and set the coefficients. Every change re-merges the encoder and measures it "
-    "on every task at once. The same merge is always computed with *all-plain* and with *all-SAM* checkpoints, "
-    "so the difference SAM makes is visible at a glance.")
+    "Pick a **merge method** and its settings, choose which tasks to merge and which fine-tuned checkpoint each "
+    "uses (**plain**, **SAM**, … — the zoo's variants), and set the coefficients. Every change re-merges the encoder "
+    "and measures it on every task at once. The same merge is always computed with every task on each variant "
+    "(*all-plain*, *all-SAM*, …), so the difference the optimizer makes is visible at a glance.")
 
 zoo = ui.zoo_sidebar()
 ss = st.session_state

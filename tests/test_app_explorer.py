@@ -248,6 +248,9 @@ def test_sam_vs_plain_sentence_follows_the_numbers():
     assert "does **not** beat" in worse and "5.0 points" in worse
     better = sam_vs_plain_sentence({"plain": {"normalized": 0.70, "mean": 0.6}, "sam": {"normalized": 0.78, "mean": 0.7}})
     assert "merges better" in better and "8.0 points" in better
+    # the shipped demo's case: more normalized accuracy from weaker individual models, less absolute accuracy
+    mixed = sam_vs_plain_sentence({"plain": {"normalized": 0.842, "mean": 0.352}, "sam": {"normalized": 0.850, "mean": 0.320}})
+    assert "merges better" not in mixed and "**lower** in absolute accuracy" in mixed and "3.2 points" in mixed
 
 
 def test_png_export_when_kaleido_is_installed():

@@ -83,17 +83,26 @@ def sweep_figure(sweeps: Mapping[str, SweepResult], spec: MergeSpec, variants: S
 
 
 def sam_vs_plain_sentence(summaries: Mapping[str, Mapping[str, float]], what: str = "this merge") -> str:
-    """One sentence comparing the all-SAM and all-plain versions, derived from the measured numbers."""
+    """One sentence comparing the all-SAM and all-plain versions in normalized and absolute accuracy, derived from
+    the measured numbers; when the two disagree it says so (weaker individual models raise normalized accuracy)."""
     if "sam" not in summaries or "plain" not in summaries:
         return ""
     s, p = summaries["sam"]["normalized"], summaries["plain"]["normalized"]
     sa, pa = summaries["sam"]["mean"], summaries["plain"]["mean"]
-    diff = 100 * (s - p)
-    if abs(diff) < 0.05:
+    dn, da = 100 * (s - p), 100 * (sa - pa)
+    if abs(dn) < 0.05 and abs(da) < 0.05:
         verdict = "SAM and plain fine-tuning merge equally well here"
-    elif diff > 0:
-        verdict = f"SAM fine-tuning merges better here, by {diff:.1f} points of normalized accuracy"
+    elif dn > 0 and da > 0:
+        verdict = f"SAM fine-tuning merges better here, by {dn:.1f} points of normalized and {da:.1f} of absolute accuracy"
+    elif dn <= 0 and da <= 0:
+        verdict = (f"SAM does **not** beat plain fine-tuning here: it is behind by {-dn:.1f} points of normalized and "
+                   f"{-da:.1f} of absolute accuracy")
+    elif dn > 0:
+        verdict = (f"SAM keeps {dn:.1f} points more of its own fine-tuned models' accuracy, but its merge is {-da:.1f} "
+                   "points **lower** in absolute accuracy — its individual models are weaker, which raises normalized "
+                   "accuracy; compare at equal individual accuracy (the Zoo page's seed study) before concluding")
     else:
-        verdict = f"SAM does **not** beat plain fine-tuning here: it is behind by {-diff:.1f} points of normalized accuracy"
+        verdict = (f"SAM's merge is {da:.1f} points higher in absolute accuracy but keeps {-dn:.1f} points less of its "
+                   "own fine-tuned models' accuracy (its individual models are stronger)")
     return (f"For {what}: {verdict} (all-SAM {s:.1%} normalized / {sa:.1%} absolute vs all-plain "
             f"{p:.1%} / {pa:.1%}).")

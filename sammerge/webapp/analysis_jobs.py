@@ -74,7 +74,7 @@ def _job_progress(zoo_path: str, prefix: str) -> None:
     if task is None or not task.active:
         st.rerun()
     if task.owner != jobs_view.current_session_id():
-        st.info("Another session (or the other analysis page) started this analysis; its progress is shown here. "
+        st.info("Another session started this analysis; its progress is shown here (one job for everyone). "
                 "It keeps running if you leave this page.", icon=":material/group:")
     jobs_view.record_panel(task.snapshot())
     jobs_view.cancel_button(task, f"{prefix}_cancel")

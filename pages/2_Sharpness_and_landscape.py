@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sammerge.webapp import ui
+from sammerge.webapp import analysis_jobs, ui
 from sammerge.analytics import report as an
 from sammerge.explorer.analysis_views import (SHARPNESS_MEASURES, curve_figure, load_analysis_for, plane_figures,
                                               plane_sentence, sharpness_figure, sharpness_sentence, sharpness_wide)
@@ -26,14 +26,7 @@ analysis = load_analysis_for(zoo)
 if analysis is None:
     st.info("No sharpness analysis is stored for this zoo yet. Run `sammerge analyze " + str(zoo.path) +
             "` in a terminal, or compute it here (it is saved next to the zoo and reused afterwards).", icon=":material/calculate:")
-    quick = st.checkbox("Quick preview (fewer images and iterations; a few times faster, noisier)", value=False,
-                        key="sh_quick")
-    if st.button("Compute the analysis", type="primary", key="sh_compute"):
-        bar = st.progress(0.0, text="starting")
-        with ui.friendly_errors("analysis"):
-            analysis = an.analyze_zoo(zoo, progress=ui.progress_callback(bar, "analysis"), quick=quick)
-        bar.empty()
-        st.rerun()
+    analysis_jobs.analysis_section(zoo, "sh")
 else:
     s = analysis["settings"]
     st.caption(f"Computed {analysis['created']} on {s['n_images']} {s['split']} images per task (fixed batch, seed "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sammerge.webapp import ui
+from sammerge.webapp import analysis_jobs, ui
 from sammerge.analytics import report as an
 from sammerge.explorer.analysis_views import (disentanglement_figures, disentanglement_from_analysis,
                                               disentanglement_sentence, layer_norm_figure, layer_norm_sentence,
@@ -25,13 +25,7 @@ if analysis is None:
     st.header("Task-vector cosine similarity")
     st.info("No interference analysis is stored for this zoo yet. Run `sammerge analyze " + str(zoo.path) +
             "` in a terminal, or compute it here (saved next to the zoo and reused).", icon=":material/calculate:")
-    quick = st.checkbox("Quick preview (fewer images; noisier)", key="if_quick")
-    if st.button("Compute the analysis", type="primary", key="if_compute"):
-        bar = st.progress(0.0, text="starting")
-        with ui.friendly_errors("analysis"):
-            an.analyze_zoo(zoo, progress=ui.progress_callback(bar, "analysis"), quick=quick)
-        bar.empty()
-        st.rerun()
+    analysis_jobs.analysis_section(zoo, "if")
     st.stop()
 
 

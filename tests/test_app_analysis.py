@@ -47,6 +47,10 @@ def test_analysis_pages(monkeypatch, bare_zoo):
     at.checkbox(key="if_quick").check().run()
     at.button(key="if_compute").click().run()
     assert_clean(at)
+    from sammerge.webapp.analysis_jobs import analysis_task
+    analysis_task(bare_zoo).wait(600)  # the analysis runs as a job of the server's worker
+    at.run()
+    assert_clean(at)
     analysis = load_analysis(zoo)
     assert analysis is not None
     texts = readings(at)

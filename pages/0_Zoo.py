@@ -36,7 +36,7 @@ else:
                f"test, {budget}, resize {img.size} + centre crop {img.crop} ({img.interpolation}) · imported "
                f"{m.created} in {m.build_wall_time_s:.0f} s")
 
-means = table.groupby("variant")[["pretrained test", "fine-tuned test"]].mean()
+means = table.groupby("variant")[["pretrained test", "fine-tuned test"]].mean().reindex(zoo.variants)
 cols = st.columns(1 + len(means))
 cols[0].metric("Pretrained + heads, mean test accuracy", f"{means['pretrained test'].iloc[0]:.1%}")
 for col, (variant, row) in zip(cols[1:], means.iterrows()):

@@ -94,7 +94,7 @@ def chromium_available() -> bool:
 
 # -- page helpers (shared by the browser tests and scripts/screenshots.py) ---------------------------------
 PAGES = {  # screenshot name → (URL path, regex of text at the END of the page: shows it has fully rendered)
-    "home": ("", r"Test accuracy per task"),
+    "home": ("", r"Next:"),
     "merge_explorer": ("Merge_explorer", r"Import a configuration"),
     "sharpness_and_landscape": ("Sharpness_and_landscape", r"Around one checkpoint"),
     "interference": ("Interference", r"Weight disentanglement error|sammerge analyze"),

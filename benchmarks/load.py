@@ -49,7 +49,10 @@ async def session(browser, url: str, index: int, moves: int, loaded: asyncio.Que
         await page.get_by_text(re.compile(marker)).first.wait_for(timeout=300_000)
         await page.wait_for_function(f"() => {IDLE_JS}", timeout=300_000)
         slider = page.locator(SLIDER)
-        lam = float(await slider.get_attribute("value"))
+        # λ as the page shows it: under load the slider's value attribute can briefly read its minimum (0) while
+        # the widget mounts (seen with 8 sessions on 2 cores), so read the result line instead
+        shown = await page.get_by_text(re.compile(r"λ = -?[0-9.]+ ·")).first.text_content()
+        lam = float(re.search(r"λ = (-?[0-9.]+) ·", shown).group(1))
         for _ in range(index % 5):  # a different starting λ per session (0.3, 0.25, …, 0.1)
             lam = round(lam - 0.05, 2)
             await slider.focus()

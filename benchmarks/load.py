@@ -36,6 +36,19 @@ def label(lam: float) -> str:
     return f"λ = {lam:.2f}".rstrip("0").rstrip(".") + " ·"
 
 
+async def page_state(page, index: int) -> dict:
+    """What the page showed when a session failed: its address, visible text and a screenshot (for diagnosis)."""
+    state: dict = {"url": page.url}
+    try:
+        state["text"] = (await page.inner_text("body", timeout=5_000))[-3000:]
+        shot = Path(os.environ.get("SAMMERGE_LOAD_SHOTS", "/tmp")) / f"load-session-{index}.png"
+        await page.screenshot(path=str(shot), full_page=True, timeout=10_000)
+        state["screenshot"] = str(shot)
+    except Exception as exc:  # noqa: BLE001
+        state["unavailable"] = f"{type(exc).__name__}: {exc}"
+    return state
+
+
 async def session(browser, url: str, index: int, moves: int, loaded: asyncio.Queue, start: asyncio.Event,
                   out: dict) -> None:
     import re
@@ -85,7 +98,8 @@ async def session(browser, url: str, index: int, moves: int, loaded: asyncio.Que
         out[index] = {"expected_lambda": lam, "url_lambda": url_lambda, "export_lambda": config["params"]["lambda"],
                       "times_s": times, "errors": errors}
     except Exception as exc:  # noqa: BLE001
-        out[index] = {"expected_lambda": None, "times_s": times, "errors": errors + [f"{type(exc).__name__}: {exc}"]}
+        out[index] = {"expected_lambda": None, "times_s": times, "errors": errors + [f"{type(exc).__name__}: {exc}"],
+                      "page_at_failure": await page_state(page, index)}
         loaded.put_nowait(index)  # a session that failed to load does not hold the others back
     finally:
         await context.close()

@@ -13,6 +13,9 @@ torch.set_num_threads(1)
 # The app evaluates exactly unless a test asks for the estimate-first path (a busy machine could otherwise make the
 # measured throughput of the tiny zoo look slow enough for estimates: explorer/estimates.py).
 os.environ.setdefault("SAMMERGE_LATENCY_TARGET_S", "inf")
+# the app compiles its evaluator's forward in the background; on 2 cores that would compete with every test's server
+# (tests/test_compiled.py covers it)
+os.environ.setdefault("SAMMERGE_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

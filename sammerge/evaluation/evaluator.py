@@ -8,10 +8,14 @@ are cached by a hash of the parameters.
 ``precision``: "fp32" (default; exact), "bf16" (the encoder forward under bf16 autocast, on any device) or "auto"
 (bf16 on CUDA, fp32 elsewhere and for linearized zoos, whose f(θ0) + J Δ stays fp32). Features are cast back to
 fp32 before the heads: logits, loss and accuracy are always computed in fp32.
+
+``compile``: run the fp32 forward through ``torch.compile`` once it has been compiled in the background
+(``sammerge.evaluation.compiled``); predictions equal the eager ones (features within ~1e-6). The app turns it on.
 """
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -22,11 +26,14 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from sammerge.errors import ConfigError
+from sammerge.evaluation.compiled import CompiledForward
 from sammerge.training.linearize import linearized_call
 from sammerge.training.model import Head, pick_device
 
 Params = Mapping[str, torch.Tensor]
 PRECISIONS = ("fp32", "bf16", "auto")
+CPU_CHUNK = 256  # images per CPU forward (benchmarks/merge_eval.py times the alternatives)
+COMPILE_MAX_EAGER_S = 3.0  # compile only encoders whose eager pass over the evaluation set is at most this
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,8 @@ class Evaluator:
 
     def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
                  data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
-                 cache_size: int = 512, chunk_size: int = 512, linearize_at: Params | None = None,
-                 precision: str = "fp32") -> None:
+                 cache_size: int = 512, chunk_size: int = CPU_CHUNK, linearize_at: Params | None = None,
+                 precision: str = "fp32", compile: bool = False) -> None:
         if not data:
             raise ConfigError("evaluation: no tasks to evaluate")
         if precision not in PRECISIONS:
@@ -88,16 +95,22 @@ class Evaluator:
         self.labels = torch.cat(labels).to(self.device)
         self._cache: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()
         self.cache_size = cache_size
-        self.chunk_size = chunk_size  # images per forward: ~512 keeps activations in cache on CPU
+        self.chunk_size = chunk_size  # images per CPU forward: small enough for the activations to stay in cache
         self.forward_count = 0  # number of encoder forward passes over the evaluation set
+        # ``compile``: the fp32 forward through torch.compile once a background compile is done (eager until then)
+        self.compiled = None
+        if compile and self.linearize_at is None and self.autocast_dtype is None:
+            chunk = min(self.chunk_size, len(self.images)) if self.device.type == "cpu" else len(self.images)
+            self.compiled = CompiledForward(self.encoder, chunk)
 
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
                  tasks: Sequence[str] | None = None, device: str | torch.device = "auto",
-                 chunk_size: int = 512, precision: str = "fp32") -> "Evaluator":
+                 chunk_size: int = CPU_CHUNK, precision: str = "fp32", compile: bool = False) -> "Evaluator":
         """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``.
 
-        ``device="auto"`` evaluates on CUDA when available, else on the CPU; ``precision`` as in the module doc.
+        ``device="auto"`` evaluates on CUDA when available, else on the CPU; ``precision`` and ``compile`` as in
+        the module doc.
         """
         if split not in ("train", "val", "test"):
             raise ConfigError(f"evaluation split must be train, val or test, not '{split}'")
@@ -114,7 +127,7 @@ class Evaluator:
         linearize_at = zoo.pretrained() if zoo.manifest.linearized else None
         # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
         return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size,
-                   linearize_at=linearize_at, precision=precision)
+                   linearize_at=linearize_at, precision=precision, compile=compile)
 
     def _forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
         """Encoder features of ``images`` (fp32; computed under bf16 autocast when ``autocast_dtype`` is set)."""
@@ -134,10 +147,24 @@ class Evaluator:
     def features(self, params: Params) -> torch.Tensor:
         self.forward_count += 1
         params = {k: v.to(self.device) for k, v in params.items()}
+        if self.compiled is not None:
+            feats = self.compiled(params, self.images)
+            if feats is not None:
+                return feats
+        start = time.perf_counter()
         if self.device.type != "cpu" or len(self.images) <= self.chunk_size:
-            return self._forward(params, self.images)
-        return torch.cat([self._forward(params, self.images[i:i + self.chunk_size])
-                          for i in range(0, len(self.images), self.chunk_size)])
+            feats = self._forward(params, self.images)
+        else:
+            feats = torch.cat([self._forward(params, self.images[i:i + self.chunk_size])
+                               for i in range(0, len(self.images), self.chunk_size)])
+        if self.compiled is not None and self.compiled.status == "not started":
+            # compile in the background only where its warm-up forward is cheap: a ViT on a CPU would spend a minute
+            # of the same cores on it while the page shows estimates
+            if time.perf_counter() - start <= COMPILE_MAX_EAGER_S:
+                self.compiled.start(params, self.images)
+            else:
+                self.compiled.status = f"off: one eager pass took over {COMPILE_MAX_EAGER_S:g} s"
+        return feats
 
     def score(self, feats: torch.Tensor) -> dict[str, TaskResult]:
         """Per-task accuracy and loss of encoder features [N, D] of the evaluation images (rows in task order)."""

@@ -27,6 +27,7 @@ import torch
 from sammerge.errors import SammergeError
 from sammerge.evaluation.estimate import Interval, result_intervals
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
+from sammerge.explorer.fairlock import FairRLock
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
 from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
 from sammerge.evaluation.preview_cache import InstantPreview, Subset
@@ -157,18 +158,19 @@ class Explorer:
 
     def __init__(self, zoo, n_per_task: int = EXPLORER_N_PER_TASK, split: str = EXPLORER_SPLIT, seed: int = 0,
                  cache_size: int = 64, estimate_n_per_task: int = EXPLORER_ESTIMATE_N,
-                 latency_target_s: float = EXPLORER_LATENCY_TARGET_S) -> None:
+                 latency_target_s: float = EXPLORER_LATENCY_TARGET_S, compile: bool = False) -> None:
         self.zoo = zoo
         self.split = split
         self.n_per_task = n_per_task
         self.seed = seed
-        self.evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed)
+        # ``compile``: the evaluator's forward through torch.compile once compiled in the background (the app's choice)
+        self.evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, compile=compile)
         # linearized zoos: exact results from f(θ0) + Σ c J τ, no forward pass per update, once the precomputed
         # f(θ0), J τ_t are loaded from the zoo's cache or prepared by a background job (exact evaluation until then)
         self.instant = (InstantPreview(zoo, self.evaluator, Subset(split, n_per_task, seed))
                         if self.evaluator.linearize_at is not None else None)
         self.cache_size = cache_size
-        self._lock = threading.RLock()
+        self._lock = FairRLock()  # sessions' evaluations, first come first served
         self._tvs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._merged: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._results: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()

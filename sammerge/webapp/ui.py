@@ -13,6 +13,7 @@ import streamlit as st
 
 from sammerge.errors import SammergeError
 from sammerge.webapp import zoo_picker
+from sammerge.webapp.downloads import protect_server_downloads
 
 def demo_preset() -> str:
     """The preset of the built-in zoo: $SAMMERGE_PRESET (read on every call; tests use "tiny") or demo."""
@@ -41,6 +42,7 @@ def page_setup(title: str, icon: str = "🧪") -> str | None:
     """Configure the page; returns the title of the page this session showed before (None on first visit)."""
     st.set_page_config(page_title=f"{title} · sammerge", page_icon=icon, layout="wide")
     server_torch_threads()
+    protect_server_downloads()
     previous = st.session_state.get("_page")
     st.session_state["_page"] = title
     return previous
@@ -175,6 +177,13 @@ def prefetch_by_default() -> bool:
     return (os.cpu_count() or 1) >= 4
 
 
+def compile_by_default() -> bool:
+    """Whether the explorer's evaluator compiles its forward (torch.compile, in the background): $SAMMERGE_COMPILE
+    (1 / 0), on by default — on the demo zoo it made one update's forward 1.6–1.8× faster
+    (benchmarks/merge_eval.py). The test suite turns it off (tests/conftest.py) and tests it on its own."""
+    return os.environ.get("SAMMERGE_COMPILE", "1") != "0"
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
     from sammerge.explorer import service
@@ -182,7 +191,8 @@ def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
                           # estimate-first settings (tests force the estimate path with a target of 0)
                           estimate_n_per_task=int(os.environ.get("SAMMERGE_ESTIMATE_N", service.EXPLORER_ESTIMATE_N)),
                           latency_target_s=float(os.environ.get("SAMMERGE_LATENCY_TARGET_S",
-                                                                service.EXPLORER_LATENCY_TARGET_S)))
+                                                                service.EXPLORER_LATENCY_TARGET_S)),
+                          compile=compile_by_default())
     ex.prefetch_enabled = prefetch_by_default()
     return ex
 

@@ -1,0 +1,65 @@
+"""FairRLock: first come, first served; re-entrant; timeouts give up their place."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sammerge.explorer.fairlock import FairRLock
+
+
+def wait_until(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_waiters_are_served_in_arrival_order():
+    lock, order = FairRLock(), []
+    lock.acquire()
+    threads = []
+    for i in range(8):
+        def work(i=i):
+            with lock:
+                order.append(i)
+                time.sleep(0.002)  # hold it a little: late arrivals must still queue
+        t = threading.Thread(target=work)
+        t.start()
+        wait_until(lambda: len(lock._queue) == i + 1)  # thread i is queued before thread i + 1 starts
+        threads.append(t)
+    lock.release()
+    for t in threads:
+        t.join(10)
+    assert order == list(range(8))
+
+
+def test_reentrant_and_owner_only_release():
+    lock = FairRLock()
+    with lock:
+        with lock:
+            assert lock._depth == 2
+        got = []
+        t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.05)))
+        t.start(); t.join()
+        assert got == [False]  # still held by this thread after the inner release
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+def test_a_timed_out_waiter_leaves_the_queue_and_does_not_block_the_next():
+    lock = FairRLock()
+    lock.acquire()
+    assert lock.acquire(blocking=False) is True  # re-entrant for the owner
+    lock.release()
+    results = []
+    t1 = threading.Thread(target=lambda: results.append(("t1", lock.acquire(timeout=0.05))))
+    t1.start(); t1.join()
+    assert results == [("t1", False)] and not lock._queue
+    t2 = threading.Thread(target=lambda: (lock.acquire(), results.append(("t2", True)), lock.release()))
+    t2.start()
+    wait_until(lambda: len(lock._queue) == 1)
+    lock.release()
+    t2.join(5)
+    assert results[-1] == ("t2", True)

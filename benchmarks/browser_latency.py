@@ -4,12 +4,15 @@
 
 Starts `streamlit run app.py` on the zoo (default: the demo zoo), focuses the global λ slider and presses
 ArrowRight ``--moves`` times; each press asks for a λ never shown before (0.35, 0.40, …). A move is timed from
-the key press until the result line for the new λ is on screen. Two servers are measured in turn:
-  prefetch  the default: after each update the explorer merges and evaluates the next slider steps in the
-            background while the page is idle, so a one-step move usually finds its numbers ready;
-  cold      SAMMERGE_PREFETCH=0: every move merges and evaluates on demand.
-For comparison, the engine alone (merge + evaluation of the same merges and their plain/SAM twins, in this
-process, no cache) is timed too.
+the key press until the result line for the new λ is on screen. Three servers are measured in turn:
+  cold      SAMMERGE_PREFETCH=0, the default on fewer than 4 cores: every move merges and evaluates on demand;
+  prefetch  SAMMERGE_PREFETCH=1 (the default on 4 or more cores): after each update the explorer merges and
+            evaluates the next slider steps in the background while the user looks (400 ms here);
+  floor     benchmarks/streamlit_floor_app.py: the same slider and result line in a fragment that does no work —
+            what Streamlit and Chromium alone take per move on this machine.
+Before the timed moves, untimed ones wait until the page says how the server evaluates: the compiled forward once
+its background compile is done (SAMMERGE_COMPILE=0 keeps it eager). For comparison, the engine alone (merge +
+evaluation of the same merges and their plain/SAM twins, in this process, as the app runs it, no cache) is timed.
 """
 from __future__ import annotations
 
@@ -36,11 +39,19 @@ def stats(times: list[float]) -> dict:
             "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times), "times_ms": [round(1e3 * t, 1) for t in times]}
 
 
-def browser_moves(zoo: Path, moves: int, prefetch: bool) -> tuple[list[float], list[float]]:
+def browser_moves(zoo: Path, moves: int, prefetch: bool, floor: bool = False) -> tuple[list[float], list[float], str]:
     env = {"SAMMERGE_ZOO": str(zoo), "SAMMERGE_PREFETCH": "1" if prefetch else "0"}
-    with streamlit_server(env) as url, chromium_page() as page:
-        open_page(page, url, "merge_explorer")
+    script = "benchmarks/streamlit_floor_app.py" if floor else "app.py"
+    with streamlit_server(env, script=script) as url, chromium_page() as page:
         slider = page.locator(SLIDER)
+        if floor:
+            page.goto(url)
+            page.get_by_text("λ = 0.3 ·").first.wait_for(timeout=120_000)
+            wait_idle(page)
+            engine = "none (Streamlit and Chromium only)"
+        else:
+            open_page(page, url, "merge_explorer")
+            engine = wait_for_engine(page, slider)
         lam = float(slider.get_attribute("value"))
         lambdas, times = [], []
         for _ in range(moves):
@@ -55,7 +66,25 @@ def browser_moves(zoo: Path, moves: int, prefetch: bool) -> tuple[list[float], l
             wait_idle(page)
             if prefetch:
                 page.wait_for_timeout(400)  # a user looking at the result: the prefetch's window
-    return lambdas, times
+    return lambdas, times, engine
+
+
+def wait_for_engine(page, slider, timeout_s: float = 300.0) -> str:
+    """Untimed warm-up: step λ down and back up (values the timed moves never ask for) until the page says how the
+    server evaluates — the compiled forward once its background compile is done, or why it stays eager."""
+    import re
+
+    t0 = time.perf_counter()
+    while True:
+        note = page.get_by_text(re.compile(r"Engine: ")).first.text_content()
+        engine = note.split("Engine: ", 1)[1].rstrip(".")
+        if "while torch.compile prepares" not in engine or time.perf_counter() - t0 > timeout_s:
+            return engine
+        for key in ("ArrowLeft", "ArrowRight"):
+            slider.focus()
+            page.keyboard.press(key)
+            wait_idle(page)
+        page.wait_for_timeout(1000)
 
 
 def engine_times(zoo: Path, lambdas: list[float]) -> list[float]:
@@ -64,10 +93,17 @@ def engine_times(zoo: Path, lambdas: list[float]) -> list[float]:
     from sammerge.merging import LAMBDA
     from sammerge.zoo import open_zoo
 
-    ex = Explorer(open_zoo(zoo))
+    import torch
+
+    from sammerge.evaluation.compiled import default_workers
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))  # as the app runs it (sammerge.webapp.ui)
+    ex = Explorer(open_zoo(zoo), compile=os.environ.get("SAMMERGE_COMPILE", "1") != "0", workers=default_workers())
     ex.prefetch_enabled = False
     base = ex.default_spec()
     ex.compare(base)  # references and task vectors loaded, as in the app after its first page
+    if ex.evaluator.compiled is not None:
+        ex.evaluator.compiled.wait(600)
     out = []
     for lam in lambdas:
         t0 = time.perf_counter()
@@ -81,15 +117,20 @@ def main() -> int:
     ap.add_argument("zoo", nargs="?", default=None)
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--modes", default="cold,prefetch,floor", help="which servers to measure (comma-separated)")
+    ap.add_argument("--no-engine", action="store_true", help="skip timing the engine alone")
     args = ap.parse_args()
     zoo = zoo_or_demo(args.zoo)
     report = {"zoo": str(zoo.name), "moves": args.moves}
-    for mode in ("prefetch", "cold"):
-        lambdas, times = browser_moves(zoo, args.moves, prefetch=mode == "prefetch")
-        report[mode] = stats(times)
-    report["engine"] = stats(engine_times(zoo, lambdas))
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        lambdas, times, engine = browser_moves(zoo, args.moves, prefetch=mode == "prefetch", floor=mode == "floor")
+        report[mode] = stats(times) | {"server_engine": engine}
+    if not args.no_engine:
+        report["engine"] = stats(engine_times(zoo, lambdas))
+        modes.append("engine")
     report["lambdas"] = lambdas
-    for mode in ("prefetch", "cold", "engine"):
+    for mode in modes:
         r = report[mode]
         print(f"{mode:9s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
               f"(min {r['min_ms']:.0f}, max {r['max_ms']:.0f}) over {r['moves']} moves")

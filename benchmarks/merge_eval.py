@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 
+from sammerge.evaluation.compiled import default_workers  # noqa: E402
 from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.merging import linear_combination  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, coarse_to_fine_lambda, scaled  # noqa: E402
@@ -184,6 +185,9 @@ def main() -> int:
     parser.add_argument("--n-per-task", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="time the eager engine only (default: the engine as the app runs it, with its forward "
+                             "compiled by torch.compile; --quick never compiles)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.zoo:
@@ -192,7 +196,10 @@ def main() -> int:
         zoo = ensure_zoo("tiny" if args.quick else "demo")
     repeats = args.repeats or (3 if args.quick else 15)
     n = args.n_per_task
-    engine = Evaluator.from_zoo(zoo, split="val", n_per_task=n)
+    compile_engine = not (args.quick or args.no_compile)
+    workers = default_workers() if compile_engine else 1  # as the app runs it (sammerge.webapp.ui)
+    engine = Evaluator.from_zoo(zoo, split="val", n_per_task=n, compile=compile_engine, workers=workers)
+    eager = Evaluator.from_zoo(zoo, split="val", n_per_task=n) if compile_engine else engine
     data = {t: (engine.images[engine.slices[t]], engine.labels[engine.slices[t]]) for t in zoo.tasks}
     naive = Naive(zoo, data)
     theta0 = zoo.pretrained()
@@ -202,7 +209,13 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     slider_configs = [(torch.rand(T, generator=gen) * 0.6).tolist() for _ in range(repeats)]
     report: dict = {"zoo": str(zoo.path), "tasks": T, "images_per_task": n, "threads": torch.get_num_threads(),
-                    "repeats": repeats}
+                    "repeats": repeats, "chunk_size": engine.chunk_size, "engine_workers": workers}
+    if compile_engine:  # the first evaluation starts the background compile; the timings below use its result
+        engine.evaluate(theta0)
+        ready = engine.compiled.wait(900)
+        report["compiled"] = {"status": engine.compiled.status, "compile_s": engine.compiled.compile_s}
+        print(f"compiled forward: {engine.compiled.status}"
+              + (f" in {engine.compiled.compile_s:.1f} s" if ready else " — timing the eager engine"), flush=True)
 
     # correctness: the engine and the naive path agree on every configuration used below
     for coefs in slider_configs[:3]:
@@ -221,10 +234,24 @@ def main() -> int:
         engine._cache.clear()
         return engine.evaluate(linear_combination(theta0, tvs, coefs, validate=False))
 
-    t_engine, _ = timed(engine_update, repeats)
-    it = iter(slider_configs * 2)
-    t_naive, _ = timed(lambda: naive.evaluate(tvs, next(it)), repeats)
-    report["a_slider_update_ms"] = {"engine": 1e3 * t_engine, "naive": 1e3 * t_naive, "speedup": t_naive / t_engine}
+    def eager_update():
+        coefs = next(it)
+        eager._cache.clear()
+        return eager.evaluate(linear_combination(theta0, tvs, coefs, validate=False))
+
+    # interleaved rounds, so machine noise hits all three alike
+    times: dict[str, list[float]] = {"engine": [], "eager": [], "naive": []}
+    for r in range(repeats):
+        for name, fn in (("engine", engine_update), ("eager", eager_update),
+                         ("naive", lambda: naive.evaluate(tvs, next(it)))):
+            it = iter([slider_configs[r]])  # the same new configuration for all three
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    t_engine, t_eager, t_naive = (statistics.median(times[k]) for k in ("engine", "eager", "naive"))
+    report["a_slider_update_ms"] = {"engine": 1e3 * t_engine, "naive": 1e3 * t_naive, "speedup": t_naive / t_engine,
+                                    "engine_eager": 1e3 * t_eager, "speedup_eager": t_naive / t_eager,
+                                    "engine_compiled": bool(engine.compiled and engine.compiled.calls)}
 
     # (b) 21-point shared-λ grid at equal work
     direction = {k: sum(tv[k] for tv in tvs) for k in theta0}
@@ -287,7 +314,7 @@ def main() -> int:
                    report["throughput"])
     print(f"zoo {zoo.path.name}: {T} tasks × {n} val images, {torch.get_num_threads()} threads, {repeats} repeats")
     print(f"(a) slider update (merge + evaluate): engine {a['engine']:.1f} ms, naive {a['naive']:.1f} ms "
-          f"→ {a['speedup']:.2f}× (median)")
+          f"→ {a['speedup']:.2f}× (median); eager engine {a['engine_eager']:.1f} ms → {a['speedup_eager']:.2f}×")
     print(f"(b) 21-point λ grid: engine(vmap) {b['engine_vmap']:.2f} s, engine(loop) {b['engine_loop']:.2f} s, "
           f"naive {b['naive']:.2f} s → {b['speedup_vmap']:.2f}× / {b['speedup_loop']:.2f}×")
     print(f"(c) time-to-best-λ: grid {c['grid_s']:.2f} s (λ={c['grid_best_lambda']}, val {c['grid_best_val_acc']:.4f}) "

@@ -31,13 +31,20 @@ def demo_regime(data: dict) -> str:
 def merge_eval(r: dict) -> str:
     a, b, c, th = r["a_slider_update_ms"], r["b_grid21_s"], r["c_time_to_best_lambda"], r["throughput"]
     n, tasks = r["images_per_task"], r["tasks"]
+    compiled = r.get("compiled")
+    engine = (f" The engine runs as the app does: its forward compiled by `torch.compile` ({compiled['status']}, "
+              f"{compiled['compile_s']:.1f} s in the background), chunks of {r['chunk_size']} images shared by "
+              f"{r['engine_workers']} worker thread(s) with one torch thread each; the naive loop and the eager engine "
+              f"use the {r['threads']} torch threads." if compiled and compiled.get("compile_s") is not None else "")
     return "\n".join([
         f"Zoo `{Path(r['zoo']).name}`, {tasks} tasks × {n} validation images, {r['threads']} torch thread(s), "
-        f"{r['repeats']} repeats; {r['agreement']}.", "",
+        f"{r['repeats']} repeats; {r['agreement']}.{engine}", "",
         "| measurement (same configurations, same images) | engine | naive (deepcopy + load_state_dict + "
         "per-task loop) | ratio |", "|---|---|---|---|",
         f"| (a) one slider update: merge + evaluate (median) | {a['engine']:.0f} ms | {a['naive']:.0f} ms | "
-        f"{a['speedup']:.2f}× |",
+        f"{a['speedup']:.2f}× |"] + ([
+        f"| (a') the same with the eager engine (no torch.compile) | {a['engine_eager']:.0f} ms | {a['naive']:.0f} ms | "
+        f"{a['speedup_eager']:.2f}× |"] if "engine_eager" in a else []) + [
         f"| (b) 21-point shared-λ grid, loop engine | {b['engine_loop']:.2f} s | {b['naive']:.2f} s | "
         f"{b['speedup_loop']:.2f}× |",
         f"| (b') the same grid with `torch.func.vmap` over configurations | {b['engine_vmap']:.2f} s | "
@@ -72,12 +79,17 @@ def browser_latency(r: dict) -> str:
     rows = ["| server | median | p95 | min | max | moves |", "|---|---|---|---|---|---|"]
     names = {"prefetch": "`SAMMERGE_PREFETCH=1`: next steps prefetched (default on ≥ 4 cores)",
              "cold": "`SAMMERGE_PREFETCH=0`: every move computed (default on < 4 cores)",
+             "floor": "floor: the same slider and result line, no merge, no evaluation",
              "engine": "engine alone: merge + evaluate the same merges and twins"}
-    for mode in ("prefetch", "cold", "engine"):
+    for mode in ("cold", "prefetch", "floor", "engine"):
+        if mode not in r:
+            continue
         m = r[mode]
         rows.append(f"| {names[mode]} | **{m['median_ms']:.0f} ms** | {m['p95_ms']:.0f} ms | {m['min_ms']:.0f} ms | "
                     f"{m['max_ms']:.0f} ms | {m['moves']} |")
-    return "\n".join(rows) + f"\n\nZoo `{r['zoo']}`; every move asks for a λ not shown before."
+    served = r.get("cold", {}).get("server_engine")
+    return "\n".join(rows) + f"\n\nZoo `{r['zoo']}`; every move asks for a λ not shown before." + (
+        f" The server's evaluator: {served}." if served else "")
 
 
 def load(r: dict) -> str:

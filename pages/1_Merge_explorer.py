@@ -357,7 +357,7 @@ def results_panel(state: MergeSpec | None) -> None:
     st.subheader("3 · Result")
     st.caption(f"Accuracy of the merged encoder with each task's frozen head, on the {ex.describe_evaluation()}. "
                "*Normalized* accuracy divides by the accuracy of the task's own fine-tuned model (100% = no loss "
-               "from merging). Means are over the selected tasks.")
+               f"from merging). Means are over the selected tasks. Engine: {ex.engine_note()}.")
     cols = st.columns(2 + len(zoo.variants))
     showing = st.empty()
     estimate_note = st.empty()

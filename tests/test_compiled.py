@@ -31,8 +31,8 @@ def merged(zoo, lam):
 
 @pytest.mark.skipif(compiled_mod.compiler_missing() is not None, reason="no C++ compiler for inductor")
 def test_compiled_forward_equals_a_plain_forward_pass_on_padded_chunks(zoo):
-    # 3 tasks x 20 images in chunks of 32: the second chunk is padded with zeros and its padding dropped
-    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=20, chunk_size=32, compile=True, device="cpu")
+    # 3 tasks x 20 images in chunks of 32 on 2 worker threads: the second chunk is padded with zeros, padding dropped
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=20, chunk_size=32, compile=True, device="cpu", workers=2)
     assert len(ev.images) % 32 != 0
     first = ev.evaluate(merged(zoo, 0.3))  # eager; starts the background compile
     assert ev.compiled.calls == 0

@@ -3,9 +3,16 @@
 Weights change with every merge, so they stay graph inputs (no freezing): one compiled graph serves every merge.
 Images go through in chunks of one fixed size (the last chunk padded with zeros, its extra rows dropped: every
 encoder here treats samples independently), so the graph is compiled once. Until it is ready — or when compiling
-fails, e.g. without a C++ compiler, or a call would need a new graph — the caller runs the eager forward: the
-compiled path is an optimisation, never a requirement. On the demo zoo's ResNet-GN it fuses GroupNorm, ReLU and the
-residual adds around oneDNN convolutions; benchmarks/merge_eval.py measures it against eager and the naive loop.
+fails, e.g. without a C++ compiler, or a call would need another graph — the caller runs the eager forward: the
+compiled path is an optimisation, never a requirement.
+
+``workers`` > 1 runs the chunks on that many threads, each with one torch thread and its own copy of the encoder
+and its own compiled function (``functional_call`` swaps a module's tensors, so no module is shared between
+threads). On a small CPU this scales where torch's own intra-op threads do not: their OpenMP workers spin between
+operators and took the core the web server needed (ui.server_torch_threads). The graphs run in dynamo's run-only
+mode: a call never triggers a compile; should a guard fail, that worker's private copy answers eagerly.
+On the demo zoo's ResNet-GN inductor fuses GroupNorm, ReLU and the residual adds around oneDNN convolutions;
+benchmarks/merge_eval.py measures it against the eager engine and the naive loop.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import copy
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
 
 import torch
@@ -32,17 +40,33 @@ def compiler_missing() -> str | None:
     return None if any(shutil.which(n) for n in names) else f"no C++ compiler found ({', '.join(names)})"
 
 
-class CompiledForward:
-    """``features(params, images)`` through a compiled encoder; ``None`` while not ready (the caller goes eager)."""
+def default_workers() -> int:
+    """Threads that share the compiled forward's chunks, one torch thread each: every core, at most 4. On 2 cores two
+    such threads took a demo update's forward from ~130 to ~73 ms, where two torch threads inside one forward made
+    the app's pages slower (sammerge.webapp.ui.server_torch_threads)."""
+    import os
+    env = os.environ.get("SAMMERGE_FORWARD_WORKERS", "")
+    return max(1, int(env)) if env.isdigit() else max(1, min(4, os.cpu_count() or 1))
 
-    def __init__(self, encoder: torch.nn.Module, chunk_size: int) -> None:
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)  # this thread only (OpenMP's setting is per thread): the caller's count is untouched
+
+
+class CompiledForward:
+    """``features(params, images)`` through compiled encoders; ``None`` while not ready (the caller goes eager)."""
+
+    def __init__(self, encoder: torch.nn.Module, chunk_size: int, workers: int = 1) -> None:
         self.encoder = encoder
         self.chunk_size = chunk_size
+        self.workers = max(1, workers)
         self.status = "not started"  # → "compiling" → "ready" | "failed: …" | "off: …"
         self.compile_s: float | None = None
-        self.calls = 0  # forwards answered by the compiled graph
-        self._fn: Callable | None = None
+        self.calls = 0  # forwards answered by the compiled path
+        self._runs: list[Callable] = []  # one run-only compiled function per worker
         self._signature: tuple | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._run_locks = [threading.Lock() for _ in range(self.workers)]  # one call per private encoder at a time
         self._lock = threading.Lock()
         self._ready = threading.Event()
 
@@ -67,12 +91,20 @@ class CompiledForward:
 
     def _compile(self, params: Params, sample: torch.Tensor) -> None:
         start = time.perf_counter()
+        if self.workers > 1:
+            _one_torch_thread()  # inductor builds its C++ kernels for the compiling thread's thread count
         try:
-            encoder = copy.deepcopy(self.encoder)  # functional_call swaps a module's tensors: never share one
-            fn = torch.compile(lambda p, x: functional_call(encoder, p, (x,)), dynamic=False)
-            with torch.inference_mode():
-                fn(params, sample)
-            self._fn, self._signature = fn, self.signature(params, sample)
+            runs = []
+            for _ in range(self.workers):  # the first compile fills inductor's cache: the others reuse it
+                encoder = copy.deepcopy(self.encoder)
+                fn = torch.compile(lambda p, x, encoder=encoder: functional_call(encoder, p, (x,)), dynamic=False)
+                with torch.inference_mode():
+                    fn(params, sample)
+                runs.append(torch._dynamo.run(fn))
+            if self.workers > 1:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sammerge-forward",
+                                                initializer=_one_torch_thread)
+            self._runs, self._signature = runs, self.signature(params, sample)
             self.compile_s = time.perf_counter() - start
             self.status = "ready"
         except Exception as exc:  # noqa: BLE001 - compiling is optional: report it, stay eager
@@ -97,19 +129,24 @@ class CompiledForward:
         (a caller's tensors may or may not be inference tensors; the copies cost ~1 ms of a ~50 ms forward)."""
         return self._pad(chunk), {k: v.detach().clone() for k, v in params.items()}
 
+    def _run_chunks(self, worker: int, params: Params, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+        run = self._runs[worker]
+        with self._run_locks[worker], torch.inference_mode():
+            return [run(params, self._pad(c))[:len(c)] for c in chunks]
+
     def __call__(self, params: Params, images: torch.Tensor) -> torch.Tensor | None:
         """Features of ``images`` (call under ``torch.inference_mode``), or None when the eager path must answer."""
-        fn = self._fn
-        if fn is None or self.signature(params, images[:1]) != self._signature:
+        if not self._runs or self.signature(params, images[:1]) != self._signature:
             return None
-        out = []
         params = {k: v.detach().clone() for k, v in params.items()}  # inference tensors, as in the warm-up
-        try:
-            with torch.compiler.set_stance("fail_on_recompile"):  # a new graph would stall this call for seconds
-                for i in range(0, len(images), self.chunk_size):
-                    chunk = images[i:i + self.chunk_size]
-                    out.append(fn(params, self._pad(chunk))[:len(chunk)])
-        except Exception:  # noqa: BLE001 - a guard failed (recompile refused) or the graph broke: eager answers
-            return None
+        chunks = [images[i:i + self.chunk_size] for i in range(0, len(images), self.chunk_size)]
+        if self._pool is None or len(chunks) == 1:
+            out = self._run_chunks(0, params, chunks)
+        else:  # contiguous shares, one per worker, in order
+            n = min(self.workers, len(chunks))
+            bounds = [round(i * len(chunks) / n) for i in range(n + 1)]
+            futures = [self._pool.submit(self._run_chunks, w, params, chunks[bounds[w]:bounds[w + 1]])
+                       for w in range(n)]
+            out = [f for fut in futures for f in fut.result()]
         self.calls += 1
         return torch.cat(out)

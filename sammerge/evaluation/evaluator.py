@@ -10,7 +10,8 @@ are cached by a hash of the parameters.
 fp32 before the heads: logits, loss and accuracy are always computed in fp32.
 
 ``compile``: run the fp32 forward through ``torch.compile`` once it has been compiled in the background
-(``sammerge.evaluation.compiled``); predictions equal the eager ones (features within ~1e-6). The app turns it on.
+(``sammerge.evaluation.compiled``), its chunks shared by ``workers`` CPU threads; predictions equal the eager ones
+(features within ~1e-6). The app turns it on.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class Evaluator:
     def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
                  data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
                  cache_size: int = 512, chunk_size: int = CPU_CHUNK, linearize_at: Params | None = None,
-                 precision: str = "fp32", compile: bool = False) -> None:
+                 precision: str = "fp32", compile: bool = False, workers: int = 1) -> None:
         if not data:
             raise ConfigError("evaluation: no tasks to evaluate")
         if precision not in PRECISIONS:
@@ -97,16 +98,18 @@ class Evaluator:
         self.cache_size = cache_size
         self.chunk_size = chunk_size  # images per CPU forward: small enough for the activations to stay in cache
         self.forward_count = 0  # number of encoder forward passes over the evaluation set
-        # ``compile``: the fp32 forward through torch.compile once a background compile is done (eager until then)
+        # ``compile``: the fp32 forward through torch.compile once a background compile is done (eager until then);
+        # ``workers``: CPU threads that share its chunks, one torch thread each
         self.compiled = None
         if compile and self.linearize_at is None and self.autocast_dtype is None:
             chunk = min(self.chunk_size, len(self.images)) if self.device.type == "cpu" else len(self.images)
-            self.compiled = CompiledForward(self.encoder, chunk)
+            self.compiled = CompiledForward(self.encoder, chunk, workers=workers if self.device.type == "cpu" else 1)
 
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
                  tasks: Sequence[str] | None = None, device: str | torch.device = "auto",
-                 chunk_size: int = CPU_CHUNK, precision: str = "fp32", compile: bool = False) -> "Evaluator":
+                 chunk_size: int = CPU_CHUNK, precision: str = "fp32", compile: bool = False,
+                 workers: int = 1) -> "Evaluator":
         """Evaluation subsets of ``n_per_task`` images per task (None: the whole split), fixed by ``seed``.
 
         ``device="auto"`` evaluates on CUDA when available, else on the CPU; ``precision`` and ``compile`` as in
@@ -127,7 +130,7 @@ class Evaluator:
         linearize_at = zoo.pretrained() if zoo.manifest.linearized else None
         # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
         return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size,
-                   linearize_at=linearize_at, precision=precision, compile=compile)
+                   linearize_at=linearize_at, precision=precision, compile=compile, workers=workers)
 
     def _forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
         """Encoder features of ``images`` (fp32; computed under bf16 autocast when ``autocast_dtype`` is set)."""

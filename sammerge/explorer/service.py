@@ -158,13 +158,16 @@ class Explorer:
 
     def __init__(self, zoo, n_per_task: int = EXPLORER_N_PER_TASK, split: str = EXPLORER_SPLIT, seed: int = 0,
                  cache_size: int = 64, estimate_n_per_task: int = EXPLORER_ESTIMATE_N,
-                 latency_target_s: float = EXPLORER_LATENCY_TARGET_S, compile: bool = False) -> None:
+                 latency_target_s: float = EXPLORER_LATENCY_TARGET_S, compile: bool = False,
+                 workers: int = 1) -> None:
         self.zoo = zoo
         self.split = split
         self.n_per_task = n_per_task
         self.seed = seed
-        # ``compile``: the evaluator's forward through torch.compile once compiled in the background (the app's choice)
-        self.evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, compile=compile)
+        # ``compile``, ``workers``: the evaluator's forward through torch.compile once compiled in the background, on
+        # ``workers`` CPU threads (the app's choice: sammerge.webapp.ui)
+        self.evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, compile=compile,
+                                            workers=workers)
         # linearized zoos: exact results from f(θ0) + Σ c J τ, no forward pass per update, once the precomputed
         # f(θ0), J τ_t are loaded from the zoo's cache or prepared by a background job (exact evaluation until then)
         self.instant = (InstantPreview(zoo, self.evaluator, Subset(split, n_per_task, seed))
@@ -210,6 +213,17 @@ class Explorer:
         lin = f"; linearized zoo f(θ0) + J(θ − θ0): {self.instant.describe()}" if self.instant is not None else ""
         return f"{self.split} split, {n} images per task (fixed subset, seed {self.seed}){lin}"
 
+    def engine_note(self) -> str:
+        """How merges are evaluated right now: the compiled forward, eager while it compiles, or why eager."""
+        compiled = self.evaluator.compiled
+        if compiled is None:
+            return "eager forward"
+        if compiled.status == "ready":
+            return "forward compiled by torch.compile"
+        if compiled.status in ("not started", "compiling"):
+            return "eager forward while torch.compile prepares a faster one"
+        return f"eager forward (torch.compile {compiled.status})"
+
     def default_spec(self) -> MergeSpec:
         return MergeSpec.default_for_zoo(self.zoo)
 
@@ -238,8 +252,12 @@ class Explorer:
 
     def evaluate_many(self, specs: Sequence[MergeSpec]) -> list[dict[str, TaskResult]]:
         """Per-task results of several merges; the uncached ones in one batched pass."""
+        keys = [s.key() for s in specs]
+        try:  # all cached: answer without queueing behind a background evaluation (a dict read is atomic)
+            return [self._results[k] for k in keys]
+        except KeyError:
+            pass
         with self._lock:
-            keys = [s.key() for s in specs]
             todo = list(dict.fromkeys(k for k in keys if k not in self._results))
             if todo:
                 first = {k: s for k, s in zip(keys, specs)}
@@ -273,6 +291,9 @@ class Explorer:
 
     def references(self) -> tuple[dict[str, TaskResult], dict[str, dict[str, TaskResult]]]:
         """(θ0 on every task, every individual fine-tuned model on its task), on the explorer's images."""
+        refs = self._refs
+        if refs is not None:  # computed once: no need to queue behind a background evaluation for it
+            return refs
         with self._lock:
             if self._refs is None:
                 pre = self.evaluator.evaluate(self.zoo.pretrained())
@@ -404,7 +425,10 @@ class Explorer:
         with self._prefetch_cv:
             done = self.is_estimated if estimate else self.is_cached
             kind = "estimate" if estimate else "exact"
-            self._prefetch_queue = [(kind, t) for s in specs for t in self.twins(s).values() if not done(t)]
+            # every neighbour's own merge first (what the page shows first after a move), then their twins
+            order = [list(self.twins(s).values()) for s in specs]
+            order = [group[0] for group in order] + [t for group in order for t in group[1:]]
+            self._prefetch_queue = [(kind, t) for t in order if not done(t)]
             self._wake()
 
     def _wake(self) -> None:

@@ -24,16 +24,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0, info: dict | None = None):
-    """Start `streamlit run app.py` on 127.0.0.1; yield its URL; stop it afterwards.
-    ``info`` (optional) receives the server's ``pid`` and ``log`` path."""
+def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0, info: dict | None = None,
+                     script: str = "app.py"):
+    """Start `streamlit run app.py` (or another ``script``, relative to the checkout) on 127.0.0.1; yield its URL;
+    stop it afterwards. ``info`` (optional) receives the server's ``pid`` and ``log`` path."""
     port = free_port()
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     log_path = ARTIFACTS / f"streamlit-{port}.log"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
              "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -186,13 +186,14 @@ def compile_by_default() -> bool:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
+    from sammerge.evaluation.compiled import default_workers
     from sammerge.explorer import service
     ex = service.Explorer(open_zoo_cached(path), n_per_task=n_per_task,
                           # estimate-first settings (tests force the estimate path with a target of 0)
                           estimate_n_per_task=int(os.environ.get("SAMMERGE_ESTIMATE_N", service.EXPLORER_ESTIMATE_N)),
                           latency_target_s=float(os.environ.get("SAMMERGE_LATENCY_TARGET_S",
                                                                 service.EXPLORER_LATENCY_TARGET_S)),
-                          compile=compile_by_default())
+                          compile=compile_by_default(), workers=default_workers())
     ex.prefetch_enabled = prefetch_by_default()
     return ex
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 @st.fragment
 def fragment() -> None:
-    lam = st.slider("Global λ (scales the merged task vector)", 0.0, 1.0, 0.3, 0.05, key="lam")
+    lam = st.slider("Global λ (scales the merged task vector)", 0.0, 2.0, 0.3, 0.05, key="lam")  # as the explorer's
     st.caption(f"Showing: λ = {lam:g} · (no merge, no evaluation)")
 
 

@@ -4,12 +4,15 @@
 
 Starts `streamlit run app.py` on the zoo (default: the demo zoo), focuses the global λ slider and presses
 ArrowRight ``--moves`` times; each press asks for a λ never shown before (0.35, 0.40, …). A move is timed from
-the key press until the result line for the new λ is on screen. Three servers are measured in turn:
-  cold      SAMMERGE_PREFETCH=0, the default on fewer than 4 cores: every move merges and evaluates on demand;
-  prefetch  SAMMERGE_PREFETCH=1 (the default on 4 or more cores): after each update the explorer merges and
-            evaluates the next slider steps in the background while the user looks (400 ms here);
-  floor     benchmarks/streamlit_floor_app.py: the same slider and result line in a fragment that does no work —
-            what Streamlit and Chromium alone take per move on this machine.
+the key press until the result line for the new λ is on screen; after it the user looks for 400 ms. Servers:
+  default       the app as it starts here: on fewer than 4 cores it merges and evaluates the next slider steps'
+                own merges in the background while the user looks (SAMMERGE_PREFETCH=light), on 4 or more cores
+                their all-plain / all-SAM twins too (full);
+  back-to-back  the same, but the next key press comes as soon as the page is idle (no time to look);
+  off           SAMMERGE_PREFETCH=off: every move merges and evaluates on demand;
+  full          SAMMERGE_PREFETCH=full on this machine;
+  floor         benchmarks/streamlit_floor_app.py: the same slider and result line in a fragment that does no work —
+                what Streamlit and Chromium alone take per move on this machine.
 Before the timed moves, untimed ones wait until the page says how the server evaluates: the compiled forward once
 its background compile is done (SAMMERGE_COMPILE=0 keeps it eager). For comparison, the engine alone (merge +
 evaluation of the same merges and their plain/SAM twins, in this process, as the app runs it, no cache) is timed.
@@ -39,8 +42,14 @@ def stats(times: list[float]) -> dict:
             "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times), "times_ms": [round(1e3 * t, 1) for t in times]}
 
 
-def browser_moves(zoo: Path, moves: int, prefetch: bool, floor: bool = False) -> tuple[list[float], list[float], str]:
-    env = {"SAMMERGE_ZOO": str(zoo), "SAMMERGE_PREFETCH": "1" if prefetch else "0"}
+# mode: (SAMMERGE_PREFETCH for the server or None for its default, pause after each move in ms, the floor page)
+MODES = {"default": (None, 400, False), "back-to-back": (None, 0, False), "off": ("off", 400, False),
+         "full": ("full", 400, False), "floor": (None, 400, True)}
+
+
+def browser_moves(zoo: Path, moves: int, prefetch: str | None, pause_ms: int,
+                  floor: bool = False) -> tuple[list[float], list[float], str]:
+    env = {"SAMMERGE_ZOO": str(zoo)} | ({"SAMMERGE_PREFETCH": prefetch} if prefetch else {})
     script = "benchmarks/streamlit_floor_app.py" if floor else "app.py"
     with streamlit_server(env, script=script) as url, chromium_page() as page:
         slider = page.locator(SLIDER)
@@ -64,8 +73,7 @@ def browser_moves(zoo: Path, moves: int, prefetch: bool, floor: bool = False) ->
             times.append(time.perf_counter() - t0)
             lambdas.append(lam)
             wait_idle(page)
-            if prefetch:
-                page.wait_for_timeout(400)  # a user looking at the result: the prefetch's window
+            page.wait_for_timeout(pause_ms)  # a user looking at the result (the prefetch's window)
     return lambdas, times, engine
 
 
@@ -117,14 +125,17 @@ def main() -> int:
     ap.add_argument("zoo", nargs="?", default=None)
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--modes", default="cold,prefetch,floor", help="which servers to measure (comma-separated)")
+    ap.add_argument("--modes", default=",".join(MODES), help="which servers to measure (comma-separated)")
     ap.add_argument("--no-engine", action="store_true", help="skip timing the engine alone")
     args = ap.parse_args()
     zoo = zoo_or_demo(args.zoo)
     report = {"zoo": str(zoo.name), "moves": args.moves}
     modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        ap.error(f"unknown mode {unknown[0]!r} (known: {', '.join(MODES)})")
     for mode in modes:
-        lambdas, times, engine = browser_moves(zoo, args.moves, prefetch=mode == "prefetch", floor=mode == "floor")
+        lambdas, times, engine = browser_moves(zoo, args.moves, *MODES[mode])
         report[mode] = stats(times) | {"server_engine": engine}
     if not args.no_engine:
         report["engine"] = stats(engine_times(zoo, lambdas))
@@ -132,7 +143,7 @@ def main() -> int:
     report["lambdas"] = lambdas
     for mode in modes:
         r = report[mode]
-        print(f"{mode:9s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
+        print(f"{mode:12s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
               f"(min {r['min_ms']:.0f}, max {r['max_ms']:.0f}) over {r['moves']} moves")
     report["load_average_1min"] = os.getloadavg()[0]  # other work on the machine at the end
     if args.json:

@@ -72,22 +72,24 @@ def _engine_options(d: dict | None) -> list[str]:
 
 
 def browser_latency(r: dict) -> str:
-    if "prefetch" not in r:  # the older single-mode format
+    if "times_s" in r:  # the older single-mode format
         t = [1000 * x for x in r["times_s"]]
         return (f"Median **{statistics.median(t):.0f} ms** over {r['moves']} moves (min {min(t):.0f} ms, "
                 f"max {max(t):.0f} ms) on zoo `{Path(r['zoo']).name}`.")
     rows = ["| server | median | p95 | min | max | moves |", "|---|---|---|---|---|---|"]
-    names = {"prefetch": "`SAMMERGE_PREFETCH=1`: next steps prefetched (default on ≥ 4 cores)",
-             "cold": "`SAMMERGE_PREFETCH=0`: every move computed (default on < 4 cores)",
+    names = {"default": "default (next steps' own merges prefetched on < 4 cores, with twins on ≥ 4)",
+             "back-to-back": "default, next key press as soon as the page is idle",
+             "off": "`SAMMERGE_PREFETCH=off`: every move computed on demand",
+             "full": "`SAMMERGE_PREFETCH=full`: next steps and their twins prefetched",
              "floor": "floor: the same slider and result line, no merge, no evaluation",
              "engine": "engine alone: merge + evaluate the same merges and twins"}
-    for mode in ("cold", "prefetch", "floor", "engine"):
+    for mode in names:
         if mode not in r:
             continue
         m = r[mode]
         rows.append(f"| {names[mode]} | **{m['median_ms']:.0f} ms** | {m['p95_ms']:.0f} ms | {m['min_ms']:.0f} ms | "
                     f"{m['max_ms']:.0f} ms | {m['moves']} |")
-    served = r.get("cold", {}).get("server_engine")
+    served = r.get("default", {}).get("server_engine")
     return "\n".join(rows) + f"\n\nZoo `{r['zoo']}`; every move asks for a λ not shown before." + (
         f" The server's evaluator: {served}." if served else "")
 

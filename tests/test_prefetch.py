@@ -90,3 +90,27 @@ def test_a_script_that_exits_while_the_background_thread_evaluates_ends_cleanly(
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0 and "exiting" in run.stdout, run.stderr[-2000:]
         assert "terminate called" not in run.stderr, run.stderr[-2000:]
+
+
+def test_light_prefetch_evaluates_the_neighbours_own_merges_only(explorer):
+    explorer.prefetch_twins = False
+    spec = explorer.default_spec()
+    nxt = explorer.neighbours(spec)
+    explorer.prefetch(nxt)
+    assert explorer.wait_prefetched(timeout=120)
+    assert all(explorer.is_cached(n) for n in nxt)
+    others = [t for n in nxt for t in explorer.twins(n).values() if t.key() != n.key()]
+    assert others and not any(explorer.is_cached(t) for t in others)
+
+
+@pytest.mark.parametrize("env, cores, mode", [(None, 2, "light"), (None, 8, "full"), ("0", 8, "off"), ("off", 2, "off"),
+                                              ("1", 2, "full"), ("light", 8, "light"), ("FULL", 2, "full"),
+                                              ("bogus", 2, "light")])
+def test_prefetch_mode_from_the_environment_and_the_core_count(monkeypatch, env, cores, mode):
+    from sammerge.webapp import ui
+    if env is None:
+        monkeypatch.delenv("SAMMERGE_PREFETCH", raising=False)
+    else:
+        monkeypatch.setenv("SAMMERGE_PREFETCH", env)
+    monkeypatch.setattr(ui.os, "cpu_count", lambda: cores)
+    assert ui.prefetch_by_default() == mode

@@ -417,8 +417,9 @@ class Explorer:
         return out
 
     def prefetch(self, specs: Sequence[MergeSpec], estimate: bool = False) -> None:
-        """Evaluate ``specs`` and their all-plain / all-SAM twins in a background thread, one merge at a time (a
-        request from the page waits for at most one); a newer call replaces what an older one has not started.
+        """Evaluate ``specs`` and (``prefetch_twins``) their all-plain / all-SAM twins in a background thread, one
+        merge at a time (a request from the page waits for at most one); a newer call replaces what an older one has
+        not started.
         ``estimate``: only their estimates (on the first k images per task), after any pending refinement."""
         if not self.prefetch_enabled:
             return
@@ -427,7 +428,8 @@ class Explorer:
             kind = "estimate" if estimate else "exact"
             # every neighbour's own merge first (what the page shows first after a move), then their twins
             order = [list(self.twins(s).values()) for s in specs]
-            order = [group[0] for group in order] + [t for group in order for t in group[1:]]
+            order = [group[0] for group in order] + (
+                [t for group in order for t in group[1:]] if self.prefetch_twins else [])
             self._prefetch_queue = [(kind, t) for t in order if not done(t)]
             self._wake()
 
@@ -451,6 +453,7 @@ class Explorer:
 
     prefetch_idle_exit_s = 30.0  # the worker thread ends after this long without work
     prefetch_enabled = True
+    prefetch_twins = True  # False: only the neighbours' own merges (what the page shows first), not their twins
 
     def _prefetch_loop(self) -> None:
         while True:

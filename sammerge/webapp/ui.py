@@ -5,6 +5,7 @@ Only arranges calls into the `sammerge` library; it holds no model or merge logi
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -167,14 +168,23 @@ def zoo_sidebar():
 # shared resources and small helpers for the pages
 # ----------------------------------------------------------------------------------------------
 
-def prefetch_by_default() -> bool:
-    """Whether explorers merge the next slider steps in the background: $SAMMERGE_PREFETCH (1 / 0), else only with
-    ≥ 4 cores — on 2 cores the prefetch competes with the foreground update for the same cores and made the median
-    update slower (469 vs 304 ms, benchmarks/browser_latency.py)."""
-    env = os.environ.get("SAMMERGE_PREFETCH")
-    if env is not None:
-        return env != "0"
-    return (os.cpu_count() or 1) >= 4
+PREFETCH_MODES = ("off", "light", "full")
+
+
+def prefetch_by_default() -> str:
+    """What explorers compute in the background for the next slider steps (λ ± one step) while the user looks:
+    $SAMMERGE_PREFETCH = off (or 0) | light | full (or 1); by default full on ≥ 4 cores, light on fewer.
+    light: only those steps' own merges — the number a one-step move shows first — so on 2 cores the median move
+    took 228 ms instead of ≈ 300 without prefetch; full adds their all-plain / all-SAM twins, which on 2 cores
+    competes with the foreground update (427 ms; benchmarks/browser_latency.py)."""
+    env = os.environ.get("SAMMERGE_PREFETCH", "").strip().lower()
+    mode = {"0": "off", "1": "full"}.get(env, env)
+    if mode in PREFETCH_MODES:
+        return mode
+    if env:  # a server setting: said in the server's log, the default is used
+        print(f"sammerge: SAMMERGE_PREFETCH={env!r} is not one of off, light, full (or 0, 1); using the default",
+              file=sys.stderr)
+    return "full" if (os.cpu_count() or 1) >= 4 else "light"
 
 
 def compile_by_default() -> bool:
@@ -194,7 +204,8 @@ def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
                           latency_target_s=float(os.environ.get("SAMMERGE_LATENCY_TARGET_S",
                                                                 service.EXPLORER_LATENCY_TARGET_S)),
                           compile=compile_by_default(), workers=default_workers())
-    ex.prefetch_enabled = prefetch_by_default()
+    mode = prefetch_by_default()
+    ex.prefetch_enabled, ex.prefetch_twins = mode != "off", mode == "full"
     return ex
 
 

@@ -1,6 +1,6 @@
 """Slider-to-updated-number time of the merge explorer in a real browser (Debian's Chromium).
 
-    python benchmarks/browser_latency.py [ZOO_DIR] [--moves 20] [--json FILE]
+    python benchmarks/browser_latency.py [ZOO_DIR] [--moves 20] [--rounds 2] [--json FILE]
 
 Starts `streamlit run app.py` on the zoo (default: the demo zoo), focuses the global λ slider and presses
 ArrowRight ``--moves`` times; each press asks for a λ never shown before (0.35, 0.40, …). A move is timed from
@@ -127,16 +127,22 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--modes", default=",".join(MODES), help="which servers to measure (comma-separated)")
     ap.add_argument("--no-engine", action="store_true", help="skip timing the engine alone")
+    ap.add_argument("--rounds", type=int, default=2, help="measure every mode this many times, in turn (pooled)")
     args = ap.parse_args()
     zoo = zoo_or_demo(args.zoo)
-    report = {"zoo": str(zoo.name), "moves": args.moves}
+    report = {"zoo": str(zoo.name), "moves": args.moves, "rounds": args.rounds}
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         ap.error(f"unknown mode {unknown[0]!r} (known: {', '.join(MODES)})")
-    for mode in modes:
-        lambdas, times, engine = browser_moves(zoo, args.moves, *MODES[mode])
-        report[mode] = stats(times) | {"server_engine": engine}
+    pooled: dict[str, list[float]] = {m: [] for m in modes}
+    rounds: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(args.rounds):  # every mode once per round: a slow spell of the machine hits them alike
+        for mode in modes:
+            lambdas, times, engine = browser_moves(zoo, args.moves, *MODES[mode])
+            pooled[mode] += times
+            rounds[mode].append(1e3 * statistics.median(times))
+            report[mode] = stats(pooled[mode]) | {"server_engine": engine, "round_medians_ms": rounds[mode]}
     if not args.no_engine:
         report["engine"] = stats(engine_times(zoo, lambdas))
         modes.append("engine")
@@ -144,7 +150,8 @@ def main() -> int:
     for mode in modes:
         r = report[mode]
         print(f"{mode:12s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
-              f"(min {r['min_ms']:.0f}, max {r['max_ms']:.0f}) over {r['moves']} moves")
+              f"(min {r['min_ms']:.0f}, max {r['max_ms']:.0f}) over {r['moves']} moves"
+              + (f"; per round {', '.join(f'{m:.0f}' for m in r['round_medians_ms'])} ms" if "round_medians_ms" in r else ""))
     report["load_average_1min"] = os.getloadavg()[0]  # other work on the machine at the end
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

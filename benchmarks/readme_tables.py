@@ -76,7 +76,7 @@ def browser_latency(r: dict) -> str:
         t = [1000 * x for x in r["times_s"]]
         return (f"Median **{statistics.median(t):.0f} ms** over {r['moves']} moves (min {min(t):.0f} ms, "
                 f"max {max(t):.0f} ms) on zoo `{Path(r['zoo']).name}`.")
-    rows = ["| server | median | p95 | min | max | moves |", "|---|---|---|---|---|---|"]
+    rows = ["| server | median | p95 | min | max | moves | median per round |", "|---|---|---|---|---|---|---|"]
     names = {"default": "default (next steps' own merges prefetched on < 4 cores, with twins on ≥ 4)",
              "back-to-back": "default, next key press as soon as the page is idle",
              "off": "`SAMMERGE_PREFETCH=off`: every move computed on demand",
@@ -87,8 +87,9 @@ def browser_latency(r: dict) -> str:
         if mode not in r:
             continue
         m = r[mode]
+        per_round = ", ".join(f"{x:.0f}" for x in m.get("round_medians_ms", []))
         rows.append(f"| {names[mode]} | **{m['median_ms']:.0f} ms** | {m['p95_ms']:.0f} ms | {m['min_ms']:.0f} ms | "
-                    f"{m['max_ms']:.0f} ms | {m['moves']} |")
+                    f"{m['max_ms']:.0f} ms | {m['moves']} | {per_round + ' ms' if per_round else '—'} |")
     served = r.get("default", {}).get("server_engine")
     return "\n".join(rows) + f"\n\nZoo `{r['zoo']}`; every move asks for a λ not shown before." + (
         f" The server's evaluator: {served}." if served else "")

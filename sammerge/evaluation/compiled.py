@@ -41,9 +41,10 @@ def compiler_missing() -> str | None:
 
 
 def default_workers() -> int:
-    """Threads that share the compiled forward's chunks, one torch thread each: every core, at most 4. On 2 cores two
-    such threads took a demo update's forward from ~130 to ~73 ms, where two torch threads inside one forward made
-    the app's pages slower (sammerge.webapp.ui.server_torch_threads)."""
+    """Threads that share the compiled forward's chunks, one torch thread each: every core, at most 4
+    ($SAMMERGE_FORWARD_WORKERS overrides). On 2 cores two such threads took a demo evaluation (4 × 256 images) from
+    ≈ 130 ms with one torch thread to ≈ 70 ms, where two torch threads inside one forward made the app's pages
+    slower (sammerge.webapp.ui.server_torch_threads)."""
     import os
     env = os.environ.get("SAMMERGE_FORWARD_WORKERS", "")
     return max(1, int(env)) if env.isdigit() else max(1, min(4, os.cpu_count() or 1))

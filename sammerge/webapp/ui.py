@@ -174,9 +174,9 @@ PREFETCH_MODES = ("off", "light", "full")
 def prefetch_by_default() -> str:
     """What explorers compute in the background for the next slider steps (λ ± one step) while the user looks:
     $SAMMERGE_PREFETCH = off (or 0) | light | full (or 1); by default full on ≥ 4 cores, light on fewer.
-    light: only those steps' own merges — the number a one-step move shows first — so on 2 cores the median move
-    took 228 ms instead of ≈ 300 without prefetch; full adds their all-plain / all-SAM twins, which on 2 cores
-    competes with the foreground update (427 ms; benchmarks/browser_latency.py)."""
+    light: only those steps' own merges — the number a one-step move shows first; full adds their all-plain /
+    all-SAM twins, which on 2 cores competes with the foreground update (benchmarks/browser_latency.py, 2 cores:
+    median move 239 ms light, 400 ms off, 490 ms full)."""
     env = os.environ.get("SAMMERGE_PREFETCH", "").strip().lower()
     mode = {"0": "off", "1": "full"}.get(env, env)
     if mode in PREFETCH_MODES:
@@ -189,8 +189,8 @@ def prefetch_by_default() -> str:
 
 def compile_by_default() -> bool:
     """Whether the explorer's evaluator compiles its forward (torch.compile, in the background): $SAMMERGE_COMPILE
-    (1 / 0), on by default — on the demo zoo it made one update's forward 1.6–1.8× faster
-    (benchmarks/merge_eval.py). The test suite turns it off (tests/conftest.py) and tests it on its own."""
+    (1 / 0), on by default (benchmarks/merge_eval.py times it against the eager engine and the naive loop). The test
+    suite turns it off (tests/conftest.py) and tests it on its own (tests/test_compiled.py, a browser test)."""
     return os.environ.get("SAMMERGE_COMPILE", "1") != "0"
 
 

@@ -238,7 +238,7 @@ def search_markdown(data: dict) -> str:
                      f"{two(row, 'normalized', lambda x: f'{100 * x:.0f}')} | "
                      f"{two(row, 'gap_closed', lambda x: f'{100 * x:.0f} %')} | "
                      f"{two(row, 'min_gain_points', lambda x: f'{x:.1f}')} | {row['build_s']:.0f} |")
-    lines += ["", "Earlier probes (issue #9's table, measured before this search; not re-run):", ""]
+    lines += ["", "Earlier probes (measured before this search; not re-run):", ""]
     lines += ["| recipe | pretrained | individual plain / SAM | TA best λ | merged plain / SAM | gap closed plain / SAM |",
               "|---|---|---|---|---|---|"]
     for row in data.get("earlier", []):

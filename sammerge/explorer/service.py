@@ -253,10 +253,9 @@ class Explorer:
     def evaluate_many(self, specs: Sequence[MergeSpec]) -> list[dict[str, TaskResult]]:
         """Per-task results of several merges; the uncached ones in one batched pass."""
         keys = [s.key() for s in specs]
-        try:  # all cached: answer without queueing behind a background evaluation (a dict read is atomic)
-            return [self._results[k] for k in keys]
-        except KeyError:
-            pass
+        cached = [self._results.get(k) for k in keys]  # a dict read is atomic: no queueing for cached results
+        if None not in cached:
+            return cached
         with self._lock:
             todo = list(dict.fromkeys(k for k in keys if k not in self._results))
             if todo:

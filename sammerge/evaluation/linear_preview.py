@@ -132,16 +132,5 @@ def jvp_by_double_vjp(f: Callable[..., torch.Tensor], primals: Sequence[torch.Te
 
 
 def linear_coefficients(spec) -> list[float] | None:
-    """c_t with merge(spec) = θ0 + Σ_t c_t τ_t, for the methods that are such a combination; else None.
-
-    task arithmetic: c_t = λ w_t (÷ Σ w when ``normalize``); weight averaging: c_t = w_t / Σ w."""
-    if any(getattr(t, "layer_weights", None) for t in spec.tasks):
-        return None
-    weights = [t.weight if t.weight is not None else 1.0 for t in spec.tasks]
-    if spec.method == "task_arithmetic":
-        lam = spec.params["lambda"]
-        total = sum(weights) if spec.params.get("normalize") else 1.0
-        return [lam * w / total for w in weights]
-    if spec.method == "weight_average":
-        return [w / sum(weights) for w in weights]
-    return None
+    """c_t with merge(spec) = θ0 + Σ_t c_t τ_t, as the spec's method declares it (registry); else None."""
+    return spec.spec.linear_coefficients(spec.method_kwargs, len(spec.tasks))

@@ -56,14 +56,10 @@ class SweepResult:
 
 def merged_direction(method_name: str, pretrained: Mapping[str, torch.Tensor],
                      task_vectors: Sequence[Mapping[str, torch.Tensor]], params: Mapping | None = None,
-                     task_ids: Sequence[str] | None = None) -> StateDict:
-    """τ_merged = merge(θ0, τ; λ=1, params) − θ0, so that merge(λ) = θ0 + λ τ_merged."""
-    method = get_method(method_name)
-    params = {k: v for k, v in dict(params or {}).items() if k != LAMBDA}
-    if has_lambda(method_name):
-        params[LAMBDA] = 1.0
-    merged = method(pretrained, list(task_vectors), task_ids=task_ids, **params)
-    return task_vector(merged, pretrained, check_finite=False)
+                     task_ids: Sequence[str] | None = None, statistics=None) -> StateDict:
+    """τ_merged with merge(λ) = θ0 + λ τ_merged (the method declares λ a final scale: ``MergeMethod.direction``)."""
+    return get_method(method_name).direction(pretrained, list(task_vectors), task_ids=task_ids,
+                                             statistics=statistics, **dict(params or {}))
 
 
 def scaled(pretrained: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], lam: float) -> StateDict:
@@ -87,8 +83,14 @@ def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: 
     lambdas = list(lambda_grid(method_name) if lambdas is None else lambdas)
     if not lambdas:
         raise ConfigError("λ sweep: empty grid")
-    direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids)
-    candidates = [scaled(pretrained, direction, lam) for lam in lambdas]
+    method = get_method(method_name)
+    if method.lambda_is_scale:
+        direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids)
+        candidates = [scaled(pretrained, direction, lam) for lam in lambdas]
+    else:  # λ inside the method: one merge per λ
+        rest = {k: v for k, v in dict(params or {}).items() if k != LAMBDA}
+        candidates = [method(pretrained, list(task_vectors), task_ids=task_ids, **rest, **{LAMBDA: lam})
+                      for lam in lambdas]
     results = val_evaluator.evaluate_many(candidates)
     means = [mean_accuracy(r) for r in results]
     best = max(range(len(lambdas)), key=lambda i: (round(means[i], 12), -i))

@@ -173,7 +173,9 @@ def _dare_all(pretrained, task_vectors, densities, seed, task_ids) -> list[State
 @merge_method(name="weight_average", label="Weight averaging",
               description="Average of the fine-tuned weights: θ0 + Σ w_t τ_t / Σ w_t (equal weights: the plain mean).",
               mergekit_name="linear", reference="https://arxiv.org/abs/2203.05482",
-              validator=lambda p: _check_weight_sum(p, "weight_average"))
+              validator=lambda p: _check_weight_sum(p, "weight_average"),
+              linear_coefficients=lambda kw, n: [w / sum(_weights(kw.get("weights"), n))
+                                                 for w in _weights(kw.get("weights"), n)])
 def weight_average(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
                    weights: Weights = None) -> StateDict:
     """θ = θ_0 + Σ_t w_t τ_t / Σ_t w_t  ==  Σ_t w_t θ_t / Σ_t w_t (w_t = 1: the mean of the fine-tuned weights).
@@ -190,7 +192,8 @@ def weight_average(pretrained: StateDict, task_vectors: list[StateDict], key_wei
               description="θ0 + λ Σ w_t τ_t (optionally divided by Σ w_t); one shared λ and/or one weight per task.",
               mergekit_name="task_arithmetic", reference="https://arxiv.org/abs/2212.04089",
               validator=lambda p: _check_weight_sum(p, "task_arithmetic") if p.get("normalize") else None,
-              lambda_range=(0.0, 1.0, 0.05))
+              lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True,
+              linear_coefficients=lambda kw, n: _ta_coefficients(kw, n))
 def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
                     lambda_: Lambda = 1.0, weights: Weights = None,
                     normalize: Annotated[bool, Param(label="normalize", mergekit_name="normalize",
@@ -202,6 +205,13 @@ def task_arithmetic(pretrained: StateDict, task_vectors: list[StateDict], key_we
     w = _weights(weights, len(task_vectors))
     return _combine(pretrained, task_vectors, w, lambda_, normalize=normalize, consensus=False,
                     key_weights=key_weights)
+
+
+def _ta_coefficients(kw: Mapping[str, Any], n: int) -> list[float]:
+    """Task arithmetic as θ0 + Σ c_t τ_t: c_t = λ w_t (÷ Σ w when normalize)."""
+    w = _weights(kw.get("weights"), n)
+    total = sum(w) if kw.get("normalize") else 1.0
+    return [kw["lambda"] * x / total for x in w]
 
 
 TrimScope = Annotated[Literal["tensor", "model"], Param(
@@ -220,7 +230,7 @@ Vote = Annotated[Literal["weighted", "unweighted"], Param(
               description="Trim each task vector to its top-density entries by |value|, elect a sign per entry, "
                           "average the agreeing entries (disjoint mean), scale by λ.",
               mergekit_name="ties", reference="https://arxiv.org/abs/2306.01708",
-              lambda_range=(0.0, 2.5, 0.1))
+              lambda_range=(0.0, 2.5, 0.1), lambda_is_scale=True)
 def ties(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
          density: Density = 0.2, lambda_: Lambda = 1.0,
          weights: Weights = None, densities: Densities = None, trim_scope: TrimScope = "tensor",
@@ -248,7 +258,7 @@ def ties(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyW
               description="Randomly drop 1−density of each task vector's entries, rescale survivors by 1/density, "
                           "then task arithmetic.",
               mergekit_name="dare_linear", reference="https://arxiv.org/abs/2311.03099",
-              lambda_range=(0.0, 1.0, 0.05))
+              lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True)
 def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
                 key_weights: KeyWeights | None = None,
                 density: Density = 0.5, lambda_: Lambda = 1.0, weights: Weights = None, densities: Densities = None,
@@ -270,7 +280,7 @@ def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: 
               description="Randomly drop 1−density of each task vector's entries, rescale by 1/density, "
                           "then TIES sign election and disjoint merge.",
               mergekit_name="dare_ties", reference="https://arxiv.org/abs/2311.03099",
-              lambda_range=(0.0, 1.0, 0.05))
+              lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True)
 def dare_ties(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
               key_weights: KeyWeights | None = None,
               density: Density = 0.5, lambda_: Lambda = 1.0, weights: Weights = None, densities: Densities = None,
@@ -300,7 +310,7 @@ def _check_breadcrumbs(params: dict[str, Any]) -> None:
                           "density remain, then task arithmetic.",
               mergekit_name="breadcrumbs", reference="https://arxiv.org/abs/2312.06795",
               validator=_check_breadcrumbs,
-              lambda_range=(0.0, 1.0, 0.05))
+              lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True)
 def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
                 density: Density = 0.9,
                 gamma: Annotated[float, Param(low=0.0, high=1.0, high_exclusive=True, step=0.01, label="gamma",

@@ -491,7 +491,7 @@ class Explorer:
     # -- λ sweeps: once per method, parameters (but λ) and variant set ---------------------------------
     @staticmethod
     def sweep_key(spec: MergeSpec) -> str:
-        return spec.with_params(**{LAMBDA: 0.0}).key() if spec.has_lambda else spec.key()
+        return spec.key(with_lambda=False)
 
     def _shares_sweep_cache(self) -> bool:
         """Whether this explorer evaluates on the images ``sammerge sweep`` caches sweeps for."""

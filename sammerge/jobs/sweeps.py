@@ -2,8 +2,8 @@
 
 A sweep is exactly the explorer's (``Explorer.sweeps``): :func:`sammerge.evaluation.search.sweep_shared_lambda`
 over the method's λ grid on the explorer's evaluation images (val split, 256 images per task, seed 0), for a
-merge with λ left out. Its cache key is a sha256 over the merge without λ (method, parameters, tasks, variants,
-weights, densities), the sha256 of θ0 and of every checkpoint it uses, and the evaluation settings — so the
+merge with λ left out. Its cache key is a sha256 over the merge without λ (``MergeSpec.identity(with_lambda=False)``:
+method, parameters, tasks, variants, weights, densities, per-layer coefficients), the sha256 of θ0 and of every checkpoint it uses, and the evaluation settings — so the
 cached result is found again after the zoo moves, and never when a checkpoint changed. A bf16 sweep
 (``precision="bf16"``: the encoder forward under bf16 autocast) has its own key: the explorer never shows it as
 fp32 numbers. Layout::
@@ -47,10 +47,8 @@ def evaluation_settings(precision: str = "fp32") -> dict:
 
 
 def merge_identity(spec: MergeSpec) -> dict:
-    """The merge without λ and without provenance: what a sweep over λ depends on (besides files)."""
-    params = {k: v for k, v in spec.params.items() if k != LAMBDA}
-    return {"method": spec.method, "params": params,
-            "tasks": [[t.task, t.variant, t.weight, t.density] for t in spec.tasks]}
+    """The merge without λ (``MergeSpec.identity(with_lambda=False)``): what a sweep over λ depends on besides files."""
+    return spec.identity(with_lambda=False)
 
 
 def sweep_key(zoo, spec: MergeSpec, evaluation: Mapping = EVALUATION) -> str:
@@ -97,10 +95,11 @@ def _evaluator(zoo, evaluation: Mapping):
 
 
 def _spec_from_identity(zoo, merge: dict) -> MergeSpec:
-    tasks = [t for t, *_ in merge["tasks"]]
-    return MergeSpec.for_zoo(zoo, merge["method"], merge["params"], variants={t: v for t, v, *_ in merge["tasks"]},
-                             weights={t: w for t, _, w, _ in merge["tasks"]},
-                             densities={t: d for t, _, _, d in merge["tasks"]}, tasks=tasks)
+    """The spec of a merge identity (tasks ``[task, variant, weight, density]`` + optional ``{group: s}``)."""
+    rows = merge["tasks"]
+    return MergeSpec.for_zoo(zoo, merge["method"], merge["params"], variants={r[0]: r[1] for r in rows},
+                             weights={r[0]: r[2] for r in rows}, densities={r[0]: r[3] for r in rows},
+                             tasks=[r[0] for r in rows], layer_weights={r[0]: r[4] for r in rows if len(r) > 4})
 
 
 def job_sweep_chunk(ctx, inp: dict) -> dict:

@@ -219,12 +219,34 @@ class MergeSpec(BaseModel):
         used = {t.variant for t in self.tasks}
         return used.pop() if len(used) == 1 else None
 
-    def key(self) -> str:
-        """Canonical identity of the merge (method, params, tasks; not provenance): a cache key."""
-        return json.dumps({"method": self.method, "params": self.params,
-                           "tasks": [[t.task, t.variant, t.weight, t.density] + ([t.layer_weights] if t.layer_weights
-                                                                                 else []) for t in self.tasks]},
-                          sort_keys=True)
+    def identity(self, with_lambda: bool = True, files: bool = False) -> dict[str, Any]:
+        """The canonical identity of what this merge computes — the one source of every cache key.
+
+        ``{"method", "params", "tasks": [[task, variant, weight, density] (+ [{group: s}])]}``: the method, every
+        global parameter (defaults filled in at construction), per task its variant, weight λ_t, density override
+        and per-layer multipliers s_{t,g}. Forms that merge to the same weights share one identity: a per-task
+        density equal to the global one is None, multipliers equal to 1 are dropped (no layer weights at all: the
+        entry is left out). Provenance (paths, time, notes, results) is not part of it. ``with_lambda=False``: λ left
+        out (what a λ sweep depends on); ``files=True``: the sha256 of θ0 and of every checkpoint appended.
+        """
+        params = {k: v for k, v in self.params.items() if with_lambda or k != LAMBDA}
+        global_density = self.params.get("density")
+        tasks = []
+        for t in self.tasks:
+            density = None if t.density is None or t.density == global_density else t.density
+            row: list[Any] = [t.task, t.variant, t.weight, density]
+            layers = {g: s for g, s in sorted((t.layer_weights or {}).items()) if s != 1.0}
+            if layers:
+                row.append(layers)
+            tasks.append(row)
+        out: dict[str, Any] = {"method": self.method, "params": params, "tasks": tasks}
+        if files:
+            out["files"] = [self.base_sha256] + [t.sha256 for t in self.tasks]
+        return out
+
+    def key(self, with_lambda: bool = True, files: bool = False) -> str:
+        """:meth:`identity` as canonical JSON: two specs share a key iff they merge to the same weights."""
+        return json.dumps(self.identity(with_lambda, files), sort_keys=True)
 
     # -- evolution: every change returns a new, validated spec ------------------------------------
     def evolve(self, **changes) -> "MergeSpec":

@@ -185,3 +185,42 @@ def test_runs_of_one_seed_are_united():
     assert runs[0]["fair"]["sam"]["equal_compute"]["merged"] == pytest.approx(-0.01)
     with pytest.raises(SystemExit, match="pretrained"):
         mod.merge_runs([run(0, {"plain": (0.6, 0.45, 150)}, 1.0), run(0, {"sam": (0.6, 0.45, 150)}, 1.0, pre=0.31)])
+
+
+# -- degenerate on purpose: weights constructed so the case holds on every machine ------------------------------------
+def _zoo_with_sam_at_theta0(path):
+    """The fixture zoo with every SAM checkpoint replaced by θ0 itself: individual == pretrained on every task."""
+    import json
+    import shutil
+
+    from sammerge.io import sha256_file
+    from sammerge.zoo import MANIFEST_NAME
+
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    pre = path / manifest["pretrained"]["file"]
+    for c in manifest["checkpoints"]:
+        if c["variant"] == "sam":
+            shutil.copyfile(pre, path / c["file"])
+            c["sha256"] = sha256_file(path / c["file"])
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return open_zoo(path)
+
+
+def test_no_gain_means_no_gap_to_close(tiny_zoo_copy):
+    from sammerge.explorer.diagnostics_view import reading, summary_table
+
+    zoo = _zoo_with_sam_at_theta0(tiny_zoo_copy)
+    assert all(torch.equal(zoo.finetuned(t, "sam")[k], zoo.pretrained()[k]) for t in zoo.tasks for k in zoo.pretrained())
+    diag = diagnose_zoo(zoo, settings=SETTINGS, device="cpu", use_cache=False)
+    s = diag["variants"]["sam"]["summary"]
+    assert s["individual"] == s["pretrained"]  # exactly: the same weights on the same images
+    assert s["gap_closed_best"] is None or math.isnan(s["gap_closed_best"])
+    # every λ gives θ0 (Σ τ = 0): a flat curve at the pretrained accuracy, best λ the smallest (ties → smaller λ)
+    assert diag["variants"]["sam"]["merge_curve"]["mean"] == [s["pretrained"]] * len(SETTINGS["lambdas"])
+    assert s["best_lambda"] == SETTINGS["lambdas"][0]
+    table = summary_table(diag)
+    assert math.isnan(table.loc[1, "gap closed (%)"])
+    text = reading(diag)
+    assert "fine-tuning gained nothing, so there is no gap to close" in text and "n/a % of the gap closed" in text
+    # plain is untouched: its gap is a number
+    assert not math.isnan(diag["variants"]["plain"]["summary"]["gap_closed_best"])

@@ -88,7 +88,7 @@ def _runs(root: Path) -> dict[str, tuple[int, str]]:
     return {r.name: (r.runs, r.started) for r in list_records(root)}
 
 
-def test_interrupted_build_resumes_without_redoing_finished_jobs(tmp_path, tiny_zoo):
+def test_interrupted_build_resumes_without_redoing_finished_jobs(tmp_path, smoke_zoo):
     recipe = get_preset("tiny")
     out = tmp_path / "zoo"
     cancel = threading.Event()
@@ -107,7 +107,7 @@ def test_interrupted_build_resumes_without_redoing_finished_jobs(tmp_path, tiny_
     assert before["fine-tune latin_upper/plain"].status == "cancelled"
 
     zoo = build_zoo(recipe, out)
-    assert zoo.checkpoint_hashes() == open_zoo(tiny_zoo).checkpoint_hashes()  # same bytes as a one-shot build
+    assert zoo.checkpoint_hashes() == open_zoo(smoke_zoo).checkpoint_hashes()  # same bytes as a one-shot build
     after = {r.name: r for r in list_records(out)}
     for name in finished:  # not redone: one run, same start time
         assert after[name].runs == 1 and after[name].started == before[name].started
@@ -115,7 +115,7 @@ def test_interrupted_build_resumes_without_redoing_finished_jobs(tmp_path, tiny_
     assert not stage.exists()
 
 
-def test_zoo_is_extended_with_a_task_and_a_variant(tmp_path, tiny_zoo):
+def test_zoo_is_extended_with_a_task_and_a_variant(tmp_path, smoke_zoo):
     """Build 2 tasks × plain, then the full recipe (3 tasks × plain, SAM) into the same zoo: only the new jobs run,
     and the result equals the one-shot build byte for byte."""
     full = get_preset("tiny")
@@ -125,7 +125,7 @@ def test_zoo_is_extended_with_a_task_and_a_variant(tmp_path, tiny_zoo):
     first = _runs(out)
     assert len(first) == 1 + 2 * 4  # pretrain; per task: head, θ0 evaluation, fine-tune, its evaluation
     zoo = build_zoo(full, out, overwrite=True)
-    assert zoo.checkpoint_hashes() == open_zoo(tiny_zoo).checkpoint_hashes()
+    assert zoo.checkpoint_hashes() == open_zoo(smoke_zoo).checkpoint_hashes()
     second = _runs(out)
     assert {n: second[n] for n in first} == first  # every earlier job kept as it was
     assert len(second) == len(zoo_jobs(full, data_sha256(zoo.benchmark)))

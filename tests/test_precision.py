@@ -110,13 +110,13 @@ def test_new_fields_at_default_keep_every_fingerprint(name):
             assert FinetuneRecipe.model_validate(job.inputs["finetune"]) == recipe.finetune
 
 
-def test_bf16_finetuning_builds_on_cpu(tmp_path, tiny_zoo):
+def test_bf16_finetuning_builds_on_cpu(tmp_path, smoke_zoo):
     """One task, plain and SAM, fine-tuned under bf16 autocast: finite, different from fp32, same θ0 and heads, and a
     task vector that points where the fp32 one points."""
     base = get_preset("tiny")
     recipe = with_knobs(base.model_copy(update={"tasks": base.tasks[:1]}), precision="bf16")
     zoo = build_zoo(recipe, tmp_path / "bf16")
-    ref = open_zoo(tiny_zoo)
+    ref = open_zoo(smoke_zoo)
     assert zoo.manifest.pretrained.sha256 == ref.manifest.pretrained.sha256
     theta0 = zoo.pretrained()
     task = recipe.tasks[0]

@@ -39,13 +39,13 @@ def always_fails(ctx, inp):
     raise RuntimeError("broken for good")
 
 
-def test_tiny_build_on_ray_equals_the_local_build(tmp_path, tiny_zoo):
+def test_tiny_build_on_ray_equals_the_local_build(tmp_path, smoke_zoo):
     zoo = build_zoo(get_preset("tiny"), tmp_path / "zoo", backend="ray", threads=1)
-    assert zoo.checkpoint_hashes() == open_zoo(tiny_zoo).checkpoint_hashes()
+    assert zoo.checkpoint_hashes() == open_zoo(smoke_zoo).checkpoint_hashes()
     records = list_records(zoo.path)
     assert len(records) == 19 and {r.backend for r in records} == {"ray"}
     assert {r.status for r in records} == {"done"}
-    for a, b in zip(zoo.manifest.checkpoints, open_zoo(tiny_zoo).manifest.checkpoints):
+    for a, b in zip(zoo.manifest.checkpoints, open_zoo(smoke_zoo).manifest.checkpoints):
         assert (a.accuracy, a.pretrained_accuracy, a.final_train_loss) == \
                (b.accuracy, b.pretrained_accuracy, b.final_train_loss)
 
@@ -62,7 +62,7 @@ def test_a_job_that_fails_once_is_retried(tmp_path):
     assert [r.attempts for r in list_records(tmp_path) if r.name == "broken"] == [2]
 
 
-def test_interrupted_build_resumes_on_ray(tmp_path, tiny_zoo):
+def test_interrupted_build_resumes_on_ray(tmp_path, smoke_zoo):
     """Stopped locally after the first task; resumed on Ray: finished jobs are not redone (their records say
     local, one run), the rest run on Ray, and the zoo equals the one-shot build."""
     out = tmp_path / "zoo"
@@ -73,7 +73,7 @@ def test_interrupted_build_resumes_on_ray(tmp_path, tiny_zoo):
     done_before = {r.name: r.started for r in list_records(stage_dir(out)) if r.status == "done"}
     assert "fine-tune digits/sam" in done_before
     zoo = build_zoo(get_preset("tiny"), out, backend="ray", threads=1)
-    assert zoo.checkpoint_hashes() == open_zoo(tiny_zoo).checkpoint_hashes()
+    assert zoo.checkpoint_hashes() == open_zoo(smoke_zoo).checkpoint_hashes()
     after = {r.name: r for r in list_records(out)}
     for name, started in done_before.items():
         assert after[name].backend == "local" and after[name].started == started and after[name].runs == 1
@@ -102,7 +102,7 @@ def test_sweep_fans_out_on_ray_and_matches_local(tiny_zoo, tmp_path):
                (local.lambdas, local.val_mean, local.val_per_task, local.best_lambda)
 
 
-def test_cancel_on_ray_then_resume_locally(tmp_path, tiny_zoo):
+def test_cancel_on_ray_then_resume_locally(tmp_path, smoke_zoo):
     out = tmp_path / "zoo"
     cancel = threading.Event()
     with pytest.raises(JobCancelled):
@@ -112,6 +112,6 @@ def test_cancel_on_ray_then_resume_locally(tmp_path, tiny_zoo):
     assert before["pretrain θ0"].status == "done" and "cancelled" in {r.status for r in before.values()}
     assert len(before) < 19 and not out.exists()
     zoo = build_zoo(get_preset("tiny"), out, threads=1)
-    assert zoo.checkpoint_hashes() == open_zoo(tiny_zoo).checkpoint_hashes()
+    assert zoo.checkpoint_hashes() == open_zoo(smoke_zoo).checkpoint_hashes()
     after = {r.name: r for r in list_records(out)}
     assert after["pretrain θ0"].backend == "ray" and after["pretrain θ0"].runs == 1

@@ -38,7 +38,7 @@ def test_seeds_expand_every_variant():
     assert jobs["head latin_upper"].inputs["probe_seed"] == 1001
 
 
-def test_extending_a_zoo_with_a_seed_runs_only_the_new_jobs(tmp_path, tiny_zoo):
+def test_extending_a_zoo_with_a_seed_runs_only_the_new_jobs(tmp_path, smoke_zoo):
     """Two tasks × plain, built; then `zoo build --seeds 0 1 --overwrite` on it: only plain_s1's fine-tuning and
     evaluation jobs run, plain keeps the bytes of the tiny build, plain_s1 differs from it."""
     base = get_preset("tiny")
@@ -56,7 +56,7 @@ def test_extending_a_zoo_with_a_seed_runs_only_the_new_jobs(tmp_path, tiny_zoo):
     assert new == sorted(f"{kind} {t}/plain_s1" for t in small.tasks for kind in ("fine-tune", "evaluate"))
     assert all(second[n][0] == 1 for n in new)
 
-    zoo, ref = open_zoo(out, verify=True), open_zoo(tiny_zoo)
+    zoo, ref = open_zoo(out, verify=True), open_zoo(smoke_zoo)
     assert zoo.variants == ["plain", "plain_s1"]
     for task in small.tasks:
         plain, seeded = zoo.manifest.checkpoint(task, "plain"), zoo.manifest.checkpoint(task, "plain_s1")

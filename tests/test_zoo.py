@@ -19,7 +19,7 @@ from sammerge.zoo import open_zoo, read_manifest
 
 def test_tiny_zoo_layout_and_manifest(tiny_zoo):
     zoo = open_zoo(tiny_zoo, verify=True)
-    recipe = get_preset("tiny")
+    recipe = get_preset("test")
     assert zoo.tasks == recipe.tasks
     assert zoo.variants == ["plain", "sam"]
     assert (tiny_zoo / "pretrained.safetensors").is_file()
@@ -58,10 +58,10 @@ def test_fine_tuning_keeps_heads_and_changes_encoder(tiny_zoo):
     assert any(not torch.equal(theta[k], theta0[k]) for k in theta0)
 
 
-def test_build_is_deterministic(tmp_path, tiny_zoo):
+def test_build_is_deterministic(tmp_path, smoke_zoo):
     """Same recipe and seed → bit-identical checkpoints (same sha256)."""
     again = build_zoo(get_preset("tiny"), tmp_path / "again")
-    first = open_zoo(tiny_zoo)
+    first = open_zoo(smoke_zoo)
     assert again.checkpoint_hashes() == first.checkpoint_hashes()
 
 

@@ -14,7 +14,7 @@ def test_help_lists_every_preset(capsys):
     with pytest.raises(SystemExit):
         cli_main(["zoo", "build", "--help"])
     out = capsys.readouterr().out
-    assert set(PRESETS) == {"demo", "demo_fair", "tiny", "glyphs7"}
+    assert set(PRESETS) == {"demo", "demo_fair", "tiny", "test", "glyphs7"}
     for name in PRESETS:
         line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))
         assert describe_preset(name) in line and len(describe_preset(name)) > 20

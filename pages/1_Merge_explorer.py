@@ -13,6 +13,8 @@ from sammerge.explorer.service import EXPLORER_N_PER_TASK, method_choices
 from sammerge.explorer.style import describe, variant_label
 from sammerge.merging import (DENSITIES, LAMBDA, WEIGHTS, MergeSpec, from_mergekit_yaml, get_method,
                               is_mergekit_config, to_mergekit_yaml)
+from sammerge.merging.mergekit import no_equivalent_message
+from sammerge.merging.spec import fit_task_count
 from sammerge.webapp import ui
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
@@ -65,8 +67,28 @@ def k_w(task: str) -> str:
     return f"{W}w_{task}"
 
 
-def k_d(task: str) -> str:
-    return f"{W}d_{task}"
+def k_d(task: str, name: str = DENSITIES) -> str:
+    """A per-task parameter's control (``densities``: the historical key ``ex_d_<task>``)."""
+    return f"{W}d_{task}" if name == DENSITIES else f"{W}pt_{name}_{task}"
+
+
+def k_on(name: str) -> str:
+    """The toggle that turns a per-task parameter on (off: every task uses the global value)."""
+    return f"{W}dens_on" if name == DENSITIES else f"{W}pt_on_{name}"
+
+
+def optional_per_task(spec) -> list:
+    """Per-task parameters with an optional control (all but the λ_t sliders, which are always shown)."""
+    return [p for p in spec.per_model_params if p.name != WEIGHTS]
+
+
+def per_task_start(pspec, params: dict) -> float:
+    """Where a per-task control starts: its global namesake (``densities`` → ``density``), else its entry default,
+    else the low end of its range."""
+    namesake = next((params[n] for n in (pspec.name[:-3] + "y", pspec.name[:-1]) if n in params), None)
+    for value in (namesake, pspec.entry_default, pspec.slider_range[0], 0.0):
+        if value is not None:
+            return float(value)
 
 
 def _clamp_for(spec, value, clamped: list[str] | None = None, what: str = ""):
@@ -98,7 +120,7 @@ def push_state(state: MergeSpec, only_missing: bool = False) -> list[str]:
     for p in spec.global_params:
         target[k_param(state.method, p.name)] = _clamp_for(p, state.params[p.name], clamped, p.name)
     wspec = next((p for p in spec.per_model_params if p.name == WEIGHTS), None)
-    dspec = next((p for p in spec.per_model_params if p.name == DENSITIES), None)
+    optional = optional_per_task(spec)
     entries = {t.task: t for t in state.tasks}
     fallback = state.uniform_variant() or zoo.variants[0]
     for t in zoo.tasks:
@@ -108,15 +130,17 @@ def push_state(state: MergeSpec, only_missing: bool = False) -> list[str]:
             target[k_var(t)] = e.variant
             if wspec is not None:
                 target[k_w(t)] = float(_clamp_for(wspec, e.weight, clamped, f"λ_t for {t}"))
-            if dspec is not None:
-                target[k_d(t)] = float(_clamp_for(dspec, e.density if e.density is not None
-                                                  else state.params.get("density", 1.0), clamped, f"density for {t}"))
+            for pspec in optional:
+                value = e.value(pspec.name)
+                target[k_d(t, pspec.name)] = float(_clamp_for(
+                    pspec, value if value is not None else per_task_start(pspec, state.params), clamped,
+                    f"{pspec.label} for {t}"))
         else:
             ss.setdefault(k_var(t), fallback)
             if wspec is not None:
                 ss.setdefault(k_w(t), 1.0)
-    if dspec is not None:
-        target[f"{W}dens_on"] = any(e.density is not None for e in state.tasks)
+    for pspec in optional:
+        target[k_on(pspec.name)] = any(e.value(pspec.name) is not None for e in state.tasks)
     for key, value in target.items():
         if not only_missing or key not in ss:
             ss[key] = value
@@ -207,32 +231,36 @@ def controls_spec(state: MergeSpec) -> MergeSpec | None:
     None when no task is ticked; a SammergeError when the values make no valid merge."""
     method = ss.get(f"{W}method", state.method)
     if method != state.method:  # a new method: its parameters start from the old spec's shared ones
+        ticked = [t for t in zoo.tasks if ss.get(k_inc(t))]
         state = state.with_method(method)
         for p in state.spec.global_params:
             ss[k_param(method, p.name)] = _clamp_for(p, state.params[p.name])
+        if ticked and not state.spec.accepts_tasks(len(ticked)):  # e.g. slerp merges two: tick a fitting set
+            fitted = fit_task_count(state.spec, ticked, list(zoo.tasks))
+            for t in zoo.tasks:
+                ss[k_inc(t)] = t in fitted
     spec = state.spec
     params = {p.name: coerce(p, ss[k_param(method, p.name)]) if k_param(method, p.name) in ss else state.params[p.name]
               for p in spec.global_params}
     names = {p.name for p in spec.per_model_params}
+    optional = [p for p in optional_per_task(spec) if ss.get(k_on(p.name))]
     for t in zoo.tasks:  # initial values of controls the user has not touched yet
         ui.seed_widget(k_var(t), zoo.variants[0])
         if WEIGHTS in names:
             ui.seed_widget(k_w(t), 1.0)
-        if DENSITIES in names and ss.get(f"{W}dens_on"):  # per-task densities start at the global one
-            ui.seed_widget(k_d(t), float(params.get("density", 1.0)))
+        for pspec in optional:  # a per-task parameter starts at its global namesake
+            ui.seed_widget(k_d(t, pspec.name), per_task_start(pspec, params))
     included = [t for t in zoo.tasks if ss.get(k_inc(t))]
     if not included:
         return None
     variants = {t: ss[k_var(t)] for t in included}
     weights = {t: round(float(ss[k_w(t)]), 6) for t in included} if WEIGHTS in names else {}
-    densities = {t: None for t in included}
-    if DENSITIES in names and ss.get(f"{W}dens_on"):
-        densities = {t: round(float(ss[k_d(t)]), 6) for t in included}
+    per_task = {p.name: {t: coerce(p, ss[k_d(t, p.name)]) for t in included} for p in optional}
     # per-layer coefficients (from a link or the Layer coefficients page) have no controls here: they are kept
     layer_weights = ({t: w for t, w in state.layer_weights.items() if t in included}
                      if spec.supports_layer_weights else None)
-    return MergeSpec.for_zoo(zoo, method, params, variants, weights, densities, tasks=included,
-                             layer_weights=layer_weights or None)
+    return MergeSpec.for_zoo(zoo, method, params, variants, weights, tasks=included,
+                             layer_weights=layer_weights or None, per_task=per_task)
 
 
 def param_control(spec, key: str, label: str | None = None):
@@ -334,15 +362,14 @@ def controls_panel(method: str) -> None:
             lo, hi = wspec.slider_range
             st.slider(f"λ_t for {t}", float(lo), float(hi), step=float(wspec.step), key=k_w(t),
                       label_visibility="collapsed", help=wspec.help)
-    dspec = next((p for p in spec.per_model_params if p.name == DENSITIES), None)
-    if dspec is not None:
-        with st.expander("Per-task density (optional)"):
-            if st.toggle("Set a density per task", key=f"{W}dens_on", help=dspec.help):
-                lo, hi = dspec.slider_range
+    for pspec in optional_per_task(spec):
+        with st.expander(f"Per-task {pspec.label.removeprefix('per-task ')} (optional)"):
+            if st.toggle(f"Set {pspec.label.removeprefix('per-task ')} per task", key=k_on(pspec.name),
+                         help=pspec.help):
                 for t in zoo.tasks:
-                    st.slider(f"density for {t}", float(lo), float(hi), step=float(dspec.step), key=k_d(t))
+                    param_control(pspec, k_d(t, pspec.name), f"{pspec.label.removeprefix('per-task ')} for {t}")
             else:
-                st.caption("Off: every task uses the global density.")
+                st.caption("Off: every task uses the global value.")
 
 
 def grid_text(state: MergeSpec) -> str:
@@ -492,8 +519,12 @@ def export_panel(state: MergeSpec | None) -> None:
                              key=f"{W}dl_json", on_click="ignore", width="stretch")
         c[1].download_button("Config (YAML)", at_click(lambda s: ex.export_spec(s, ALLOW_ESTIMATE).to_yaml()), f"{name}.yaml", "application/x-yaml",
                              key=f"{W}dl_yaml", on_click="ignore", width="stretch")
-        c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
-                             "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
+        if state.spec.mergekit is not None:
+            c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
+                                 "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
+        else:
+            c[2].button("mergekit YAML: no equivalent", key=f"{W}dl_mk", disabled=True, width="stretch",
+                        help=no_equivalent_message(state.method))
         c = st.columns(3)
         c[0].download_button("Merged weights (.safetensors)", at_click(lambda s: weights_bytes(ex.merge(s), s)), f"{name}.safetensors",
                              "application/octet-stream", key=f"{W}dl_st", on_click="ignore",

@@ -1,11 +1,11 @@
 """MergeSpec I/O, mergekit YAML export/import, resolve_and_merge errors."""
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+import mergekit_oracle
 import torch
 import yaml
 
@@ -307,29 +307,10 @@ def test_resolve_errors(files):
         resolve_and_merge(bad_sha)
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture(scope="module")
 def mergekit_pytorch():
-    """The ``mergekit-pytorch`` command. ``./dev test`` (what CI runs) installs mergekit 0.1.5 in .venv-mergekit
-    and exports SAMMERGE_MERGEKIT (its path) and SAMMERGE_REQUIRE_MERGEKIT=1. With either variable set, a missing
-    or broken mergekit FAILS the parity test; otherwise (plain pytest) it is looked up on PATH and in
-    .venv-mergekit and the test skips without it."""
-    given = os.environ.get("SAMMERGE_MERGEKIT")
-    required = bool(given) or os.environ.get("SAMMERGE_REQUIRE_MERGEKIT", "0") not in ("", "0")
-    if given:
-        found = given if os.path.isfile(given) and os.access(given, os.X_OK) else None
-        why = f"SAMMERGE_MERGEKIT={given} is not an executable file"
-    else:
-        local = REPO / ".venv-mergekit" / "bin" / "mergekit-pytorch"
-        found = shutil.which("mergekit-pytorch") or (str(local) if local.exists() else None)
-        why = "mergekit-pytorch not found on PATH or in .venv-mergekit (./dev test installs mergekit 0.1.5 there)"
-    if found is None:
-        if required:
-            pytest.fail(f"mergekit is required here (SAMMERGE_REQUIRE_MERGEKIT / SAMMERGE_MERGEKIT): {why}")
-        pytest.skip(why)
-    return found
+    """The ``mergekit-pytorch`` command (:func:`mergekit_oracle.mergekit_pytorch`: fails where CI requires it)."""
+    return mergekit_oracle.mergekit_pytorch()
 
 
 @pytest.mark.parametrize("method,params,densities", [

@@ -1,12 +1,11 @@
 """Layer groups from parameter names and per-layer coefficients through merges, specs, URLs and mergekit."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+
+import mergekit_oracle
 import torch
 
 from sammerge.errors import ConfigError, MergeError
@@ -159,25 +158,12 @@ def test_mergekit_export_of_layer_weights_round_trips(tiny_zoo):
     assert "SEMANTICS DIFFER: vote: unweighted" in to_mergekit_yaml(ties)
 
 
-def _mergekit() -> str | None:
-    given = os.environ.get("SAMMERGE_MERGEKIT")
-    local = Path(__file__).resolve().parents[1] / ".venv-mergekit" / "bin" / "mergekit-pytorch"
-    found = given or shutil.which("mergekit-pytorch") or (str(local) if local.exists() else None)
-    if given and not (os.path.isfile(given) and os.access(given, os.X_OK)):
-        pytest.fail(f"SAMMERGE_MERGEKIT={given} is not an executable file")
-    return found
-
-
 @pytest.mark.parametrize("method,params", [("task_arithmetic", {"lambda": 0.9}), ("ties", {"density": 0.5}),
                                            ("weight_average", {})])
 def test_mergekit_pytorch_gives_same_per_layer_weights(tiny_zoo, tmp_path, method, params):
     """mergekit-pytorch on the exported per-filter YAML gives our per-layer merge (skips without mergekit unless
     SAMMERGE_MERGEKIT / SAMMERGE_REQUIRE_MERGEKIT say it must be there)."""
-    exe = _mergekit()
-    if exe is None:
-        if os.environ.get("SAMMERGE_REQUIRE_MERGEKIT", "0") not in ("", "0"):
-            pytest.fail("mergekit-pytorch is required (SAMMERGE_REQUIRE_MERGEKIT)")
-        pytest.skip("mergekit-pytorch not found (set SAMMERGE_MERGEKIT)")
+    exe = mergekit_oracle.mergekit_pytorch()
     from safetensors.torch import load_file
     from sammerge.zoo import open_zoo
     zoo = open_zoo(tiny_zoo)

@@ -52,7 +52,7 @@ def test_inputs_not_modified(toy):
     before = {k: v.clone() for k, v in pre.items()}
     tvb = [{k: v.clone() for k, v in tv.items()} for tv in tvs]
     for m in MERGE_METHODS.values():
-        m(pre, tvs)
+        m(pre, tvs if m.accepts_tasks(len(tvs)) else tvs[:m.task_count[0]])
     assert close(pre, before) and all(close(a, b) for a, b in zip(tvs, tvb))
 
 
@@ -179,12 +179,19 @@ def test_lambda_zero_gives_base(toy, name):
     assert close(out, pre, atol=0)
 
 
-@pytest.mark.parametrize("name", list(MERGE_METHODS))
+# methods that reshape even one task vector (a flat spectrum, scores, a consensus of ≥ 2 tasks), need two, or
+# (WUDI) start at the optimum Σ τ = τ_1 where Adam's normalised steps follow rounding noise (drift ~ iterations·lr)
+RESHAPE_ONE_TASK = {"iso_c", "iso_cts", "pcb", "consensus_ta", "slerp", "wudi"}
+
+
+@pytest.mark.parametrize("name", sorted(set(MERGE_METHODS) - RESHAPE_ONE_TASK))
 def test_one_task_full_density_gives_finetuned(toy, name):
     pre, fts, tvs = toy
     params = {"density": 1.0} if "density" in {p.name for p in get_method(name).params} else {}
     if name == "breadcrumbs":
         params["gamma"] = 0.0
+    if get_method(name).has_lambda:
+        params["lambda"] = 1.0
     out = get_method(name)(pre, tvs[:1], **params)
     assert torch.allclose(out["w"], fts[0]["w"], atol=1e-6) and torch.allclose(out["b"], fts[0]["b"], atol=1e-6)
     assert out["steps"].item() == 7  # non-floating copied from the base

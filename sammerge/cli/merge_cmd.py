@@ -5,7 +5,8 @@ safetensors state dicts with the same keys and shapes, and writes atomically (no
 
     OUT_DIR/model.safetensors      merged state dict
     OUT_DIR/merge_config.yaml      resolved config (absolute paths, sha256, all parameters, version)
-    OUT_DIR/mergekit_config.yml    the same merge for mergekit-pytorch (with notes where semantics differ)
+    OUT_DIR/mergekit_config.yml    the same merge for mergekit-pytorch (with notes where semantics differ); not
+                                   written for a method without a mergekit equivalent (the command says so)
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from sammerge.errors import CheckpointError
 from sammerge.io import atomic_dir, save_state_dict
 from sammerge.merging import MERGE_METHODS, load_any_config, resolve_and_merge, to_mergekit_yaml
+from sammerge.merging.mergekit import no_equivalent_message
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -25,15 +27,18 @@ def run_merge(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
     config = load_any_config(args.config)
     merged, resolved = resolve_and_merge(config)
-    mergekit_text = to_mergekit_yaml(resolved)
+    mergekit_text = to_mergekit_yaml(resolved) if resolved.spec.mergekit else None
     with atomic_dir(out_dir, overwrite=args.overwrite) as tmp:
         save_state_dict(merged, tmp / "model.safetensors",
                         metadata={"sammerge_method": resolved.method, "sammerge_version": resolved.library_version})
         resolved.save(tmp / "merge_config.yaml")
-        (tmp / "mergekit_config.yml").write_text(mergekit_text, encoding="utf-8")
+        if mergekit_text is not None:
+            (tmp / "mergekit_config.yml").write_text(mergekit_text, encoding="utf-8")
     n = sum(v.numel() for v in merged.values())
     print(f"merged {len(resolved.tasks)} model(s) with {resolved.method} "
           f"({len(merged)} tensors, {n} values) -> {out_dir}")
+    if mergekit_text is None:
+        print(f"note: {no_equivalent_message(resolved.method)}")
     return 0
 
 

@@ -95,11 +95,17 @@ def _evaluator(zoo, evaluation: Mapping):
 
 
 def _spec_from_identity(zoo, merge: dict) -> MergeSpec:
-    """The spec of a merge identity (tasks ``[task, variant, weight, density]`` + optional ``{group: s}``)."""
+    """The spec of a merge identity (:meth:`MergeSpec.identity`: tasks ``[task, variant, weight, density]`` +
+    optional ``{group: s}`` + optional ``{per-task parameter: value}``)."""
     rows = merge["tasks"]
+    extra: dict[str, dict[str, float]] = {}
+    for r in rows:
+        for name, value in (r[5] if len(r) > 5 else {}).items():
+            extra.setdefault(name, {})[r[0]] = value
     return MergeSpec.for_zoo(zoo, merge["method"], merge["params"], variants={r[0]: r[1] for r in rows},
                              weights={r[0]: r[2] for r in rows}, densities={r[0]: r[3] for r in rows},
-                             tasks=[r[0] for r in rows], layer_weights={r[0]: r[4] for r in rows if len(r) > 4})
+                             tasks=[r[0] for r in rows], layer_weights={r[0]: r[4] for r in rows if len(r) > 4},
+                             per_task=extra)
 
 
 def job_sweep_chunk(ctx, inp: dict) -> dict:

@@ -6,11 +6,12 @@ from sammerge.merging.task_vector import (StateDict, TaskVector, apply_task_vect
                                           check_compatible, check_task_vectors, float_keys, linear_combination,
                                           task_vector)
 from sammerge.merging.sparsify import breadcrumbs_mask, dare_drop, trim_magnitude  # noqa: F401
-from sammerge.merging.registry import (MERGE_METHODS, CoefficientLearner, MergeMethod, Param,  # noqa: F401
+from sammerge.merging.registry import (MERGE_METHODS, CoefficientLearner, Mergekit, MergeMethod, Param,  # noqa: F401
                                        ParamSpec, coefficient_learner, get_learner, get_method, list_learners,
                                        list_methods, merge_direction, merge_method)
 from sammerge.merging import layers  # noqa: F401
 from sammerge.merging import methods  # noqa: F401  (registers the methods)
+from sammerge.merging import modern  # noqa: F401  (registers the methods of 2024–2025)
 from sammerge.merging.methods import (breadcrumbs, dare_linear, dare_ties, model_stock, task_arithmetic,  # noqa: F401
                                       ties, weight_average)
 from sammerge.merging.spec import LAMBDA, WEIGHTS, DENSITIES, MergeSpec, TaskEntry, task_id  # noqa: F401,E402

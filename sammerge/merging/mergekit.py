@@ -33,88 +33,78 @@ def mergekit_names() -> dict[str, str]:
     return {m.mergekit_name: m.name for m in list_methods() if m.mergekit_name}
 
 
-def _differences(config: MergeSpec, kw: Mapping[str, Any]) -> list[str]:
-    m = config.method
-    notes: list[str] = []
-    if m == "weight_average":
-        notes.append("weight_average is exported as mergekit 'linear' over the fine-tuned models "
-                     "(sum w_t theta_t / sum w_t); identical weights.")
-    if m == "task_arithmetic":
-        notes.append("task_arithmetic: same formula as mergekit (base + lambda * sum w_t tau_t [/ sum w_t]); "
-                     "identical weights up to float rounding.")
-    if m == "ties":
-        if kw.get("trim_scope") == "model":
-            notes.append("SEMANTICS DIFFER: sammerge trimmed over the whole flattened task vector "
-                         "(trim_scope: model, original TIES); mergekit trims each tensor separately, "
-                         "so mergekit will NOT reproduce these weights.")
-        else:
-            notes.append("ties: per-tensor trim keeping max(1, int(density*n)) entries, weights applied before the "
-                         "sign vote (mergekit 0.1.5 semantics); entries tied at the trim threshold may be "
-                         "broken differently (sammerge: lowest index first).")
-    if m in ("dare_linear", "dare_ties"):
-        notes.append(f"SEMANTICS DIFFER: DARE drop masks use sammerge's per-(seed, task, tensor) generator "
-                     f"(seed {kw.get('seed')}); mergekit draws from torch's global RNG and (0.1.5, rescale: true) "
-                     "rescales survivors to the original L1 norm instead of by 1/density, so weights agree only "
-                     "in expectation.")
-    if m == "breadcrumbs":
-        notes.append("SEMANTICS MAY DIFFER: breadcrumbs keeps ranks [int(gamma*n), int(gamma*n)+int(density*n)) "
-                     "by |value| per tensor (mergekit 0.1.5 magnitude_outliers); ties at the thresholds may be "
-                     "broken differently.")
-    if m == "ties" and kw.get("vote") == "unweighted":
-        notes.append("SEMANTICS DIFFER: vote: unweighted (AdaMerging++ TIES parts) elects the sign from the unweighted "
-                     "trimmed task vectors; mergekit's ties votes with the weights applied, so mergekit reproduces "
-                     "these weights only where every task has the same weight on a tensor.")
+def _notes(config: MergeSpec, kw: Mapping[str, Any]) -> list[str]:
+    """Where mergekit's semantics differ: the method's own notes, then per-layer weights."""
+    mk = config.spec.mergekit
+    notes = list(mk.notes(kw)) if mk and mk.notes else []
     if config.has_layer_weights:
         notes.append("per-layer coefficients are written as per-filter 'weight' conditions (first matching filter "
                      "wins, substring match; checked against every tensor name of the base model).")
-    if m == "model_stock":
-        notes.append("model_stock: same per-tensor formula as mergekit (filter_wise: false); mergekit needs at "
-                     "least 2 fine-tuned models.")
     return notes
+
+
+def _params_by_mergekit_name(method) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per-task parameters, global parameters) of a method by their mergekit name."""
+    per = {p.mergekit_name: p for p in method.per_model_params if p.mergekit_name}
+    glob = {p.mergekit_name: p for p in method.global_params if p.mergekit_name}
+    return per, glob
+
+
+def has_mergekit_equivalent(method: str) -> bool:
+    return get_method(method).mergekit is not None
+
+
+def no_equivalent_message(method: str) -> str:
+    m = get_method(method)
+    return (f"merge method '{m.name}' ({m.label}) has no mergekit equivalent: mergekit cannot reproduce it, so no "
+            "mergekit YAML is written; keep the sammerge config (JSON/YAML) or the merged safetensors instead")
 
 
 def to_mergekit_yaml(config: MergeSpec, root_dir: str | os.PathLike | None = None) -> str:
     """mergekit-compatible YAML (runnable with ``mergekit-pytorch`` on the same safetensors files).
 
-    Paths are written absolute. Every model gets a ``parameters:`` mapping. Comments at the top state
-    provenance and where sammerge's semantics differ from mergekit's.
+    Everything method-specific comes from the method's :class:`~sammerge.merging.registry.Mergekit` declaration:
+    its name, which parameters go under each model and which at the top, fixed values, the base model, notes.
+    Paths are written absolute. Comments at the top state provenance and where the semantics differ.
+    A method without a mergekit equivalent → ConfigError saying so.
     """
+    method = config.spec
+    mk = method.mergekit
+    if mk is None:
+        raise ConfigError(no_equivalent_message(config.method))
     kw = config.method_kwargs
-    mk_method = get_method(config.method).mergekit_name
+    per, glob = _params_by_mergekit_name(method)
     base = str(config.resolve_path(config.base_model, root_dir))
-    models = []
     keys = _base_keys(base) if config.has_layer_weights else []
-    for i, t in enumerate(config.tasks):
+    models = []
+    for t in config.tasks:
         params: dict[str, Any] = {}
-        if config.method != "model_stock":  # model_stock has no per-model weight
-            params["weight"] = float(t.weight) if not t.layer_weights else \
-                layer_weight_conditions(keys, float(t.weight), t.layer_weights)
-        if "density" in kw:
-            params["density"] = float(t.density if t.density is not None else kw["density"])
-        if "gamma" in kw:
-            params["gamma"] = float(kw["gamma"])
+        for key in mk.model_keys:
+            value = t.value(per[key].name) if key in per else None
+            if value is None and key in glob:
+                value = kw[glob[key].name]
+            if value is None:
+                value = mk.model_defaults.get(key)
+            if value is None:
+                continue
+            params[key] = layer_weight_conditions(keys, float(value), t.layer_weights) \
+                if key == "weight" and t.layer_weights else _plain(value)
         models.append({"model": str(config.resolve_path(t.checkpoint, root_dir)), "parameters": params})
-    top: dict[str, Any] = {}
-    if config.method == "weight_average":
-        top["normalize"] = True
-    else:
-        if "lambda" in kw:
-            top["lambda"] = float(kw["lambda"])
-        if "normalize" in kw:
-            top["normalize"] = bool(kw["normalize"])
-        if config.method in ("dare_linear", "dare_ties"):
-            top["rescale"] = True
-    doc: dict[str, Any] = {"merge_method": mk_method}
-    if config.method != "weight_average":
+    top = {key: _plain(kw[p.name]) for key, p in glob.items() if key not in mk.model_keys}
+    top.update(mk.fixed)
+    doc: dict[str, Any] = {"merge_method": mk.name}
+    if mk.base == "theta0":
         doc["base_model"] = base
+    elif mk.base == "first_model":
+        doc["base_model"] = models[0]["model"]
     doc["models"] = models
     if top:
         doc["parameters"] = top
     doc["dtype"] = "float32"
     header = [
         f"# mergekit configuration exported by sammerge {library_version()} on {now()}",
-        f"# sammerge method: {config.method} ({get_method(config.method).label}); "
-        f"params: {json.dumps({k: v for k, v in kw.items() if k not in ('weights', 'densities')})}",
+        f"# sammerge method: {config.method} ({method.label}); "
+        f"params: {json.dumps({k: v for k, v in kw.items() if k not in {p.name for p in method.per_model_params}})}",
         f"# base model: {base} (sha256 {config.base_sha256 or 'not recorded'})",
     ]
     if config.zoo:
@@ -122,9 +112,16 @@ def to_mergekit_yaml(config: MergeSpec, root_dir: str | os.PathLike | None = Non
     for t in config.tasks:
         header.append(f"# task {t.task} / variant {t.variant}: sha256 {t.sha256 or 'not recorded'}")
     header.append("# Run: mergekit-pytorch THIS_FILE OUT_DIR")
-    for note in _differences(config, kw):
+    for note in _notes(config, kw):
         header.append("# NOTE: " + note)
     return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    """A YAML-friendly scalar: bools and strings as they are, numbers as float (int kept)."""
+    if isinstance(value, (bool, str, int)):
+        return value
+    return float(value)
 
 
 _MK_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype"}
@@ -231,15 +228,28 @@ def _task_name(path: str) -> tuple[str, str]:
     return stem or "model", "plain"
 
 
+def _top_value(p, value: Any, where: str) -> Any:
+    """A top-level mergekit value for our global parameter ``p`` (range-checked by the spec)."""
+    value = _scalar(value, where)
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"mergekit config: '{where}' must be true or false, got {value!r}")
+        return value
+    if p.kind == "choice":
+        return value
+    return _number(value, where)
+
+
 def from_mergekit_yaml(text_or_dict: str | Mapping[str, Any], root_dir: str | os.PathLike | None = None
                        ) -> MergeSpec:
     """Read a mergekit-style config (method and parameter names with mergekit's meaning) into a MergeSpec.
 
-    Supported: ``linear`` (→ weight_average), ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
-    ``breadcrumbs``, ``model_stock``; per-model ``weight``, ``density``, ``gamma``; top-level ``lambda``,
-    ``normalize``, ``rescale`` (true only), ``int8_mask`` (ignored), and top-level ``weight``/``density``/``gamma``
-    as defaults for every model. mergekit defaults apply: ``weight`` 1, ``density`` 1, ``lambda`` 1,
-    ``normalize`` per method. Unknown method/parameter → ConfigError.
+    Every method that declares a mergekit equivalent is read (``sammerge methods`` lists them), through its
+    :class:`~sammerge.merging.registry.Mergekit` declaration: per-model keys (e.g. ``weight``, ``density``,
+    ``gamma``; top-level values of these are defaults for every model), top-level parameters by their mergekit name
+    (``lambda``, ``normalize``, ...), fixed values (e.g. DARE's ``rescale: true``), ``int8_mask`` (ignored).
+    mergekit's defaults apply to what a config leaves out (``weight`` 1, ``density`` 1, ...). Unknown method or
+    parameter → ConfigError.
     """
     data = safe_yaml(text_or_dict, "mergekit config") if isinstance(text_or_dict, str) else text_or_dict
     if not isinstance(data, Mapping):
@@ -253,24 +263,17 @@ def from_mergekit_yaml(text_or_dict: str | Mapping[str, Any], root_dir: str | os
                           f"(supported: {', '.join(mergekit_names())})")
     ours = mergekit_names()[mk_method]
     method = get_method(ours)
+    mk = method.mergekit
+    per, glob = _params_by_mergekit_name(method)
     models = data.get("models")
     if not isinstance(models, list) or not models:
         raise ConfigError("mergekit config: 'models' must be a non-empty list")
     top = data.get("parameters") or {}
     if not isinstance(top, Mapping):
         raise ConfigError("mergekit config: 'parameters' must be a mapping")
-    method_param_names = {p.name for p in method.params}
-    per_model_allowed = {"weight"} if "weights" in method_param_names else set()
-    if "densities" in method_param_names:
-        per_model_allowed.add("density")
-    if "gamma" in method_param_names:
-        per_model_allowed.add("gamma")
-    global_allowed = {"int8_mask"} | ({"normalize"} if "normalize" in method_param_names or ours == "weight_average"
-                                      else set())
-    if "lambda" in method_param_names:
-        global_allowed.add("lambda")
-    if ours in ("dare_linear", "dare_ties"):
-        global_allowed.add("rescale")
+    per_model_allowed = set(mk.model_keys)
+    top_params = {k: p for k, p in glob.items() if k not in per_model_allowed}
+    global_allowed = {"int8_mask"} | set(mk.fixed) | set(top_params)
     for key in top:
         if key not in global_allowed | per_model_allowed:
             raise ConfigError(f"mergekit config: unknown parameter '{key}' for merge_method '{mk_method}' "
@@ -309,72 +312,69 @@ def from_mergekit_yaml(text_or_dict: str | Mapping[str, Any], root_dir: str | os
         entries.append((resolve(m["model"], f"models[{i}].model"), merged, i))
 
     base_path = resolve(base, "base_model") if base is not None else None
-    if ours == "weight_average":
-        # mergekit linear: sum w_i theta_i / sum w_i over the listed models (base only if listed).
-        normalize = _scalar(top.get("normalize", True), "parameters.normalize")
-        weights = [_number(p.get("weight", 1.0), f"models[{i}].parameters.weight") for _, p, i in entries]
-        if normalize is not True and abs(sum(weights) - 1.0) > 1e-9:
-            raise ConfigError("mergekit config: linear with normalize: false is only supported when the weights "
-                              "sum to 1")
-        if abs(sum(weights)) < 1e-8:
-            raise ConfigError("mergekit config: linear weights sum to 0")
+    if mk.base == "none":
         if base_path is None:
-            base_path = entries[0][0]  # result does not depend on the reference point
+            base_path = entries[0][0]  # mergekit combines the listed models: the result does not depend on θ0
     elif base_path is None:
         raise ConfigError(f"mergekit config: merge_method '{mk_method}' needs 'base_model'")
+    elif mk.base == "first_model":  # mergekit's base is the first of the models (τ = 0 from our θ0 = that model)
+        others = [e for e in entries if e[0] != base_path]
+        entries = [(base_path, next((e[1] for e in entries if e[0] == base_path), {}), -1), *others]
     else:
         entries = [e for e in entries if e[0] != base_path]  # the base is not a task
         if not entries:
             raise ConfigError("mergekit config: no models besides the base model (empty task set)")
 
-    params_out: dict[str, Any] = {}
-    if "lambda" in top:
-        params_out["lambda"] = _number(top["lambda"], "parameters.lambda")
-    if "normalize" in top and ours != "weight_average":
-        v = _scalar(top["normalize"], "parameters.normalize")
-        if not isinstance(v, bool):
-            raise ConfigError(f"mergekit config: 'parameters.normalize' must be true or false, got {v!r}")
-        params_out["normalize"] = v
-    if "rescale" in top and _scalar(top["rescale"], "parameters.rescale") is not True:
-        raise ConfigError("mergekit config: 'parameters.rescale: false' is not supported (DARE always rescales)")
+    for key, value in mk.fixed.items():
+        if key in top and mk.check_import is None and _scalar(top[key], f"parameters.{key}") != value:
+            raise ConfigError(f"mergekit config: 'parameters.{key}: {json.dumps(top[key])}' is not supported "
+                              f"(sammerge's {ours} always means {key}: {json.dumps(value)})")
     if "int8_mask" in top and not isinstance(top["int8_mask"], bool):
         raise ConfigError("mergekit config: 'parameters.int8_mask' must be true or false")
+    params_out = {p.name: _top_value(p, top[key], f"parameters.{key}") for key, p in top_params.items() if key in top}
+
+    def where(i: int, key: str) -> str:
+        return f"models[{i}].parameters.{key}" if i >= 0 else f"base_model parameters.{key}"
 
     tasks, seen = [], {}
-    densities, gammas = [], set()
+    per_key_values: dict[str, list[float]] = {k: [] for k in per_model_allowed}
     for path, p, i in entries:
         task, variant = _task_name(path)
         n = seen.get((task, variant), 0)
         seen[(task, variant)] = n + 1
         if n:
             task = f"{task}_{n + 1}"
-        raw_weight = p.get("weight", 1.0)
-        layer_w = _filtered_weight(raw_weight, _base_keys(base_path), f"models[{i}].parameters.weight") \
-            if isinstance(raw_weight, list) and raw_weight and all(isinstance(c, Mapping) for c in raw_weight) \
-            and "weights" in method_param_names and base_path else None
-        weight = 1.0 if layer_w is not None else _number(raw_weight, f"models[{i}].parameters.weight")
-        entry: dict[str, Any] = {"task": task, "variant": variant, "weight": weight, "checkpoint": path}
-        if layer_w is not None:
-            entry["layer_weights"] = layer_w
-        if "density" in per_model_allowed:
-            densities.append(_number(p.get("density", 1.0), f"models[{i}].parameters.density"))
-        if "gamma" in per_model_allowed:
-            gammas.add(_number(p.get("gamma", 0.01), f"models[{i}].parameters.gamma"))
+        entry: dict[str, Any] = {"task": task, "variant": variant, "checkpoint": path}
+        for key in mk.model_keys:
+            raw = p.get(key, mk.model_defaults.get(key))
+            if raw is None:
+                continue
+            if key == "weight" and method.supports_layer_weights and isinstance(raw, list) and raw \
+                    and all(isinstance(c, Mapping) for c in raw) and base_path:
+                entry["layer_weights"] = _filtered_weight(raw, _base_keys(base_path), where(i, key))
+                raw = 1.0
+            per_key_values[key].append(_number(raw, where(i, key)))
         tasks.append(entry)
-    if densities:
-        if len(set(densities)) == 1:
-            params_out["density"] = densities[0]
-        else:
-            params_out["density"] = max(densities)
-            for entry, d in zip(tasks, densities):
-                entry["density"] = d
-        for d in densities:
-            if not 0.0 < d <= 1.0:
-                raise ConfigError(f"mergekit config: density {d} is outside (0, 1]")
-    if gammas:
-        if len(gammas) > 1:
-            raise ConfigError("mergekit config: different 'gamma' per model is not supported (use one value)")
-        params_out["gamma"] = gammas.pop()
+    for key, values in per_key_values.items():
+        if not values:
+            continue
+        if key in per and not (key in glob and len(set(values)) == 1):
+            name = per[key].name
+            for entry, v in zip(tasks, values):
+                if name == "weights":
+                    entry["weight"] = v
+                elif name == "densities":
+                    entry["density"] = v
+                else:
+                    entry.setdefault("params", {})[name] = v
+            if key in glob:
+                params_out[glob[key].name] = max(values)
+        elif key in glob:
+            if len(set(values)) > 1:
+                raise ConfigError(f"mergekit config: different '{key}' per model is not supported (use one value)")
+            params_out[glob[key].name] = values[0]
+    if mk.check_import is not None:
+        mk.check_import(top, per_key_values.get("weight") or [1.0] * len(tasks))
     cfg = {"method": ours, "params": params_out, "tasks": tasks, "base_model": base_path,
            "notes": f"imported from mergekit config (merge_method: {mk_method})"}
     try:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 import torch
 
 from sammerge.errors import ConfigError, MergeError
-from sammerge.merging.registry import Param, merge_method
+from sammerge.merging.registry import Mergekit, Param, merge_method
 from sammerge.merging.sparsify import breadcrumbs_mask, dare_drop, topk_mask_rows
 from sammerge.merging.task_vector import StateDict, check_coefficients, float_keys
 
@@ -167,12 +167,63 @@ def _dare_all(pretrained, task_vectors, densities, seed, task_ids) -> list[State
 
 
 # ----------------------------------------------------------------------------------------------
+# mergekit mappings: names, per-model keys, and where mergekit's semantics differ (comments of an export)
+# ----------------------------------------------------------------------------------------------
+
+def _linear_import(top: Mapping[str, Any], weights: list[float]) -> None:
+    if top.get("normalize", True) is not True and abs(sum(weights) - 1.0) > 1e-9:
+        raise ConfigError("mergekit config: linear with normalize: false is only supported when the weights sum to 1")
+    if abs(sum(weights)) < 1e-8:
+        raise ConfigError("mergekit config: linear weights sum to 0")
+
+
+def _ties_notes(kw: Mapping[str, Any]) -> list[str]:
+    notes = []
+    if kw.get("trim_scope") == "model":
+        notes.append("SEMANTICS DIFFER: sammerge trimmed over the whole flattened task vector (trim_scope: model, "
+                     "original TIES); mergekit trims each tensor separately, so mergekit will NOT reproduce these weights.")
+    else:
+        notes.append("ties: per-tensor trim keeping max(1, int(density*n)) entries, weights applied before the "
+                     "sign vote (mergekit 0.1.5 semantics); entries tied at the trim threshold may be "
+                     "broken differently (sammerge: lowest index first).")
+    if kw.get("vote") == "unweighted":
+        notes.append("SEMANTICS DIFFER: vote: unweighted (AdaMerging++ TIES parts) elects the sign from the unweighted "
+                     "trimmed task vectors; mergekit's ties votes with the weights applied, so mergekit reproduces "
+                     "these weights only where every task has the same weight on a tensor.")
+    return notes
+
+
+def _dare_notes(kw: Mapping[str, Any]) -> list[str]:
+    return [f"SEMANTICS DIFFER: DARE drop masks use sammerge's per-(seed, task, tensor) generator (seed "
+            f"{kw.get('seed')}); mergekit draws from torch's global RNG and (0.1.5, rescale: true) rescales survivors "
+            "to the original L1 norm instead of by 1/density, so weights agree only in expectation."]
+
+
+MK_LINEAR = Mergekit("linear", fixed={"normalize": True}, base="none", check_import=_linear_import, notes=lambda kw: [
+    "weight_average is exported as mergekit 'linear' over the fine-tuned models (sum w_t theta_t / sum w_t); "
+    "identical weights."])
+MK_TASK_ARITHMETIC = Mergekit("task_arithmetic", notes=lambda kw: [
+    "task_arithmetic: same formula as mergekit (base + lambda * sum w_t tau_t [/ sum w_t]); identical weights up "
+    "to float rounding."])
+MK_TIES = Mergekit("ties", model_keys=("weight", "density"), notes=_ties_notes)
+MK_DARE_LINEAR = Mergekit("dare_linear", model_keys=("weight", "density"), fixed={"rescale": True}, notes=_dare_notes)
+MK_DARE_TIES = Mergekit("dare_ties", model_keys=("weight", "density"), fixed={"rescale": True}, notes=_dare_notes)
+MK_BREADCRUMBS = Mergekit("breadcrumbs", model_keys=("weight", "density", "gamma"),
+                          model_defaults={"weight": 1.0, "density": 1.0, "gamma": 0.01}, notes=lambda kw: [
+    "SEMANTICS MAY DIFFER: breadcrumbs keeps ranks [int(gamma*n), int(gamma*n)+int(density*n)) by |value| per tensor "
+    "(mergekit 0.1.5 magnitude_outliers); ties at the thresholds may be broken differently."])
+MK_MODEL_STOCK = Mergekit("model_stock", model_keys=(), notes=lambda kw: [
+    "model_stock: same per-tensor formula as mergekit (filter_wise: false); mergekit needs at least 2 fine-tuned "
+    "models."])
+
+
+# ----------------------------------------------------------------------------------------------
 # methods
 # ----------------------------------------------------------------------------------------------
 
 @merge_method(name="weight_average", label="Weight averaging",
               description="Average of the fine-tuned weights: θ0 + Σ w_t τ_t / Σ w_t (equal weights: the plain mean).",
-              mergekit_name="linear", reference="https://arxiv.org/abs/2203.05482",
+              mergekit=MK_LINEAR, reference="https://arxiv.org/abs/2203.05482",
               validator=lambda p: _check_weight_sum(p, "weight_average"),
               linear_coefficients=lambda kw, n: [w / sum(_weights(kw.get("weights"), n))
                                                  for w in _weights(kw.get("weights"), n)])
@@ -190,7 +241,7 @@ def weight_average(pretrained: StateDict, task_vectors: list[StateDict], key_wei
 
 @merge_method(name="task_arithmetic", label="Task arithmetic",
               description="θ0 + λ Σ w_t τ_t (optionally divided by Σ w_t); one shared λ and/or one weight per task.",
-              mergekit_name="task_arithmetic", reference="https://arxiv.org/abs/2212.04089",
+              mergekit=MK_TASK_ARITHMETIC, reference="https://arxiv.org/abs/2212.04089",
               validator=lambda p: _check_weight_sum(p, "task_arithmetic") if p.get("normalize") else None,
               lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True,
               linear_coefficients=lambda kw, n: _ta_coefficients(kw, n))
@@ -229,7 +280,7 @@ Vote = Annotated[Literal["weighted", "unweighted"], Param(
 @merge_method(name="ties", label="TIES merging",
               description="Trim each task vector to its top-density entries by |value|, elect a sign per entry, "
                           "average the agreeing entries (disjoint mean), scale by λ.",
-              mergekit_name="ties", reference="https://arxiv.org/abs/2306.01708",
+              mergekit=MK_TIES, reference="https://arxiv.org/abs/2306.01708",
               lambda_range=(0.0, 2.5, 0.1), lambda_is_scale=True)
 def ties(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
          density: Density = 0.2, lambda_: Lambda = 1.0,
@@ -257,7 +308,7 @@ def ties(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyW
 @merge_method(name="dare_linear", label="DARE + task arithmetic",
               description="Randomly drop 1−density of each task vector's entries, rescale survivors by 1/density, "
                           "then task arithmetic.",
-              mergekit_name="dare_linear", reference="https://arxiv.org/abs/2311.03099",
+              mergekit=MK_DARE_LINEAR, reference="https://arxiv.org/abs/2311.03099",
               lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True)
 def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
                 key_weights: KeyWeights | None = None,
@@ -279,7 +330,7 @@ def dare_linear(pretrained: StateDict, task_vectors: list[StateDict], task_ids: 
 @merge_method(name="dare_ties", label="DARE + TIES",
               description="Randomly drop 1−density of each task vector's entries, rescale by 1/density, "
                           "then TIES sign election and disjoint merge.",
-              mergekit_name="dare_ties", reference="https://arxiv.org/abs/2311.03099",
+              mergekit=MK_DARE_TIES, reference="https://arxiv.org/abs/2311.03099",
               lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True)
 def dare_ties(pretrained: StateDict, task_vectors: list[StateDict], task_ids: list[str],
               key_weights: KeyWeights | None = None,
@@ -308,7 +359,7 @@ def _check_breadcrumbs(params: dict[str, Any]) -> None:
 @merge_method(name="breadcrumbs", label="Model Breadcrumbs",
               description="Per tensor, drop the largest gamma fraction (outliers) and the smallest entries so that "
                           "density remain, then task arithmetic.",
-              mergekit_name="breadcrumbs", reference="https://arxiv.org/abs/2312.06795",
+              mergekit=MK_BREADCRUMBS, reference="https://arxiv.org/abs/2312.06795",
               validator=_check_breadcrumbs,
               lambda_range=(0.0, 1.0, 0.05), lambda_is_scale=True)
 def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], key_weights: KeyWeights | None = None,
@@ -337,7 +388,7 @@ def breadcrumbs(pretrained: StateDict, task_vectors: list[StateDict], key_weight
 @merge_method(name="model_stock", label="Model Stock",
               description="Per tensor, interpolate between the average fine-tuned weights and θ0 with a ratio set by "
                           "the angle between task vectors (clamped to [0, 1]: vectors pointing apart give θ0).",
-              mergekit_name="model_stock", reference="https://arxiv.org/abs/2403.19522")
+              mergekit=MK_MODEL_STOCK, reference="https://arxiv.org/abs/2403.19522")
 def model_stock(pretrained: StateDict, task_vectors: list[StateDict]) -> StateDict:
     """Model Stock: per tensor, cos = mean pairwise cosine of the task vectors (1 for one task),
     t = clamp(T·cos / (1 + (T−1)·cos), 0, 1) (t = 0 where the denominator vanishes); θ = θ_0 + t · (1/T) Σ_t τ_t.

@@ -29,7 +29,7 @@ import torch
 from sammerge.errors import ConfigError, MergeError
 from sammerge.merging.task_vector import StateDict, as_state_dict, check_coefficients, check_task_vectors
 
-__all__ = ["Param", "ParamSpec", "MergeMethod", "merge_method", "merge_direction", "MERGE_METHODS", "get_method", "list_methods",
+__all__ = ["Param", "ParamSpec", "Mergekit", "MergeMethod", "merge_method", "merge_direction", "MERGE_METHODS", "get_method", "list_methods",
            "CoefficientLearner", "coefficient_learner", "get_learner", "list_learners"]
 
 # ----------------------------------------------------------------------------------------------
@@ -254,6 +254,28 @@ class _Schema:
 
 
 @dataclass(frozen=True)
+class Mergekit:
+    """A method's mergekit equivalent: how it is written as, and read from, a mergekit config.
+
+    ``model_keys``: the mergekit keys under each model's ``parameters`` — a per-task parameter of ours with that
+    ``mergekit_name`` (its global namesake, e.g. ``density``, fills the tasks without a value), or a global written
+    on every model (e.g. breadcrumbs' ``gamma``); every other parameter with a ``mergekit_name`` is a top-level
+    ``parameters`` entry. ``model_defaults``: mergekit's value of a model key a config leaves out. ``fixed``:
+    top-level values sammerge always means (written on export; an import must not contradict them).
+    ``base``: ``"theta0"`` (base_model is θ0), ``"none"`` (no base_model: mergekit combines the models, e.g.
+    ``linear``), ``"first_model"`` (mergekit's base_model is the first model, e.g. ``slerp``).
+    ``notes(kwargs)``: lines saying where mergekit's semantics differ (comments of the exported YAML).
+    ``check_import(top, weights)``: extra checks of an imported config (ConfigError)."""
+    name: str
+    model_keys: tuple[str, ...] = ("weight",)
+    model_defaults: Mapping[str, Any] = field(default_factory=lambda: {"weight": 1.0, "density": 1.0})
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    base: str = "theta0"
+    notes: Callable[[Mapping[str, Any]], list[str]] | None = field(default=None, repr=False)
+    check_import: Callable[[Mapping[str, Any], list[float]], None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class MergeMethod(_Schema):
     """A registered merge method: a typed function plus its parameter schema."""
     name: str
@@ -261,7 +283,7 @@ class MergeMethod(_Schema):
     description: str
     fn: Callable[..., StateDict]
     params: tuple[ParamSpec, ...]
-    mergekit_name: str | None = None
+    mergekit: Mergekit | None = None
     reference: str = ""
     validator: Callable[[dict[str, Any]], None] | None = None
     lambda_range: tuple[float, float, float] | None = None
@@ -271,10 +293,30 @@ class MergeMethod(_Schema):
     data: str = "none"
     routing: str = "static"
     statistics: Any = field(default=None, repr=False)
+    task_count: tuple[int, int | None] = (1, None)
     _argnames: dict[str, str] = field(default_factory=dict, repr=False)
     _wants_task_ids: bool = False
     _wants_key_weights: bool = False
     _wants_statistics: bool = False
+
+    @property
+    def mergekit_name(self) -> str | None:
+        """mergekit's ``merge_method`` for this method; None: no mergekit equivalent."""
+        return self.mergekit.name if self.mergekit else None
+
+    @property
+    def is_static(self) -> bool:
+        """One merged model for every task (False: task-routed, one model per task)."""
+        return self.routing == "static"
+
+    def accepts_tasks(self, n: int) -> bool:
+        """Whether the method merges ``n`` task vectors (``task_count`` = (min, max or None))."""
+        lo, hi = self.task_count
+        return n >= lo and (hi is None or n <= hi)
+
+    def task_count_text(self) -> str:
+        lo, hi = self.task_count
+        return f"exactly {lo}" if hi == lo else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
 
     @property
     def supports_layer_weights(self) -> bool:
@@ -341,6 +383,9 @@ class MergeMethod(_Schema):
             check_task_vectors(pretrained, task_vectors)
         elif not task_vectors:
             raise MergeError("empty task set: select at least one task to merge")
+        if not self.accepts_tasks(len(task_vectors)):
+            raise MergeError(f"merge method '{self.name}' merges {self.task_count_text()} task vectors "
+                             f"(models): got {len(task_vectors)}")
         try:
             full = self.validate_params(params, n_tasks=len(task_vectors))
         except ConfigError as exc:
@@ -392,7 +437,8 @@ class MergeMethod(_Schema):
                 "mergekit_name": self.mergekit_name, "reference": self.reference,
                 "layer_weights": self.supports_layer_weights, "lambda_is_scale": self.lambda_is_scale,
                 "linear": self.linear_coefficients_fn is not None, "data": self.data, "routing": self.routing,
-                "lambda_grid": self.lambda_grid(), "params": [p.to_dict() for p in self.params]}
+                "lambda_grid": self.lambda_grid(), "task_count": list(self.task_count),
+                "params": [p.to_dict() for p in self.params]}
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -435,7 +481,7 @@ def _read_signature(name: str, fn: Callable, lambda_range) -> tuple[list[ParamSp
 
 
 def _register(name: str, fn: Callable, specs, argnames, special, *, data: str, routing: str, statistics,
-              **fields) -> None:
+              mergekit: str | Mergekit | None, **fields) -> None:
     if name in MERGE_METHODS:
         raise ValueError(f"merge method '{name}' registered twice")
     if data not in DATA_NEEDS:
@@ -445,18 +491,22 @@ def _register(name: str, fn: Callable, specs, argnames, special, *, data: str, r
     if (data != "none") != ("statistics" in special) or (data != "none" and statistics is None):
         raise TypeError(f"merge method '{name}': a method that needs data takes `statistics` and declares the "
                         "function that computes them (statistics=...)")
+    if isinstance(mergekit, str):
+        mergekit = Mergekit(mergekit)
     MERGE_METHODS[name] = MergeMethod(name=name, fn=fn, params=tuple(specs), data=data, routing=routing,
+                                      mergekit=mergekit,
                                       statistics=statistics, _argnames=argnames,
                                       _wants_task_ids="task_ids" in special,
                                       _wants_key_weights="key_weights" in special,
                                       _wants_statistics="statistics" in special, **fields)
 
 
-def merge_method(name: str, label: str, description: str, mergekit_name: str | None = None,
+def merge_method(name: str, label: str, description: str, mergekit: str | Mergekit | None = None,
                  reference: str = "", validator: Callable[[dict[str, Any]], None] | None = None,
                  lambda_range: tuple[float, float, float] | None = None, lambda_is_scale: bool = False,
                  linear_coefficients: Callable[[dict[str, Any], int], list[float] | None] | None = None,
-                 data: str = "none", routing: str = "static", statistics: Any = None):
+                 data: str = "none", routing: str = "static", statistics: Any = None,
+                 mergekit_name: str | None = None, task_count: tuple[int, int | None] = (1, None)):
     """Register ``fn(pretrained, task_vectors, *, <typed params>)`` in :data:`MERGE_METHODS`.
 
     ``lambda_range`` = (low, high, step) of the λ grid searched for this method (required iff it has λ);
@@ -464,33 +514,39 @@ def merge_method(name: str, label: str, description: str, mergekit_name: str | N
     parameters), so a λ move needs no new merge. ``linear_coefficients(kwargs, T)``: c_t with merge = θ0 + Σ c_t τ_t
     (instant preview on linearized zoos). ``data``: "none" or "unlabeled_images" (then ``fn`` takes ``statistics``,
     computed by ``statistics``). ``routing``: "static" (one model) or "task_routed" (one model per task).
-    ``mergekit_name`` None: no mergekit equivalent (exports say so).
+    ``mergekit``: mergekit's method name, or a :class:`Mergekit` mapping; None: no mergekit equivalent (exports
+    say so); ``mergekit_name``: the same, by name only. ``task_count``: (min, max or None) task vectors merged.
     """
+    mergekit = mergekit or mergekit_name
+
     def decorate(fn):
         specs, argnames, special = _read_signature(name, fn, lambda_range)
         _register(name, fn, specs, argnames, special, data=data, routing=routing, statistics=statistics,
-                  label=label, description=description, mergekit_name=mergekit_name, reference=reference,
+                  label=label, description=description, mergekit=mergekit, reference=reference,
                   validator=validator, lambda_range=lambda_range,
                   lambda_is_scale=lambda_is_scale and any(s.name == "lambda" for s in specs),
-                  linear_coefficients_fn=linear_coefficients)
+                  linear_coefficients_fn=linear_coefficients, task_count=task_count)
         return fn
     return decorate
 
 
 def merge_direction(name: str, label: str, description: str, lambda_range: tuple[float, float, float],
-                    mergekit_name: str | None = None, reference: str = "",
+                    mergekit: str | Mergekit | None = None, reference: str = "",
                     validator: Callable[[dict[str, Any]], None] | None = None, data: str = "none",
-                    statistics: Any = None, lambda_default: float = 1.0):
+                    statistics: Any = None, lambda_default: float = 1.0, mergekit_name: str | None = None):
     """Register a method by its merged direction: ``fn(pretrained, task_vectors, *, <typed params>) -> τ_merged``
     (float keys of θ0). The registered method is θ = θ0 + λ τ_merged with a λ parameter added (default
-    ``lambda_default``, grid ``lambda_range``); ``lambda_is_scale`` is declared, so λ moves never merge again."""
+    ``lambda_default``, grid ``lambda_range``); ``lambda_is_scale`` is declared, so λ moves never merge again.
+    ``mergekit`` / ``mergekit_name``: as for :func:`merge_method`."""
+    mergekit = mergekit or mergekit_name
+
     def decorate(fn):
         specs, argnames, special = _read_signature(name, fn, None)
         lam = ParamSpec(name="lambda", kind="float", default=float(lambda_default), step=_LAMBDA_META.step,
                         help=_LAMBDA_META.help, label=_LAMBDA_META.label, mergekit_name="lambda",
                         ui_low=lambda_range[0], ui_high=max(2.0, lambda_range[1]))
         _register(name, fn, [lam, *specs], {"lambda": "lambda_", **argnames}, special, data=data, routing="static",
-                  statistics=statistics, label=label, description=description, mergekit_name=mergekit_name,
+                  statistics=statistics, label=label, description=description, mergekit=mergekit,
                   reference=reference, validator=validator, lambda_range=lambda_range, lambda_is_scale=True,
                   direction_fn=fn)
         return fn

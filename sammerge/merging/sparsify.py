@@ -2,7 +2,10 @@
 
 * :func:`trim_magnitude` — TIES trim: keep the max(1, int(density·n)) largest |τ| entries of a tensor;
 * :func:`breadcrumbs_mask` — drop the top γ·n outliers and the small tail, keep int(density·n);
-* :func:`dare_drop` — DARE: keep each entry with probability p, rescale survivors by 1/p.
+* :func:`dare_drop` — DARE: keep each entry with probability p, rescale survivors by 1/p;
+* :func:`della_prune` — DELLA (MagPrune): keep probabilities linear in magnitude rank, rescale to the L1 norm.
+
+Random masks draw from :func:`random_uniform`: one generator per (seed, task id, tensor key).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["topk_mask_rows", "trim_magnitude", "breadcrumbs_mask", "dare_drop"]
+__all__ = ["topk_mask_rows", "trim_magnitude", "breadcrumbs_mask", "dare_drop", "della_prune", "random_uniform"]
 
 
 def topk_mask_rows(absval: torch.Tensor, k: Sequence[int] | int) -> torch.Tensor:
@@ -86,7 +89,36 @@ def dare_drop(tv: torch.Tensor, density: float, seed: int, task_id: str, key: st
     """
     if density >= 1.0:
         return tv.clone()
+    keep = random_uniform(tv.shape, seed, task_id, key) < density
+    return tv.float() * keep.to(tv.device) / density
+
+
+def random_uniform(shape: Sequence[int], seed: int, task_id: str, key: str) -> torch.Tensor:
+    """U[0, 1) draws of ``shape`` (float32, CPU) from a generator seeded by (seed, task_id, key) only."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(_key_seed(seed, task_id, key))
-    keep = torch.rand(tv.shape, generator=gen) < density
-    return tv.float() * keep.to(tv.device) / density
+    return torch.rand(tuple(shape), generator=gen)
+
+
+def della_prune(tv: torch.Tensor, density: float, epsilon: float, seed: int, task_id: str, key: str) -> torch.Tensor:
+    """DELLA's MagPrune on one tensor, as mergekit 0.1.5 ``della_magprune`` with ``rescale``.
+
+    Per row (dim 1 of a ≥ 2-D tensor; a 1-D tensor is one row) rank the entries by |τ| ascending, r ∈ [0, 1]
+    (min-max normalised rank); keep each entry with probability p = (density − ε) + 2ε·r (large entries are kept
+    more often); then rescale the survivors so that ‖τ̂‖₁ = ‖τ‖₁ (the whole tensor; unchanged if either is < 1e-7).
+    density ≥ 1 keeps the tensor.
+    """
+    if density >= 1.0:
+        return tv.clone()
+    x = tv.float()
+    rows = x.unsqueeze(0) if x.dim() < 2 else x
+    ranks = rows.abs().argsort(dim=1, stable=True).argsort(dim=1, stable=True).float()  # 0 .. n-1 along dim 1
+    span = rows.shape[1] - 1
+    rank_norm = (ranks / span).clamp(0, 1) if span > 0 else torch.zeros_like(ranks)
+    probs = (density - epsilon) + rank_norm * 2 * epsilon
+    keep = (random_uniform(rows.shape, seed, task_id, key).to(x.device) < probs).to(x.dtype)
+    masked = rows * keep
+    before, after = rows.abs().sum(), masked.abs().sum()
+    if before >= 1e-7 and after >= 1e-7:
+        masked = masked * (before / after)
+    return masked.reshape(tv.shape)

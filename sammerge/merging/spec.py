@@ -26,11 +26,12 @@ from sammerge.errors import ConfigError
 from sammerge.io import atomic_write_text
 from sammerge.merging.registry import MergeMethod, ParamSpec, get_method
 
-__all__ = ["TaskEntry", "MergeSpec", "library_version", "task_id", "LAMBDA", "WEIGHTS", "DENSITIES",
+__all__ = ["TaskEntry", "MergeSpec", "fit_task_count", "library_version", "task_id", "LAMBDA", "WEIGHTS", "DENSITIES",
            "DEFAULT_METHOD", "DEFAULT_LAMBDA", "read_text", "safe_yaml", "now"]
 
 # parameter names with a meaning outside their method (sliders, URLs, mergekit); everyone uses these names
 LAMBDA, WEIGHTS, DENSITIES = "lambda", "weights", "densities"
+TASK_FIELDS = {WEIGHTS: "weight", DENSITIES: "density"}  # per-task parameters with a field of their own in TaskEntry
 DEFAULT_METHOD = "task_arithmetic"
 DEFAULT_LAMBDA = 0.3  # a usual starting point for task arithmetic over several tasks (Ilharco et al. use 0.3–0.4)
 
@@ -69,6 +70,7 @@ class TaskEntry(BaseModel):
     weight: float = 1.0
     density: float | None = None
     layer_weights: dict[str, float] | None = None
+    params: dict[str, float] | None = None  # this task's value of the method's other per-task parameters, by name
     checkpoint: str = Field(min_length=1)
     sha256: str | None = None
 
@@ -81,6 +83,21 @@ class TaskEntry(BaseModel):
         if bad:
             raise ValueError(f"layer weights must be finite numbers keyed by a layer group (bad: {bad})")
         return {str(g): float(w) for g, w in v.items()}
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return None
+        bad = [k for k, x in v.items() if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"per-task parameters must be finite numbers (bad: {bad})")
+        return {str(k): float(x) for k, x in v.items()}
+
+    def value(self, name: str) -> float | None:
+        """This task's value of the per-task parameter ``name`` (``weights`` → weight, ``densities`` → density)."""
+        field = TASK_FIELDS.get(name)
+        return getattr(self, field) if field else (self.params or {}).get(name)
 
     @field_validator("weight")
     @classmethod
@@ -99,6 +116,21 @@ class TaskEntry(BaseModel):
     @property
     def id(self) -> str:
         return task_id(self.task, self.variant)
+
+
+def fit_task_count(method, chosen: list[str], available: list[str]) -> list[str]:
+    """``chosen`` cut or filled (from ``available``, in order) to a task count the method merges (``task_count``)."""
+    lo, hi = method.task_count
+    names = list(chosen)[:hi] if hi is not None else list(chosen)
+    for t in available:
+        if len(names) >= lo:
+            break
+        if t not in names:
+            names.append(t)
+    if len(names) < lo:
+        raise ConfigError(f"method '{method.name}' merges {method.task_count_text()} tasks; the zoo has "
+                          f"{len(available)}")
+    return sorted(names, key=available.index)
 
 
 class MergeSpec(BaseModel):
@@ -128,11 +160,14 @@ class MergeSpec(BaseModel):
         problems = []
         for name in self.params:
             if name in per_model:
-                field = "weight" if name == WEIGHTS else "density" if name == DENSITIES else name
+                field = TASK_FIELDS.get(name, f"params.{name}")
                 problems.append(f"parameter '{name}' is per task: set tasks[].{field} instead")
         for i, t in enumerate(self.tasks):
             if t.density is not None and DENSITIES not in per_model:
                 problems.append(f"field 'tasks.{i}.density' is not used by method '{self.method}'")
+            for name in sorted(set(t.params or {}) - per_model):
+                problems.append(f"field 'tasks.{i}.params.{name}' is not a per-task parameter of method "
+                                f"'{self.method}' (it has: {', '.join(sorted(per_model - set(TASK_FIELDS))) or 'none'})")
             if t.weight != 1.0 and WEIGHTS not in per_model:
                 problems.append(f"field 'tasks.{i}.weight' is not used by method '{self.method}' (must be 1)")
             if t.layer_weights and not method.supports_layer_weights:
@@ -145,8 +180,12 @@ class MergeSpec(BaseModel):
         kw = {k: v for k, v in self.params.items()}
         if WEIGHTS in per_model:
             kw[WEIGHTS] = [t.weight for t in self.tasks]
-        if DENSITIES in per_model and any(t.density is not None for t in self.tasks):
-            kw[DENSITIES] = [t.density for t in self.tasks]
+        for name in per_model - {WEIGHTS}:
+            if any(t.value(name) is not None for t in self.tasks):
+                kw[name] = [t.value(name) for t in self.tasks]
+        if self.tasks and not method.accepts_tasks(len(self.tasks)):
+            raise ConfigError(f"merge config: method '{method.name}' merges {method.task_count_text()} tasks, "
+                              f"got {len(self.tasks)}")
         try:
             full = method.validate_params(kw, n_tasks=len(self.tasks))
         except ConfigError as exc:
@@ -222,9 +261,9 @@ class MergeSpec(BaseModel):
     def identity(self, with_lambda: bool = True, files: bool = False) -> dict[str, Any]:
         """The canonical identity of what this merge computes — the one source of every cache key.
 
-        ``{"method", "params", "tasks": [[task, variant, weight, density] (+ [{group: s}])]}``: the method, every
-        global parameter (defaults filled in at construction), per task its variant, weight λ_t, density override
-        and per-layer multipliers s_{t,g}. Forms that merge to the same weights share one identity: a per-task
+        ``{"method", "params", "tasks": [[task, variant, weight, density] (+ [{group: s}] (+ [{param: value}]))]}``:
+        the method, every global parameter (defaults filled in at construction), per task its variant, weight λ_t,
+        density override, per-layer multipliers s_{t,g} and its values of the method's other per-task parameters. Forms that merge to the same weights share one identity: a per-task
         density equal to the global one is None, multipliers equal to 1 are dropped (no layer weights at all: the
         entry is left out). Provenance (paths, time, notes, results) is not part of it. ``with_lambda=False``: λ left
         out (what a λ sweep depends on); ``files=True``: the sha256 of θ0 and of every checkpoint appended.
@@ -236,8 +275,11 @@ class MergeSpec(BaseModel):
             density = None if t.density is None or t.density == global_density else t.density
             row: list[Any] = [t.task, t.variant, t.weight, density]
             layers = {g: s for g, s in sorted((t.layer_weights or {}).items()) if s != 1.0}
-            if layers:
+            extra = dict(sorted((t.params or {}).items()))
+            if layers or extra:
                 row.append(layers)
+            if extra:
+                row.append(extra)
             tasks.append(row)
         out: dict[str, Any] = {"method": self.method, "params": params, "tasks": tasks}
         if files:
@@ -260,7 +302,8 @@ class MergeSpec(BaseModel):
         return self.evolve(params={**self.params, **params})
 
     def with_method(self, method: str) -> "MergeSpec":
-        """Switch method: the new method's defaults, keeping λ when both have one; per-task fields it lacks reset."""
+        """Switch method: the new method's defaults, keeping λ when both have one; per-task fields it lacks reset;
+        tasks beyond the new method's maximum count dropped (the first ones kept)."""
         if method == self.method:
             return self
         new = get_method(method)
@@ -270,8 +313,14 @@ class MergeSpec(BaseModel):
         per_model = {p.name for p in new.per_model_params}
         tasks = [t.model_copy(update={"weight": t.weight if WEIGHTS in per_model else 1.0,
                                       "density": t.density if DENSITIES in per_model else None,
-                                      "layer_weights": t.layer_weights if new.supports_layer_weights else None})
+                                      "layer_weights": t.layer_weights if new.supports_layer_weights else None,
+                                      "params": {k: v for k, v in (t.params or {}).items() if k in per_model} or None})
                  for t in self.tasks]
+        lo, hi = new.task_count
+        if hi is not None:
+            tasks = tasks[:hi]  # e.g. slerp: the first two tasks
+        if len(tasks) < lo:
+            raise ConfigError(f"method '{method}' merges {new.task_count_text()} tasks; this merge has {len(tasks)}")
         return self.evolve(method=method, params=params, tasks=tasks)
 
     def with_variants(self, variants: str | Mapping[str, str], zoo=None) -> "MergeSpec":
@@ -293,10 +342,11 @@ class MergeSpec(BaseModel):
                 variants: str | Mapping[str, str] | None = None, weights: Mapping[str, float] | None = None,
                 densities: Mapping[str, float | None] | None = None, tasks: Sequence[str] | None = None,
                 layer_weights: Mapping[str, Mapping[str, float] | None] | None = None,
-                **provenance) -> "MergeSpec":
+                per_task: Mapping[str, Mapping[str, float | None]] | None = None, **provenance) -> "MergeSpec":
         """A spec over a zoo's checkpoints (paths and sha256 from its manifest).
 
         ``layer_weights``: task → {layer group: multiplier of λ_t} (per-layer coefficients; tasks not named: none).
+        ``weights`` / ``densities`` / ``per_task`` (per-task parameter name → {task: value}): per-task values.
 
         ``variants``: one variant for all tasks or task → variant (default: the zoo's first variant);
         ``tasks``: which tasks, in zoo order (default: the tasks named in a ``variants`` mapping, else all).
@@ -327,6 +377,13 @@ class MergeSpec(BaseModel):
                 entry["density"] = float(densities[t])
             if layer_weights and layer_weights.get(t):
                 entry["layer_weights"] = {g: float(w) for g, w in layer_weights[t].items()}
+            for name, values in (per_task or {}).items():
+                if values.get(t) is None:
+                    continue
+                if name in TASK_FIELDS:
+                    entry[TASK_FIELDS[name]] = float(values[t])
+                else:
+                    entry.setdefault("params", {})[name] = float(values[t])
             entries.append(entry)
         return cls.from_dict({"method": method, "params": dict(params or {}), "tasks": entries,
                               "base_model": str((zoo.path / m.pretrained.file).absolute()),
@@ -335,8 +392,10 @@ class MergeSpec(BaseModel):
     @classmethod
     def default_for_zoo(cls, zoo, method: str = DEFAULT_METHOD) -> "MergeSpec":
         """The explorer's opening merge: every task, SAM checkpoints where the zoo has them, λ = 0.3."""
-        params = {LAMBDA: DEFAULT_LAMBDA} if any(p.name == LAMBDA for p in get_method(method).params) else {}
-        return cls.for_zoo(zoo, method, params, "sam" if "sam" in zoo.variants else zoo.variants[-1])
+        schema = get_method(method)
+        params = {LAMBDA: DEFAULT_LAMBDA} if any(p.name == LAMBDA for p in schema.params) else {}
+        return cls.for_zoo(zoo, method, params, "sam" if "sam" in zoo.variants else zoo.variants[-1],
+                           tasks=fit_task_count(schema, list(zoo.tasks), list(zoo.tasks)))
 
     def check_against_zoo(self, zoo) -> list[str]:
         """Problems (ConfigError) when a task/variant is not in ``zoo``; warnings for checkpoint hash mismatches."""
@@ -363,7 +422,9 @@ class MergeSpec(BaseModel):
         spec = type(self).for_zoo(zoo, self.method, self.params, {t.task: t.variant for t in order},
                                   {t.task: t.weight for t in order}, {t.task: t.density for t in order},
                                   tasks=[t.task for t in order],
-                                  layer_weights={t.task: t.layer_weights for t in order if t.layer_weights})
+                                  layer_weights={t.task: t.layer_weights for t in order if t.layer_weights},
+                                  per_task={k: {t.task: v for t in order if (v := (t.params or {}).get(k)) is not None}
+                                            for k in {k for t in order for k in (t.params or {})}})
         return spec, warnings
 
     # -- URL query parameters -------------------------------------------------------------------------
@@ -376,9 +437,12 @@ class MergeSpec(BaseModel):
         q["variants"] = ",".join(f"{t.task}:{t.variant}" for t in self.tasks)
         if self.has_weights:
             q["weights"] = ",".join(f"{t.task}:{fmt(t.weight)}" for t in self.tasks)
-        dens = [f"{t.task}:{fmt(t.density)}" for t in self.tasks if t.density is not None]
-        if dens:
-            q["densities"] = ",".join(dens)
+        for p in self.spec.per_model_params:
+            if p.name == WEIGHTS:
+                continue
+            values = [f"{t.task}:{fmt(t.value(p.name))}" for t in self.tasks if t.value(p.name) is not None]
+            if values:
+                q[p.name] = ",".join(values)
         for t in self.tasks:
             if t.layer_weights:
                 q[f"lw.{t.task}"] = ",".join(f"{g}:{fmt(w)}" for g, w in t.layer_weights.items())
@@ -416,26 +480,34 @@ class MergeSpec(BaseModel):
         if not names:
             warnings.append("link: no task selected; showing every task")
             names = list(zoo.tasks)
-        variants = dict(default.variants)
+        if not spec.accepts_tasks(len(names)):
+            fitted = fit_task_count(spec, names, list(zoo.tasks))
+            warnings.append(f"link: method '{method}' merges {spec.task_count_text()} tasks; using "
+                            f"{', '.join(fitted)}")
+            names = fitted
+        fallback = default.uniform_variant() or zoo.variants[0]
+        variants = {t: default.variants.get(t, fallback) for t in zoo.tasks}
         for t, v in _pairs(query.get("variants", ""), warnings, "variants"):
             if t in variants and v in zoo.variants:
                 variants[t] = v
             else:
                 warnings.append(f"link: ignored variant '{t}:{v}'")
-        per_task: dict[str, dict[str, float]] = {WEIGHTS: {}, DENSITIES: {}}
-        for name, what in ((WEIGHTS, "weight"), (DENSITIES, "density")):
-            pspec = next((p for p in spec.per_model_params if p.name == name), None)
-            for t, v in _pairs(query.get(name, ""), warnings, name):
+        per_task: dict[str, dict[str, float]] = {p.name: {} for p in spec.per_model_params}
+        for name in sorted(set(query) & ({WEIGHTS, DENSITIES} - set(per_task))):
+            warnings.append(f"link: ignored '{name}' (method '{method}' has no such per-task parameter)")
+        for pspec in spec.per_model_params:
+            what = TASK_FIELDS.get(pspec.name, pspec.name)
+            for t, v in _pairs(query.get(pspec.name, ""), warnings, pspec.name):
                 try:
-                    if t not in zoo.tasks or pspec is None:
+                    if t not in zoo.tasks:
                         raise ValueError("unknown task")
-                    per_task[name][t] = pspec.check_value(float(v), f"{name}[{t}]")
+                    per_task[pspec.name][t] = pspec.check_value(float(v), f"{pspec.name}[{t}]")
                 except (ConfigError, ValueError) as exc:
                     warnings.append(f"link: ignored {what} '{t}:{v}' ({exc})")
         layer_weights = _query_layer_weights(query, zoo, names, spec, warnings)
         try:
-            out = cls.for_zoo(zoo, method, params, {t: variants[t] for t in names}, per_task[WEIGHTS],
-                              per_task[DENSITIES], tasks=names, layer_weights=layer_weights)
+            out = cls.for_zoo(zoo, method, params, {t: variants[t] for t in names}, tasks=names,
+                              layer_weights=layer_weights, per_task=per_task)
         except ConfigError as exc:
             warnings.append(f"link: {exc}; using the method's defaults")
             out = cls.for_zoo(zoo, method, default.params, {t: variants[t] for t in names}, tasks=names)
@@ -459,8 +531,9 @@ class MergeSpec(BaseModel):
         if data.get("learned") is None:
             data.pop("learned", None)
         for t in data["tasks"]:
-            if t.get("layer_weights") is None:
-                t.pop("layer_weights", None)
+            for optional in ("layer_weights", "params"):
+                if t.get(optional) is None:
+                    t.pop(optional, None)
         return data
 
     def to_json(self) -> str:

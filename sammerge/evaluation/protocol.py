@@ -13,14 +13,12 @@ from typing import Mapping, Sequence
 
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.search import SHARED_PROTOCOL, sweep_shared_lambda
-from sammerge.merging import MergeSpec, get_method, resolve_and_merge, task_id
+from sammerge.merging import MergeSpec, get_method, resolve_and_merge, table_methods, task_id
 from sammerge.errors import ConfigError
 from sammerge.progress import Progress
 
 __all__ = ["normalized_accuracy", "Summary", "summarize", "individual_results", "evaluate_spec", "results_table",
-           "paper_table", "adamerging_table", "DEFAULT_TABLE_METHODS", "ADAMERGING_PROTOCOL"]
-
-DEFAULT_TABLE_METHODS = ("weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs")
+           "paper_table", "adamerging_table", "ADAMERGING_PROTOCOL"]
 
 
 def normalized_accuracy(merged: float, individual: float) -> float:
@@ -98,7 +96,7 @@ ADAMERGING_PROTOCOL = ("AdaMerging: λ learned by entropy minimization on unlabe
                        "settings); test accuracy of the learned merge")
 
 
-def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: Sequence[str] | None = None,
+def paper_table(zoo, methods: Sequence[str] | None = None, variants: Sequence[str] | None = None,
                 n_val: int | None = None, n_test: int | None = None, progress: Progress | None = None,
                 method_params: Mapping[str, Mapping] | None = None, adamerging: Sequence[str] = (),
                 adamerging_settings: Mapping | None = None):
@@ -106,9 +104,11 @@ def paper_table(zoo, methods: Sequence[str] = DEFAULT_TABLE_METHODS, variants: S
     test accuracy per task, mean absolute and mean normalized accuracy (normalized by the individual models on
     the same test images). Also rows for the pretrained and the individual models, and with ``adamerging``
     (granularities, e.g. ``("task", "layer")``) AdaMerging rows (:func:`adamerging_table`); their learned specs
-    are in ``frame.attrs["learned"]``."""
+    are in ``frame.attrs["learned"]``. ``methods``: default every static method that needs no data
+    (:func:`~sammerge.merging.table_methods`)."""
     import pandas as pd
 
+    methods = list(methods if methods is not None else table_methods(len(zoo.tasks)))
     variants = list(variants or zoo.variants)
     val = Evaluator.from_zoo(zoo, split="val", n_per_task=n_val)
     test = Evaluator.from_zoo(zoo, split="test", n_per_task=n_test)

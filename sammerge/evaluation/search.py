@@ -19,7 +19,8 @@ import torch
 
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult, mean_accuracy
-from sammerge.merging import LAMBDA, WEIGHTS, get_method, linear_combination, task_vector
+from sammerge.merging import LAMBDA, WEIGHTS, get_method
+from sammerge.merging.registry import scaled_direction
 from sammerge.progress import Progress
 
 StateDict = dict[str, torch.Tensor]
@@ -63,8 +64,8 @@ def merged_direction(method_name: str, pretrained: Mapping[str, torch.Tensor],
 
 
 def scaled(pretrained: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], lam: float) -> StateDict:
-    """θ0 + λ τ_merged."""
-    return linear_combination(pretrained, [direction], [lam], validate=False)
+    """θ0 + λ τ_merged (the registry's own arithmetic: equal, bit for bit, to the method called with λ)."""
+    return scaled_direction(pretrained, direction, lam)
 
 
 def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: Mapping[str, torch.Tensor],

@@ -31,7 +31,7 @@ from sammerge.explorer.fairlock import FairRLock
 from sammerge.evaluation.protocol import Summary, normalized_accuracy, summarize
 from sammerge.evaluation.linear_preview import LinearPreview, linear_coefficients
 from sammerge.evaluation.preview_cache import InstantPreview, Subset
-from sammerge.evaluation.search import SweepResult, merged_direction, sweep_shared_lambda
+from sammerge.evaluation.search import SweepResult, merged_direction, scaled, sweep_shared_lambda
 from sammerge.explorer.estimates import SubsetEstimates
 from sammerge.explorer.style import variant_label
 from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo
@@ -176,6 +176,7 @@ class Explorer:
         self._lock = FairRLock()  # sessions' evaluations, first come first served
         self._tvs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._merged: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._directions: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # by spec.key(with_lambda=False)
         self._results: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()
         self._sweeps: dict[str, SweepResult] = {}
         self._refs: tuple[dict, dict] | None = None
@@ -241,11 +242,28 @@ class Explorer:
             if key in self._merged:
                 self._merged.move_to_end(key)
                 return self._merged[key]
-            merged = merge_zoo(self.zoo, spec, self.task_vector)
+            if spec.spec.direction_fn is not None:  # θ0 + λ τ_merged: one direction per parameter set, λ moves free
+                merged = scaled(self.zoo.pretrained(), self.direction(spec), spec.params[LAMBDA])
+            else:
+                merged = merge_zoo(self.zoo, spec, self.task_vector)
             self._merged[key] = merged
             while len(self._merged) > self.cache_size:
                 self._merged.popitem(last=False)
             return merged
+
+    def direction(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
+        """τ_merged of a method whose λ is a final scale (cached by the spec's identity without λ; do not modify)."""
+        key = spec.key(with_lambda=False)
+        with self._merge_lock:
+            if key not in self._directions:
+                kwargs = {k: v for k, v in spec.method_kwargs.items() if k != LAMBDA}
+                self._directions[key] = merged_direction(
+                    spec.method, self.zoo.pretrained(), [self.task_vector(t.task, t.variant) for t in spec.tasks],
+                    kwargs, spec.task_ids)
+                while len(self._directions) > max(2, self.cache_size // 16):
+                    self._directions.popitem(last=False)
+            self._directions.move_to_end(key)
+            return self._directions[key]
 
     def evaluate(self, spec: MergeSpec) -> dict[str, TaskResult]:
         return self.evaluate_many([spec])[0]
@@ -552,9 +570,8 @@ class Explorer:
 
     # -- paper table ------------------------------------------------------------------------------------
     def _paper_inputs(self) -> dict:
-        from sammerge.evaluation.protocol import DEFAULT_TABLE_METHODS
-        from sammerge.merging import get_method
-        return {"methods": {m: list(get_method(m).lambda_range or ()) for m in DEFAULT_TABLE_METHODS},
+        from sammerge.merging import get_method, table_methods
+        return {"methods": {m: list(get_method(m).lambda_range or ()) for m in table_methods(len(self.zoo.tasks))},
                 "variants": self.zoo.variants}
 
     def paper_table_cached(self) -> pd.DataFrame | None:

@@ -8,7 +8,7 @@ from sammerge.merging.task_vector import (StateDict, TaskVector, apply_task_vect
 from sammerge.merging.sparsify import breadcrumbs_mask, dare_drop, trim_magnitude  # noqa: F401
 from sammerge.merging.registry import (MERGE_METHODS, CoefficientLearner, Mergekit, MergeMethod, Param,  # noqa: F401
                                        ParamSpec, coefficient_learner, get_learner, get_method, list_learners,
-                                       list_methods, merge_direction, merge_method)
+                                       list_methods, merge_direction, merge_method, table_methods)
 from sammerge.merging import layers  # noqa: F401
 from sammerge.merging import methods  # noqa: F401  (registers the methods)
 from sammerge.merging import modern  # noqa: F401  (registers the methods of 2024–2025)

@@ -29,7 +29,7 @@ import torch
 from sammerge.errors import ConfigError, MergeError
 from sammerge.merging.task_vector import StateDict, as_state_dict, check_coefficients, check_task_vectors
 
-__all__ = ["Param", "ParamSpec", "Mergekit", "MergeMethod", "merge_method", "merge_direction", "MERGE_METHODS", "get_method", "list_methods",
+__all__ = ["Param", "ParamSpec", "Mergekit", "MergeMethod", "merge_method", "merge_direction", "scaled_direction", "MERGE_METHODS", "get_method", "list_methods", "table_methods",
            "CoefficientLearner", "coefficient_learner", "get_learner", "list_learners"]
 
 # ----------------------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ class MergeMethod(_Schema):
         if self.direction_fn is not None:
             lam = kwargs.pop("lambda_")
             direction = self.direction_fn(pretrained, list(task_vectors), **kwargs)
-            return direction if _direction else _scaled(pretrained, direction, lam)
+            return direction if _direction else scaled_direction(pretrained, direction, lam)
         return self.fn(pretrained, list(task_vectors), **kwargs)
 
     def _key_weights(self, pretrained: Mapping[str, torch.Tensor], layer_weights, n_tasks: int
@@ -448,7 +448,7 @@ _LAMBDA_META = Param(ui_low=0.0, ui_high=2.0, step=0.05, label="λ (scaling)", m
                      help="Scaling coefficient λ of the merged task vector: θ = θ0 + λ τ_merged (mergekit 'lambda').")
 
 
-def _scaled(pretrained: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], lam: float) -> StateDict:
+def scaled_direction(pretrained: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], lam: float) -> StateDict:
     """θ0 + λ τ on float keys (others copied), in θ0's dtype."""
     out: StateDict = {}
     for key, base in pretrained.items():
@@ -565,6 +565,13 @@ def get_method(name: str) -> MergeMethod:
 
 def list_methods() -> list[MergeMethod]:
     return list(MERGE_METHODS.values())
+
+
+def table_methods(n_tasks: int | None = None) -> list[str]:
+    """The methods the paper table, the seed study and sweeps run by default: every static method that needs no data
+    (and merges ``n_tasks`` task vectors), in registration order."""
+    return [m.name for m in MERGE_METHODS.values()
+            if m.is_static and not m.needs_data and (n_tasks is None or m.accepts_tasks(n_tasks))]
 
 
 # ----------------------------------------------------------------------------------------------

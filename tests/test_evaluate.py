@@ -261,3 +261,23 @@ def test_normalized_accuracy_is_undefined_not_zero_for_a_zero_reference():
     assert math.isnan(normalized_accuracy(0.3, 0.0))
     s = summarize({"a": TaskResult(0.5, 1.0, 10), "b": TaskResult(0.2, 2.0, 10)}, {"a": 1.0, "b": 0.4})
     assert s.mean == pytest.approx(0.35) and s.normalized == pytest.approx(0.5) and s.mean_loss == pytest.approx(1.5)
+
+
+def test_evaluate_many_returns_every_result_when_the_cache_overflows(tiny_zoo):
+    """A cached setting evicted while K others are evaluated (K near the cache size) is still returned."""
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.zoo import open_zoo
+
+    zoo = open_zoo(tiny_zoo)
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=8, seed=0)
+    ev.cache_size = 3
+    theta0 = zoo.pretrained()
+    first = ev.evaluate(theta0)
+    others = [{k: (v * (1 + 0.01 * i) if v.is_floating_point() else v) for k, v in theta0.items()} for i in range(1, 5)]
+    fresh = Evaluator.from_zoo(zoo, split="val", n_per_task=8, seed=0)
+    for strategy in ("loop", "vmap"):
+        results = ev.evaluate_many([theta0, *others], strategy=strategy)
+        assert len(results) == 5
+        for got, params in zip(results, [theta0, *others]):  # θ0 was cached, then evicted meanwhile
+            want = first if params is theta0 else fresh.evaluate(params)
+            assert all(got[t].accuracy == want[t].accuracy and abs(got[t].loss - want[t].loss) < 1e-5 for t in want)

@@ -210,18 +210,21 @@ class Evaluator:
         if strategy == "auto":
             strategy = "vmap" if self.device.type == "cuda" else "loop"
         keys = [params_digest(p) for p in params_list]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        # results are collected here, not read back from the cache: K settings may be more than the cache holds
+        found = {k: self._cache[k] for k in keys if k in self._cache}
+        todo = [i for i, k in enumerate(keys) if k not in found]
         if strategy == "loop":
             for i in todo:
-                if keys[i] not in self._cache:
-                    self.evaluate(params_list[i], key=keys[i])
-            return [self._cache[k] for k in keys]
+                if keys[i] not in found:
+                    found[keys[i]] = self.evaluate(params_list[i], key=keys[i])
+            return [found[k] for k in keys]
         for start in range(0, len(todo), chunk_size):
             idx = todo[start:start + chunk_size]
             stacked = {k: torch.stack([params_list[i][k] for i in idx]).to(self.device) for k in params_list[idx[0]]}
             for i, result in zip(idx, self._evaluate_stacked(stacked)):
                 self._remember(keys[i], result)
-        return [self._cache[k] for k in keys]
+                found[keys[i]] = result
+        return [found[k] for k in keys]
 
     @torch.inference_mode()
     def _evaluate_stacked(self, stacked: Params) -> list[dict[str, TaskResult]]:

@@ -1,6 +1,7 @@
 """Slider-to-updated-number time of the merge explorer in a real browser (Debian's Chromium).
 
     python benchmarks/browser_latency.py [ZOO_DIR] [--moves 20] [--rounds 2] [--json FILE]
+    python benchmarks/browser_latency.py --modes default --methods task_arithmetic,tsv_m,iso_c --json FILE
 
 Starts `streamlit run app.py` on the zoo (default: the demo zoo), focuses the global λ slider and presses
 ArrowRight ``--moves`` times; each press asks for a λ never shown before (0.35, 0.40, …). A move is timed from
@@ -13,7 +14,9 @@ the key press until the result line for the new λ is on screen; after it the us
   full          SAMMERGE_PREFETCH=full on this machine;
   floor         benchmarks/streamlit_floor_app.py: the same slider and result line in a fragment that does no work —
                 what Streamlit and Chromium alone take per move on this machine.
-Before the timed moves, untimed ones wait until the page says how the server evaluates: the compiled forward once
+``--methods``: the same moves for each merge method (the explorer opened with ``?method=NAME``), in the same run; the
+report's ``by_method`` holds each method's numbers and their ratio to the first method's. Before the timed moves,
+untimed ones (which, for a method merged by its direction, also compute that direction once) wait until the page says how the server evaluates: the compiled forward once
 its background compile is done (SAMMERGE_COMPILE=0 keeps it eager). For comparison, the engine alone (merge +
 evaluation of the same merges and their plain/SAM twins, in this process, as the app runs it, no cache) is timed.
 """
@@ -48,7 +51,7 @@ MODES = {"default": (None, 400, False), "back-to-back": (None, 0, False), "off":
 
 
 def browser_moves(zoo: Path, moves: int, prefetch: str | None, pause_ms: int,
-                  floor: bool = False) -> tuple[list[float], list[float], str]:
+                  floor: bool = False, method: str | None = None) -> tuple[list[float], list[float], str]:
     env = {"SAMMERGE_ZOO": str(zoo)} | ({"SAMMERGE_PREFETCH": prefetch} if prefetch else {})
     script = "benchmarks/streamlit_floor_app.py" if floor else "app.py"
     with streamlit_server(env, script=script) as url, chromium_page() as page:
@@ -59,7 +62,7 @@ def browser_moves(zoo: Path, moves: int, prefetch: str | None, pause_ms: int,
             wait_idle(page)
             engine = "none (Streamlit and Chromium only)"
         else:
-            open_page(page, url, "merge_explorer")
+            open_page(page, url, "merge_explorer", query=f"method={method}" if method else "")
             engine = wait_for_engine(page, slider)
         lam = float(slider.get_attribute("value"))
         lambdas, times = [], []
@@ -128,6 +131,8 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES), help="which servers to measure (comma-separated)")
     ap.add_argument("--no-engine", action="store_true", help="skip timing the engine alone")
     ap.add_argument("--rounds", type=int, default=2, help="measure every mode this many times, in turn (pooled)")
+    ap.add_argument("--methods", default="", help="comma-separated merge methods to compare in the same run "
+                                                  "(default: the explorer's default method only)")
     args = ap.parse_args()
     zoo = zoo_or_demo(args.zoo)
     report = {"zoo": str(zoo.name), "moves": args.moves, "rounds": args.rounds}
@@ -137,12 +142,26 @@ def main() -> int:
         ap.error(f"unknown mode {unknown[0]!r} (known: {', '.join(MODES)})")
     pooled: dict[str, list[float]] = {m: [] for m in modes}
     rounds: dict[str, list[float]] = {m: [] for m in modes}
-    for _ in range(args.rounds):  # every mode once per round: a slow spell of the machine hits them alike
-        for mode in modes:
-            lambdas, times, engine = browser_moves(zoo, args.moves, *MODES[mode])
-            pooled[mode] += times
-            rounds[mode].append(1e3 * statistics.median(times))
-            report[mode] = stats(pooled[mode]) | {"server_engine": engine, "round_medians_ms": rounds[mode]}
+    methods = [m for m in args.methods.split(",") if m] or [None]
+    by_method: dict[str, dict[str, list[float]]] = {str(m): {mode: [] for mode in modes} for m in methods}
+    for _ in range(args.rounds):  # every mode (and method) once per round: a slow spell hits them alike
+        for method in methods:
+            for mode in modes:
+                lambdas, times, engine = browser_moves(zoo, args.moves, *MODES[mode], method=method)
+                by_method[str(method)][mode] += times
+                if method == methods[0]:
+                    pooled[mode] += times
+                    rounds[mode].append(1e3 * statistics.median(times))
+                    report[mode] = stats(pooled[mode]) | {"server_engine": engine, "round_medians_ms": rounds[mode]}
+    if methods != [None]:
+        first = str(methods[0])
+        report["by_method"] = {m: {mode: stats(t) | {"ratio_to_" + first: statistics.median(t) /
+                                                     statistics.median(by_method[first][mode])}
+                                   for mode, t in per.items()} for m, per in by_method.items()}
+        for m, per in report["by_method"].items():
+            for mode, r in per.items():
+                print(f"{m:16s} {mode:12s} median {r['median_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, "
+                      f"{r['ratio_to_' + first]:.2f}× {first}")
     if not args.no_engine:
         report["engine"] = stats(engine_times(zoo, lambdas))
         modes.append("engine")

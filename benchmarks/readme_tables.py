@@ -227,12 +227,37 @@ def paper_table(text: str) -> str:
     return text.strip()
 
 
+def paper_gap(text: str) -> str:
+    """Gap closed per method and variant, (merged − pretrained) / (individual − pretrained), from the paper table."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")]
+    mean = {}
+    variants, methods = [], []
+    for r in rows:
+        variant, method, value = r[0], r[1], float(r[-2])
+        mean[variant, method] = value
+        variants += [variant] if variant not in variants else []
+        methods += [method] if method not in methods and not method.startswith(("pretrained", "individual")) else []
+    def gap(v, m):
+        pre, ind = mean[v, "pretrained (zero-shot heads)"], mean[v, "individual fine-tuned"]
+        return 100 * (mean[v, m] - pre) / (ind - pre)
+    ta = {v: gap(v, "Task arithmetic") for v in variants}
+    lines = ["| method | " + " | ".join(f"{v}: gap closed" for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for m in sorted(methods, key=lambda m: -gap(variants[0], m)):
+        lines.append(f"| {m} | " + " | ".join(f"{gap(v, m):.0f} %" for v in variants) + " |")
+    best = {v: max(methods, key=lambda m: gap(v, m)) for v in variants}
+    lines += ["", "Best per variant: " + "; ".join(f"{v} {best[v]} {gap(v, best[v]):.0f} % (task arithmetic "
+                                                     f"{ta[v]:.0f} %)" for v in variants) + "."]
+    return "\n".join(lines)
+
+
 BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
           "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
-          "adamerging.json": adamerging_markdown}
+          "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap}
 
 
 def render(readme: str) -> str:
@@ -240,8 +265,8 @@ def render(readme: str) -> str:
         pattern = re.compile(rf"(<!-- generated: {re.escape(name)} -->\n)(?:.*?\n)?(<!-- end: {re.escape(name)} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no generated block for {name}")
-        raw = (RESULTS / name).read_text(encoding="utf-8")
-        body = fn(raw if name.endswith(".md") else json.loads(raw))
+        raw = (RESULTS / name.split("#")[0]).read_text(encoding="utf-8")
+        body = fn(raw if name.split("#")[0].endswith(".md") else json.loads(raw))
         readme = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), readme)
     return readme
 

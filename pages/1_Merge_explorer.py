@@ -15,6 +15,7 @@ from sammerge.merging import (DENSITIES, LAMBDA, WEIGHTS, MergeSpec, from_mergek
                               is_mergekit_config, to_mergekit_yaml)
 from sammerge.merging.mergekit import no_equivalent_message
 from sammerge.merging.spec import fit_task_count
+from sammerge.progress import reporting
 from sammerge.webapp import ui
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
@@ -390,8 +391,11 @@ def results_panel(state: MergeSpec | None) -> None:
     estimate_note = st.empty()
     # the merge the user just changed first (streamed to the page), then its all-plain / all-SAM twins; on a slow
     # encoder an estimate from the first images per task first, refined in the background
-    with ui.friendly_errors("merge"):
-        look = ex.first_look(state, allow_estimate=ALLOW_ESTIMATE)
+    bar = None if ex.has_direction(state) else st.progress(0.0, text=f"{state.spec.label}: merged direction")
+    with ui.friendly_errors("merge"), reporting(bar and ui.progress_callback(bar, f"{state.spec.label}")):
+        look = ex.first_look(state, allow_estimate=ALLOW_ESTIMATE)  # the direction once per parameter set
+    if bar is not None:
+        bar.empty()
     cur, approx = look.summary, "" if look.exact else "≈ "
     cols[0].metric("Mean accuracy", f"{approx}{cur.mean:.1%}")
     cols[1].metric("Normalized accuracy", f"{approx}{cur.normalized:.1%}")

@@ -41,3 +41,22 @@ def test_readme_tables_come_from_the_benchmark_results():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_method_cost_benchmark_quick(tiny_zoo, tmp_path):
+    """Every static method's merged direction is timed; WUDI's closed form equals its naive autograd form."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from method_cost import markdown
+    from sammerge.merging import table_methods
+
+    out = tmp_path / "method_cost.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "method_cost.py"), "--quick", "--zoo", str(tiny_zoo),
+         "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["vit"]["methods"]) == set(table_methods(8))
+    assert all(v["measured_s"] > 0 for v in report["vit"]["methods"].values())
+    assert report["wudi_gradient"]["max_abs_diff"] < 1e-6 and report["wudi_gradient"]["naive_autograd_s"] > 0
+    assert "| `tsv_m` |" in markdown(report)

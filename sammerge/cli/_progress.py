@@ -27,3 +27,24 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
         yield progress
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def delayed_progress_bar(enabled: bool = True, after_s: float = 2.0) -> Iterator[Progress]:
+    """Like :func:`progress_bar`, but the bar appears only once the work has taken ``after_s`` seconds (quick calls
+    print nothing)."""
+    import time
+
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        bar: list[Progress] = []
+
+        def progress(done: int, total: int, stage: str = "") -> None:
+            if not enabled:
+                return
+            if not bar and time.perf_counter() - start >= after_s:
+                bar.append(stack.enter_context(progress_bar(True)))
+            if bar:
+                bar[0](done, total, stage)
+
+        yield progress

@@ -18,7 +18,9 @@ from pathlib import Path
 from sammerge.errors import CheckpointError
 from sammerge.io import atomic_dir, save_state_dict
 from sammerge.merging import MERGE_METHODS, load_any_config, resolve_and_merge, to_mergekit_yaml
+from sammerge.cli._progress import delayed_progress_bar
 from sammerge.merging.mergekit import no_equivalent_message
+from sammerge.progress import reporting
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -26,7 +28,8 @@ def run_merge(args: argparse.Namespace) -> int:
     if out_dir.exists() and not args.overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
     config = load_any_config(args.config)
-    merged, resolved = resolve_and_merge(config)
+    with delayed_progress_bar(not args.quiet) as progress, reporting(progress):
+        merged, resolved = resolve_and_merge(config)  # a bar on stderr once a merge takes 2 s (e.g. TSV-M, WUDI)
     mergekit_text = to_mergekit_yaml(resolved) if resolved.spec.mergekit else None
     with atomic_dir(out_dir, overwrite=args.overwrite) as tmp:
         save_state_dict(merged, tmp / "model.safetensors",
@@ -76,6 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="CONFIG", help="merge config (.yaml/.yml/.json) or mergekit YAML")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown once a merge takes 2 s)")
     p.set_defaults(func=run_merge)
 
     q = subparsers.add_parser("methods", help="list merge methods and their parameters",

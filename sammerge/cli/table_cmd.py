@@ -67,9 +67,14 @@ def _run(args: argparse.Namespace) -> int:
                 if s.name not in _ADA_SKIP and getattr(args, f"ada_{s.name}", None) is not None}
     if settings:
         _learner().validate_params(settings)  # ConfigError naming the setting before any work
+    default = args.methods is None and args.n_val is None and args.n_test is None and not args.adamerging
     with progress_bar(not args.quiet) as progress:
-        table = paper_table(zoo, methods=methods, n_val=args.n_val, n_test=args.n_test,
-                            progress=progress, adamerging=tuple(args.adamerging), adamerging_settings=settings)
+        if default:  # the app's table: read from (or computed once into) the zoo's analysis cache
+            from sammerge.explorer.service import Explorer
+            table = Explorer(zoo).paper_table(progress=progress)
+        else:
+            table = paper_table(zoo, methods=methods, n_val=args.n_val, n_test=args.n_test,
+                                progress=progress, adamerging=tuple(args.adamerging), adamerging_settings=settings)
     shown = table.drop(columns=[c for c in ("method_id", "val mean", "learn s") if c in table.columns])
     pct = [c for c in shown.columns if c not in ("variant", "method", "best λ")]
     shown[pct] = shown[pct] * 100

@@ -251,6 +251,10 @@ class Explorer:
                 self._merged.popitem(last=False)
             return merged
 
+    def has_direction(self, spec: MergeSpec) -> bool:
+        """False when merging ``spec`` first computes its method's merged direction (true for other methods)."""
+        return spec.spec.direction_fn is None or spec.key(with_lambda=False) in self._directions
+
     def direction(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
         """τ_merged of a method whose λ is a final scale (cached by the spec's identity without λ; do not modify)."""
         key = spec.key(with_lambda=False)

@@ -117,11 +117,11 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_function(f"() => {IDLE_JS}", timeout=timeout_ms)
 
 
-def open_page(page, url: str, name: str, timeout_ms: int = 180_000) -> None:
+def open_page(page, url: str, name: str, timeout_ms: int = 180_000, query: str = "") -> None:
     import re
 
     path, marker = PAGES[name]
-    page.goto(f"{url}/{path}")
+    page.goto(f"{url}/{path}" + (f"?{query}" if query else ""))
     page.get_by_text(re.compile(marker)).first.wait_for(timeout=timeout_ms)
     wait_idle(page, timeout_ms)
 

@@ -13,6 +13,7 @@ import torch
 
 from sammerge.merging.registry import Param
 from sammerge.merging.task_vector import StateDict, float_keys
+from sammerge.progress import report
 
 __all__ = ["ConvRule", "as_matrix", "matrix_wise", "polar"]
 
@@ -37,15 +38,19 @@ def _work(t: torch.Tensor) -> torch.Tensor:
 
 def matrix_wise(pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]], conv: str,
                 merge: Callable[[list[torch.Tensor]], torch.Tensor]) -> StateDict:
-    """τ_merged per float key: ``merge([M_1..M_T])`` for matrices (reshaped back), (1/T) Σ_t τ_t for the rest."""
+    """τ_merged per float key: ``merge([M_1..M_T])`` for matrices (reshaped back), (1/T) Σ_t τ_t for the rest.
+    Reports its progress per tensor (:func:`sammerge.progress.report`)."""
     out: StateDict = {}
-    for key in float_keys(pretrained):
+    keys = float_keys(pretrained)
+    for i, key in enumerate(keys):
+        report(i, len(keys), f"merged direction: {key}")
         tensors = [_work(tv[key]) for tv in task_vectors]
         mats = [as_matrix(t, conv) for t in tensors]
         if mats[0] is None:
             out[key] = torch.stack(tensors, 0).mean(0)
         else:
             out[key] = merge(mats).reshape(tensors[0].shape)
+    report(len(keys), len(keys), "merged direction")
     return out
 
 

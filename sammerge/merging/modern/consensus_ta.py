@@ -28,7 +28,7 @@ def tall_masks(stack: torch.Tensor, mask_lambdas: list[float]) -> torch.Tensor:
 @merge_direction(name="consensus_ta", label="Consensus task arithmetic (TALL masks)",
                  description="Keep only the entries that at least k tasks' TALL masks mark as important, in the "
                              "task-arithmetic sum; θ0 + λ τ.",
-                 reference="https://arxiv.org/abs/2405.07813", lambda_range=(0.0, 1.0, 0.05))
+                 reference="https://arxiv.org/abs/2405.07813", lambda_range=(0.0, 2.0, 0.05))
 def consensus_ta(pretrained: StateDict, task_vectors: list[StateDict],
                  k: Annotated[int, Param(low=0, high=64, ui_high=8, step=1, label="k (agreeing tasks)",
                                          help="Entries marked by fewer than k TALL masks are removed (default 2; "

@@ -133,7 +133,7 @@ def main() -> int:
         print(f"{name:<16} {total:8.2f} s measured ({blocks} block(s)); encoder ≈ {methods[name]['encoder_s']:.1f} s",
               flush=True)
     out["vit"]["methods"] = methods
-    out["wudi_gradient"] = wudi_naive_vs_closed_form(5 if args.quick else 30, args.tasks)
+    out["wudi_gradient"] = wudi_naive_vs_closed_form(5 if args.quick else 10, args.tasks)
     print(json.dumps(out["wudi_gradient"]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

@@ -18,6 +18,7 @@ from pathlib import Path
 from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
 from demo_regime import search_markdown
+from method_cost import markdown as method_cost_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -227,6 +228,15 @@ def paper_table(text: str) -> str:
     return text.strip()
 
 
+def browser_methods(r: dict) -> str:
+    first = next(iter(r["by_method"]))
+    rows = [f"| `{m}` | {d['median_ms']:.0f} ms | {d['p95_ms']:.0f} ms | {d['ratio_to_' + first]:.2f}× |"
+            for m, per in r["by_method"].items() for d in [per["default"]]]
+    return "\n".join([f"Demo zoo, {r['moves']} λ moves per method in one run (one round), slider press to the new "
+                      f"number on screen in Chromium; machine load average {r['load_average_1min']:.1f} at the end.",
+                      "", f"| method | median | p95 | median vs `{first}` |", "|---|---|---|---|", *rows])
+
+
 def paper_gap(text: str) -> str:
     """Gap closed per method and variant, (merged − pretrained) / (individual − pretrained), from the paper table."""
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
@@ -257,7 +267,8 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_glyphs7.json": demo_regi
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
-          "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap}
+          "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
+          "method_cost.json": method_cost_markdown, "browser_latency_methods.json": browser_methods}
 
 
 def render(readme: str) -> str:

@@ -239,6 +239,7 @@ def test_paper_table_page_adamerging_rows(monkeypatch, tiny_zoo_copy):
     from sammerge.explorer import paper
 
     monkeypatch.setattr(paper, "ADAMERGING_SETTINGS", {"steps": 4, "images_per_task": 16})
+    monkeypatch.setenv("SAMMERGE_TABLE_METHODS", "task_arithmetic,ties")  # the rows around AdaMerging's
     at = _run_page(monkeypatch, tiny_zoo, "pages/4_Paper_table.py")
     at.button(key="pt_compute").click().run()
     at.button(key="pt_ada").click().run()

@@ -92,12 +92,15 @@ def test_paper_table_page(monkeypatch, tiny_zoo):
     from sammerge.evaluation.protocol import paper_table
     from sammerge.zoo import open_zoo
 
+    methods = ["weight_average", "task_arithmetic", "ties", "tsv_m", "iso_c"]  # not all 15: seconds, not minutes
+    monkeypatch.setenv("SAMMERGE_TABLE_METHODS", ",".join(methods + ["no_such_method"]))
     at = run_page(monkeypatch, tiny_zoo, "pages/4_Paper_table.py")
     assert_clean(at)
     at.button(key="pt_compute").click().run()
     assert_clean(at)
     shown = at.dataframe[0].value
-    want = paper_table(open_zoo(tiny_zoo))
+    want = paper_table(open_zoo(tiny_zoo), methods=methods)
+    assert len(shown) == len(want) == len(open_zoo(tiny_zoo).variants) * (2 + len(methods))
     assert list(shown["normalized"]) == pytest.approx(list(want["normalized"]))
     assert list(shown["mean"]) == pytest.approx(list(want["mean"]))
     assert readings(at) and "of" in readings(at)[0]

@@ -52,11 +52,11 @@ def test_method_cost_benchmark_quick(tiny_zoo, tmp_path):
     out = tmp_path / "method_cost.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "method_cost.py"), "--quick", "--zoo", str(tiny_zoo),
-         "--threads", "1", "--json", str(out)],
+         "--threads", "1", "--tasks", "3", "--json", str(out)],
         capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["vit"]["methods"]) == set(table_methods(8))
+    assert set(report["vit"]["methods"]) == set(table_methods(3))
     assert all(v["measured_s"] > 0 for v in report["vit"]["methods"].values())
     assert report["wudi_gradient"]["max_abs_diff"] < 1e-6 and report["wudi_gradient"]["naive_autograd_s"] > 0
     assert "| `tsv_m` |" in markdown(report)

@@ -14,6 +14,8 @@ background prefetch thread, which replaces the estimate once done.
 from __future__ import annotations
 
 import atexit
+import os
+import sys
 import threading
 import time
 import weakref
@@ -573,9 +575,21 @@ class Explorer:
                            notes=f"exported from the sammerge explorer; results measured on the {cmp.evaluation}")
 
     # -- paper table ------------------------------------------------------------------------------------
+    def table_methods(self) -> list[str]:
+        """The paper table's methods: $SAMMERGE_TABLE_METHODS (comma-separated names) where set, else every static
+        method that needs no data (``merging.table_methods``). On a slow zoo the whole set can take long."""
+        from sammerge.merging import table_methods
+        everything = table_methods(len(self.zoo.tasks))
+        chosen = [m.strip() for m in os.environ.get("SAMMERGE_TABLE_METHODS", "").split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in everything]
+        if unknown:
+            print(f"sammerge: SAMMERGE_TABLE_METHODS names {', '.join(unknown)}, not among this zoo's table methods "
+                  f"({', '.join(everything)}); ignored", file=sys.stderr)
+        return [m for m in chosen if m in everything] or everything
+
     def _paper_inputs(self) -> dict:
-        from sammerge.merging import get_method, table_methods
-        return {"methods": {m: list(get_method(m).lambda_range or ()) for m in table_methods(len(self.zoo.tasks))},
+        from sammerge.merging import get_method
+        return {"methods": {m: list(get_method(m).lambda_range or ()) for m in self.table_methods()},
                 "variants": self.zoo.variants}
 
     def paper_table_cached(self) -> pd.DataFrame | None:
@@ -597,7 +611,7 @@ class Explorer:
         with self._lock:
             if self.paper_table_cached() is None:
                 found = cached(self.zoo, "paper_table", self._paper_inputs(),
-                               lambda: _frame_to_json(paper_table(self.zoo, progress=progress)), threads=None)
+                               lambda: _frame_to_json(paper_table(self.zoo, methods=self.table_methods(), progress=progress)), threads=None)
                 self._paper["table"] = _frame_from_json(found)
             return self._paper["table"]
 

@@ -64,17 +64,18 @@ def test_cached_only_never_computes(tiny_zoo_copy):
     assert list(again["finetuned"].loss) == pytest.approx(list(computed["finetuned"].loss))
 
 
-def test_paper_table_is_kept_on_disk(tiny_zoo_copy):
+def test_paper_table_is_kept_on_disk(tiny_zoo_copy, monkeypatch):
     from sammerge.evaluation.protocol import paper_table
     from sammerge.explorer.service import Explorer
 
+    monkeypatch.setenv("SAMMERGE_TABLE_METHODS", "task_arithmetic,tsv_m")  # two methods: seconds, not minutes
     shutil.rmtree(tiny_zoo_copy / "analysis", ignore_errors=True)
     zoo = open_zoo(tiny_zoo_copy)
     assert Explorer(zoo, n_per_task=16).paper_table_cached() is None
     first = Explorer(zoo, n_per_task=16).paper_table()
     reopened = Explorer(open_zoo(tiny_zoo_copy), n_per_task=16).paper_table_cached()  # a new server process
-    direct = paper_table(zoo)
-    assert reopened is not None
+    direct = paper_table(zoo, methods=["task_arithmetic", "tsv_m"])
+    assert reopened is not None and len(reopened) == len(zoo.variants) * 4
     assert list(reopened["normalized"]) == pytest.approx(list(direct["normalized"]))
     assert list(reopened["best λ"].fillna(-1)) == pytest.approx(list(first["best λ"].fillna(-1)))
     assert reopened.attrs["protocol"] == direct.attrs["protocol"]

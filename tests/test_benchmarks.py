@@ -9,14 +9,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_merge_eval_benchmark_quick(tiny_zoo, tmp_path):
-    out = tmp_path / "merge_eval.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "merge_eval.py"), "--quick", "--zoo", str(tiny_zoo),
-         "--n-per-task", "32", "--repeats", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+def run_benchmark(script: str, *args: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``benchmarks/SCRIPT`` with ``args`` and ``--json OUT`` on one thread; (process, its JSON report)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_merge_eval_benchmark_quick(tiny_zoo, tmp_path):
+    proc, report = run_benchmark("merge_eval.py", "--quick", "--zoo", str(tiny_zoo), "--n-per-task", "32",
+                                 "--repeats", "2", out=tmp_path / "merge_eval.json")
     assert report["agreement"].startswith("engine == naive")
     for key in ("engine", "naive", "speedup"):
         assert report["a_slider_update_ms"][key] > 0
@@ -27,13 +31,9 @@ def test_merge_eval_benchmark_quick(tiny_zoo, tmp_path):
 
 
 def test_analytics_benchmark_runs(tiny_zoo, tmp_path):
-    out = tmp_path / "analytics.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "analytics.py"), "--zoo", str(tiny_zoo), "--grid", "5",
-         "--naive-points", "4", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(out.read_text())
+    _, report = run_benchmark("analytics.py", "--zoo", str(tiny_zoo), "--grid", "5", "--naive-points", "4",
+                              out=tmp_path / "analytics.json")
+    assert report
 
 
 def test_readme_tables_come_from_the_benchmark_results():
@@ -49,13 +49,8 @@ def test_method_cost_benchmark_quick(tiny_zoo, tmp_path):
     from method_cost import markdown
     from sammerge.merging import table_methods
 
-    out = tmp_path / "method_cost.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "method_cost.py"), "--quick", "--zoo", str(tiny_zoo),
-         "--threads", "1", "--tasks", "3", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    _, report = run_benchmark("method_cost.py", "--quick", "--zoo", str(tiny_zoo), "--threads", "1", "--tasks", "3",
+                              out=tmp_path / "method_cost.json")
     assert set(report["vit"]["methods"]) == set(table_methods(3))
     assert all(v["measured_s"] > 0 for v in report["vit"]["methods"].values())
     assert report["wudi_gradient"]["max_abs_diff"] < 1e-6 and report["wudi_gradient"]["naive_autograd_s"] > 0

@@ -25,7 +25,7 @@ import torch
 
 from sammerge.errors import DataError
 
-__all__ = ["Split", "TaskData", "Benchmark", "load_benchmark", "default_assets_dir", "SPLITS"]
+__all__ = ["Split", "TaskData", "Benchmark", "load_benchmark", "default_assets_dir", "SPLITS", "unlabeled_images"]
 
 SPLITS = ("train", "val", "test")
 NPZ_NAME = "benchmark.npz"
@@ -240,3 +240,14 @@ def _load_cached(npz_file: str, manifest_file: str, _stamp: tuple) -> Benchmark:
     except (KeyError, TypeError) as exc:
         raise DataError(f"{manifest_path}: malformed task entry ({type(exc).__name__}: {exc})") from None
     return Benchmark(tasks=tasks, pretrain=pretrain, image_size=size, manifest=manifest, path=npz_path.parent)
+
+
+def unlabeled_images(zoo, task: str, n: int, seed: int, split: str = "val") -> torch.Tensor:
+    """``n`` images of a task's split of ``zoo`` chosen by a seeded permutation (labels are never read; all of
+    them when the split is smaller)."""
+    images = zoo.split(task, split).images
+    if n >= len(images):
+        return images
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=gen)[:n].sort().values
+    return images[idx]

@@ -13,8 +13,8 @@ def register(subparsers) -> None:
                                             "chunk of λ), cached in ZOO/analysis/sweeps")
     p.add_argument("zoo", type=Path)
     p.add_argument("--method", nargs="+", default=None,
-                   help="merge methods (default: every static method that needs no data and merges the zoo's task "
-                        "count), each with its default parameters")
+                   help="merge methods (default: every static method that merges the zoo's task count; "
+                        "RegMean and Fisher where the zoo stores training images), each with its default parameters")
     p.add_argument("--variants", nargs="+", default=None,
                    help="variant sets: a variant for every task ('sam') or task:variant pairs "
                         "('digits:sam,symbols:plain'); default: each zoo variant")
@@ -77,11 +77,12 @@ def parse_params(items: list[str], method: str) -> dict:
 
 def _sweep(args: argparse.Namespace) -> int:
     from sammerge.jobs.sweeps import evaluation_settings, run_sweeps, sweep_key, sweeps_dir
-    from sammerge.merging import MergeSpec, table_methods
+    from sammerge.merging import MergeSpec
+    from sammerge.merging.statistics import zoo_table_methods
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(args.zoo)
-    methods = args.method or table_methods(len(zoo.tasks))
+    methods = args.method or zoo_table_methods(zoo, routed=False)
     sets = [parse_variant_set(v, zoo) for v in (args.variants or zoo.variants)]
     specs = [MergeSpec.for_zoo(zoo, m, parse_params(args.param, m), v) for m in methods for v in sets]
     with progress_bar(not args.quiet) as progress:

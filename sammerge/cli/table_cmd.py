@@ -31,7 +31,7 @@ def _typed(spec):
 def register(subparsers) -> None:
     p = subparsers.add_parser("table", help="paper-style table: every merge method at its best shared λ, plain vs SAM")
     p.add_argument("zoo", type=Path)
-    p.add_argument("--methods", nargs="+", default=None, help="merge methods (default: every static method that needs no data: `sammerge methods`)")
+    p.add_argument("--methods", nargs="+", default=None, help="merge methods (default: every static method, those reading images where the zoo has training images: `sammerge methods`)")
     p.add_argument("--n-val", type=int, default=None, help="validation images per task (default: whole split)")
     p.add_argument("--n-test", type=int, default=None, help="test images per task (default: whole split)")
     p.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
@@ -56,11 +56,11 @@ def _run(args: argparse.Namespace) -> int:
     from sammerge.io import atomic_write_text
     from sammerge.merging import get_method
     from sammerge.evaluation.protocol import paper_table
-    from sammerge.merging import table_methods
+    from sammerge.merging.statistics import zoo_table_methods
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(args.zoo)
-    methods = args.methods or table_methods(len(zoo.tasks))
+    methods = args.methods or zoo_table_methods(zoo)
     for name in methods:
         get_method(name)  # unknown → ConfigError listing the known ones
     settings = {s.name: getattr(args, f"ada_{s.name}") for s in _learner().global_params

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch.func import functional_call
 
+from sammerge.data import unlabeled_images
 from sammerge.errors import ConfigError
 from sammerge.merging import MergeSpec, layers
 from sammerge.merging.methods import Density, ties_parts
@@ -65,16 +66,6 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of softmax(logits) per row: −Σ_c p_c log p_c."""
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def unlabeled_images(zoo, task: str, n: int, seed: int, split: str = "val") -> torch.Tensor:
-    """``n`` images of a task's split chosen by a seeded permutation (labels are not read)."""
-    images = zoo.split(task, split).images
-    if n >= len(images):
-        return images
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(images), generator=gen)[:n].sort().values
-    return images[idx]
 
 
 def _check_settings(s: dict[str, Any]) -> None:

@@ -11,13 +11,16 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import torch
+
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
 from sammerge.evaluation.search import SHARED_PROTOCOL, sweep_shared_lambda
-from sammerge.merging import MergeSpec, get_method, resolve_and_merge, table_methods, task_id
+from sammerge.merging.statistics import zoo_table_methods
+from sammerge.merging import MergeSpec, get_method, resolve_and_merge, task_id, variant_statistics
 from sammerge.errors import ConfigError
 from sammerge.progress import Progress
 
-__all__ = ["normalized_accuracy", "Summary", "summarize", "individual_results", "evaluate_spec", "results_table",
+__all__ = ["normalized_accuracy", "Summary", "summarize", "individual_results", "evaluate_spec", "evaluate_routed", "results_table",
            "paper_table", "adamerging_table", "ADAMERGING_PROTOCOL"]
 
 
@@ -56,6 +59,21 @@ def individual_results(evaluator: Evaluator, zoo, variants: Mapping[str, str]) -
     return {t: res[t] for t, res in zip(tasks, results)}
 
 
+def evaluate_routed(zoo, models: Mapping[str, Mapping[str, torch.Tensor]], split: str = "test",
+                    n_per_task: int | None = None, evaluators: dict | None = None, seed: int = 0,
+                    precision: str = "fp32") -> dict[str, TaskResult]:
+    """A task-routed merge (one model per task, e.g. EMR): each task's result from its own model, on that task's
+    images only. ``evaluators``: a task → Evaluator cache to reuse across calls."""
+    evaluators = {} if evaluators is None else evaluators
+    out = {}
+    for task, params in models.items():
+        if task not in evaluators:
+            evaluators[task] = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, tasks=[task],
+                                                  precision=precision)
+        out[task] = evaluators[task].evaluate(params)[task]
+    return out
+
+
 def evaluate_spec(zoo, spec: MergeSpec, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
                   tasks: Sequence[str] | None = None, precision: str = "fp32"):
     """Merge as ``spec`` says (files checked) and evaluate on the zoo's tasks.
@@ -63,7 +81,18 @@ def evaluate_spec(zoo, spec: MergeSpec, split: str = "val", n_per_task: int | No
     Returns (results, individual, resolved spec, merged state dict): ``individual`` holds the fine-tuned model of
     each merged task on the same images, so normalized accuracy compares like with like.
     """
-    merged, resolved = resolve_and_merge(spec, originals=zoo.original_files() if hasattr(zoo, "original_files") else None)
+    merged, resolved = resolve_and_merge(spec, originals=zoo.original_files() if hasattr(zoo, "original_files") else None,
+                                         zoo=zoo)
+    if not spec.spec.is_static:  # task-routed: task t is evaluated with its own model
+        unknown = [t.task for t in spec.tasks if t.task not in zoo.tasks]
+        if unknown:
+            raise ConfigError(f"task-routed merge '{spec.method}': task '{unknown[0]}' is not in zoo '{zoo.path}'")
+        results = evaluate_routed(zoo, {t.task: m for t, m in zip(spec.tasks, merged)}, split, n_per_task,
+                                  seed=seed, precision=precision)
+        variants = {t.task: t.variant for t in spec.tasks if t.variant in zoo.variants}
+        evaluator = Evaluator.from_zoo(zoo, split=split, n_per_task=n_per_task, seed=seed, tasks=list(variants),
+                                       precision=precision)
+        return results, individual_results(evaluator, zoo, variants), resolved, merged
     mismatch = set(zoo.pretrained()) ^ set(merged)
     if mismatch:
         raise ConfigError(f"config's checkpoints do not match zoo '{zoo.path}' (e.g. key '{sorted(mismatch)[0]}')")
@@ -104,15 +133,16 @@ def paper_table(zoo, methods: Sequence[str] | None = None, variants: Sequence[st
     test accuracy per task, mean absolute and mean normalized accuracy (normalized by the individual models on
     the same test images). Also rows for the pretrained and the individual models, and with ``adamerging``
     (granularities, e.g. ``("task", "layer")``) AdaMerging rows (:func:`adamerging_table`); their learned specs
-    are in ``frame.attrs["learned"]``. ``methods``: default every static method that needs no data
-    (:func:`~sammerge.merging.table_methods`)."""
+    are in ``frame.attrs["learned"]``. ``methods``: default every static method
+    (:func:`~sammerge.merging.table_methods`; with the data methods where the zoo stores training images)."""
     import pandas as pd
 
-    methods = list(methods if methods is not None else table_methods(len(zoo.tasks)))
+    methods = list(methods if methods is not None else zoo_table_methods(zoo))
     variants = list(variants or zoo.variants)
     val = Evaluator.from_zoo(zoo, split="val", n_per_task=n_val)
     test = Evaluator.from_zoo(zoo, split="test", n_per_task=n_test)
     theta0 = zoo.pretrained()
+    test_by_task: dict[str, Evaluator] = {}  # for task-routed methods
     rows = []
     pre = test.evaluate(theta0)
     total = len(variants) * (len(methods) + 1)
@@ -128,9 +158,19 @@ def paper_table(zoo, methods: Sequence[str] | None = None, variants: Sequence[st
         tvs = [zoo.task_vector(t, variant) for t in zoo.tasks]
         for name in methods:
             params = dict((method_params or {}).get(name, {}))
+            if not get_method(name).is_static:  # one model per task, each evaluated on its own task
+                models = get_method(name)(theta0, tvs, task_ids=[task_id(t, variant) for t in zoo.tasks], **params)
+                routed = evaluate_routed(zoo, dict(zip(zoo.tasks, models)), "test", n_test, test_by_task)
+                rows.append(_row(variant, get_method(name).label, None, {t: r.accuracy for t, r in routed.items()},
+                                 individual, method=name))
+                done += 1
+                if progress:
+                    progress(done, total, f"paper table: {variant} {name}")
+                continue
             # DARE masks are seeded by "task/variant", as in MergeSpec.task_ids
             sweep = sweep_shared_lambda(val, name, theta0, tvs, params, test_evaluator=test,
-                                        task_ids=[task_id(t, variant) for t in zoo.tasks])
+                                        task_ids=[task_id(t, variant) for t in zoo.tasks],
+                                        statistics=variant_statistics(zoo, name, zoo.tasks, variant, params))
             rows.append(_row(variant, get_method(name).label, sweep.best_lambda,
                              {t: r.accuracy for t, r in sweep.test.items()}, individual, method=name,
                              val_mean=sweep.best_val_mean))

@@ -71,10 +71,14 @@ def scaled(pretrained: Mapping[str, torch.Tensor], direction: Mapping[str, torch
 def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: Mapping[str, torch.Tensor],
                         task_vectors: Sequence[Mapping[str, torch.Tensor]], params: Mapping | None = None,
                         lambdas: Sequence[float] | None = None, test_evaluator: Evaluator | None = None,
-                        task_ids: Sequence[str] | None = None) -> SweepResult:
-    """Evaluate merge(λ) for every λ of the grid (default: the method's) on validation; best mean, ties → smaller λ."""
+                        task_ids: Sequence[str] | None = None, statistics=None) -> SweepResult:
+    """Evaluate merge(λ) for every λ of the grid (default: the method's) on validation; best mean, ties → smaller λ.
+    ``statistics``: one mapping per task for methods that read data (``sammerge.merging.statistics``)."""
+    if not get_method(method_name).is_static:
+        raise ConfigError(f"merge method '{method_name}' is task-routed (one model per task): it has no shared-λ "
+                          "sweep; its numbers are in the paper table (`sammerge table`)")
     if not has_lambda(method_name):
-        merged = get_method(method_name)(pretrained, list(task_vectors), task_ids=task_ids,
+        merged = get_method(method_name)(pretrained, list(task_vectors), task_ids=task_ids, statistics=statistics,
                                          **{k: v for k, v in dict(params or {}).items() if k != LAMBDA})
         result = val_evaluator.evaluate(merged)
         mean = mean_accuracy(result)
@@ -86,11 +90,12 @@ def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: 
         raise ConfigError("λ sweep: empty grid")
     method = get_method(method_name)
     if method.lambda_is_scale:
-        direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids)
+        direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids, statistics)
         candidates = [scaled(pretrained, direction, lam) for lam in lambdas]
     else:  # λ inside the method: one merge per λ
         rest = {k: v for k, v in dict(params or {}).items() if k != LAMBDA}
-        candidates = [method(pretrained, list(task_vectors), task_ids=task_ids, **rest, **{LAMBDA: lam})
+        candidates = [method(pretrained, list(task_vectors), task_ids=task_ids, statistics=statistics, **rest,
+                             **{LAMBDA: lam})
                       for lam in lambdas]
     results = val_evaluator.evaluate_many(candidates)
     means = [mean_accuracy(r) for r in results]
@@ -104,7 +109,8 @@ def sweep_shared_lambda(val_evaluator: Evaluator, method_name: str, pretrained: 
 def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], method_name: str,
                           pretrained: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
                           params: Mapping | None = None, coarse_step: float = 0.1, fine_step: float = 0.05,
-                          sizes: tuple[int, int] = (32, 128), task_ids: Sequence[str] | None = None) -> tuple[float, int]:
+                          sizes: tuple[int, int] = (32, 128), task_ids: Sequence[str] | None = None,
+                          statistics=None) -> tuple[float, int]:
     """Cheap λ search over the method's λ range: a coarse grid on small subsets, then the fine points next to
     the best (± fine_step) on larger, nested subsets.
 
@@ -112,7 +118,7 @@ def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], met
     (λ, number of image-forwards used).
     """
     lo, hi, _ = get_method(method_name).lambda_range or (0.0, 1.0, fine_step)
-    direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids)
+    direction = merged_direction(method_name, pretrained, task_vectors, params, task_ids, statistics)
     n_coarse = int(round((hi - lo) / coarse_step))
     coarse = [round(lo + coarse_step * i, 4) for i in range(n_coarse + 1)]
     small = val_evaluator_factory(sizes[0])

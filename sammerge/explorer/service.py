@@ -36,7 +36,7 @@ from sammerge.evaluation.preview_cache import InstantPreview, Subset
 from sammerge.evaluation.search import SweepResult, merged_direction, scaled, sweep_shared_lambda
 from sammerge.explorer.estimates import SubsetEstimates
 from sammerge.explorer.style import variant_label
-from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo
+from sammerge.merging import LAMBDA, MergeSpec, list_methods, merge_zoo, spec_statistics
 from sammerge.progress import Progress
 
 __all__ = ["Explorer", "Comparison", "FirstLook", "method_choices", "EXPLORER_SPLIT", "EXPLORER_N_PER_TASK",
@@ -49,7 +49,9 @@ EXPLORER_LATENCY_TARGET_S = 0.3    # exact evaluation predicted slower than this
 
 
 def method_choices() -> list[str]:
-    return [m.name for m in list_methods()]
+    """The explorer's methods: every static one (a task-routed method, e.g. EMR, is one model per task: it appears in
+    the paper table, labelled so)."""
+    return [m.name for m in list_methods() if m.is_static]
 
 
 def _round(v: float) -> float:
@@ -265,7 +267,7 @@ class Explorer:
                 kwargs = {k: v for k, v in spec.method_kwargs.items() if k != LAMBDA}
                 self._directions[key] = merged_direction(
                     spec.method, self.zoo.pretrained(), [self.task_vector(t.task, t.variant) for t in spec.tasks],
-                    kwargs, spec.task_ids)
+                    kwargs, spec.task_ids, spec_statistics(self.zoo, spec))
                 while len(self._directions) > max(2, self.cache_size // 16):
                     self._directions.popitem(last=False)
             self._directions.move_to_end(key)
@@ -309,7 +311,8 @@ class Explorer:
         def direction():  # τ_m = merge(λ = 1) − θ0, one per method, parameters (but λ) and checkpoints
             kwargs = {k: v for k, v in spec.method_kwargs.items() if k != LAMBDA}
             return merged_direction(spec.method, self.zoo.pretrained(),
-                                    [self.task_vector(t.task, t.variant) for t in spec.tasks], kwargs, spec.task_ids)
+                                    [self.task_vector(t.task, t.variant) for t in spec.tasks], kwargs, spec.task_ids,
+                                    spec_statistics(self.zoo, spec))
         return self.preview.evaluate([(self.sweep_key(spec), direction, spec.params[LAMBDA] if spec.has_lambda else 1.0)])
 
     def references(self) -> tuple[dict[str, TaskResult], dict[str, dict[str, TaskResult]]]:
@@ -554,7 +557,8 @@ class Explorer:
                     kwargs = {k: v for k, v in s.method_kwargs.items() if k != LAMBDA}
                     self._sweeps[key] = sweep_shared_lambda(
                         self.evaluator, s.method, self.zoo.pretrained(),
-                        [self.task_vector(t.task, t.variant) for t in s.tasks], kwargs, task_ids=s.task_ids)
+                        [self.task_vector(t.task, t.variant) for t in s.tasks], kwargs, task_ids=s.task_ids,
+                        statistics=spec_statistics(self.zoo, s))
                     if self._shares_sweep_cache():  # kept on disk for the next start and `sammerge sweep`
                         from sammerge.jobs.sweeps import save_sweep
                         try:
@@ -577,9 +581,10 @@ class Explorer:
     # -- paper table ------------------------------------------------------------------------------------
     def table_methods(self) -> list[str]:
         """The paper table's methods: $SAMMERGE_TABLE_METHODS (comma-separated names) where set, else every static
-        method that needs no data (``merging.table_methods``). On a slow zoo the whole set can take long."""
-        from sammerge.merging import table_methods
-        everything = table_methods(len(self.zoo.tasks))
+        method (``merging.table_methods``; those that read images when the zoo stores training images). On a slow zoo
+        the whole set can take long."""
+        from sammerge.merging.statistics import zoo_table_methods
+        everything = zoo_table_methods(self.zoo)
         chosen = [m.strip() for m in os.environ.get("SAMMERGE_TABLE_METHODS", "").split(",") if m.strip()]
         unknown = [m for m in chosen if m not in everything]
         if unknown:

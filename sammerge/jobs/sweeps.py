@@ -23,7 +23,7 @@ from sammerge.errors import ConfigError
 from sammerge.evaluation.search import SHARED_PROTOCOL, SweepResult, lambda_grid, sweep_shared_lambda
 from sammerge.io import atomic_write_text
 from sammerge.jobs.runner import Job, Resources
-from sammerge.merging import LAMBDA, MergeSpec
+from sammerge.merging import LAMBDA, MergeSpec, spec_statistics
 from sammerge.progress import Progress
 
 FORMAT = 1
@@ -117,7 +117,8 @@ def job_sweep_chunk(ctx, inp: dict) -> dict:
     kwargs = {k: v for k, v in spec.method_kwargs.items() if k != LAMBDA}
     tvs = [zoo.task_vector(t.task, t.variant) for t in spec.tasks]
     res = sweep_shared_lambda(_evaluator(zoo, inp["evaluation"]), spec.method, zoo.pretrained(), tvs, kwargs,
-                              lambdas=inp["lambdas"] or None, task_ids=spec.task_ids)
+                              lambdas=inp["lambdas"] or None, task_ids=spec.task_ids,
+                              statistics=spec_statistics(zoo, spec))
     data = {"protocol": res.protocol, "method": res.method, "lambdas": res.lambdas, "val_mean": res.val_mean,
             "val_per_task": res.val_per_task}
     atomic_write_text(ctx.path(inp["output"]), json.dumps(data, indent=1))

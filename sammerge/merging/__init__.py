@@ -18,3 +18,4 @@ from sammerge.merging.spec import LAMBDA, WEIGHTS, DENSITIES, MergeSpec, TaskEnt
 from sammerge.merging.mergekit import (from_mergekit_yaml, is_mergekit_config, load_any_config,  # noqa: F401,E402
                                        to_mergekit_yaml)
 from sammerge.merging.apply import merge_zoo, resolve_and_merge  # noqa: F401,E402
+from sammerge.merging.statistics import spec_statistics, task_statistics, variant_statistics  # noqa: F401,E402

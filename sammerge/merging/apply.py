@@ -7,18 +7,21 @@ from typing import Mapping
 
 import torch
 
-from sammerge.errors import CheckpointError
+from sammerge.errors import CheckpointError, MergeError
 from sammerge.io import content_sha256, load_state_dict, sha256_file
 from sammerge.merging.spec import MergeSpec, library_version, now
+from sammerge.merging.statistics import spec_statistics
 from sammerge.merging.task_vector import StateDict, check_compatible, task_vector
 
 __all__ = ["resolve_and_merge", "merge_zoo"]
 
 
 def merge_zoo(zoo, spec: MergeSpec, task_vectors=None) -> StateDict:
-    """θ for ``spec`` over a zoo's loaded checkpoints (``task_vectors``: an optional (task, variant) → τ cache)."""
+    """θ for ``spec`` over a zoo's loaded checkpoints (``task_vectors``: an optional (task, variant) → τ cache; a
+    method that reads unlabeled images gets its statistics from the zoo)."""
     tvs = [task_vectors(t.task, t.variant) if task_vectors else zoo.task_vector(t.task, t.variant) for t in spec.tasks]
-    return spec.spec(zoo.pretrained(), tvs, task_ids=spec.task_ids, validate=False, **spec.method_kwargs)
+    return spec.spec(zoo.pretrained(), tvs, task_ids=spec.task_ids, validate=False,
+                     statistics=spec_statistics(zoo, spec), **spec.method_kwargs)
 
 
 
@@ -41,8 +44,21 @@ def _substitute(path: Path, recorded: str | None, originals: Mapping[str, Path])
     return path, recorded
 
 
+def _check_zoo_models(zoo, config: MergeSpec, shas: list[str]) -> None:
+    """The statistics come from the zoo's models: each config file must be the zoo's checkpoint of its task."""
+    problems = []
+    for entry, sha in zip(config.tasks, shas):
+        if entry.task not in zoo.tasks or entry.variant not in zoo.variants:
+            problems.append(f"task '{entry.task}' / variant '{entry.variant}' is not in zoo '{zoo.path}'")
+        elif zoo.manifest.checkpoint(entry.task, entry.variant).sha256 != sha:
+            problems.append(f"{entry.checkpoint} is not zoo '{zoo.path}''s checkpoint of {entry.task} / {entry.variant}")
+    if problems:
+        raise MergeError(f"merge method '{config.method}' computes its statistics with the zoo's models: "
+                         + "; ".join(problems))
+
+
 def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = None,
-                      originals: Mapping[str, Path] | None = None) -> tuple[dict[str, torch.Tensor], MergeSpec]:
+                      originals: Mapping[str, Path] | None = None, zoo=None) -> tuple[dict[str, torch.Tensor], MergeSpec]:
     """Load base + task checkpoints (verifying sha256 when recorded), check them, run the method.
 
     Returns ``(merged_state_dict, resolved_config)``; the resolved config has absolute paths, sha256 of
@@ -50,8 +66,13 @@ def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = No
     Nothing is written. Missing files → CheckpointError naming the path; incompatible tensors → MergeError.
     ``originals`` (an imported zoo's ``Zoo.original_files()``, sha256 → converted file) lets a config name the
     user's original checkpoint files: matched by content hash, the zoo's converted file is loaded instead.
+    ``zoo``: where a method that reads unlabeled images (RegMean, Fisher) gets them, task by task (MergeError
+    without one).
     """
     method = config.spec
+    if method.needs_data and zoo is None:
+        raise MergeError(f"merge method '{method.name}' reads unlabeled images of every task: merge from a zoo "
+                         f"whose tasks the config names (sammerge merge CONFIG OUT --zoo ZOO, or the app)")
     kwargs = config.method_kwargs
     base_path = config.resolve_path(config.base_model, root_dir)
     paths = [config.resolve_path(t.checkpoint, root_dir) for t in config.tasks]
@@ -71,7 +92,10 @@ def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = No
         shas.append(sha)
     check_compatible([base, *finetuned], [str(base_path), *map(str, paths)])
     tvs = [task_vector(ft, base, check_finite=False) for ft in finetuned]
-    merged = method(base, tvs, task_ids=config.task_ids, validate=False, **kwargs)
+    if method.needs_data:
+        _check_zoo_models(zoo, config, shas)
+    merged = method(base, tvs, task_ids=config.task_ids, validate=False, **kwargs,
+                    statistics=spec_statistics(zoo, config) if method.needs_data else None)
     global_names = {p.name for p in method.global_params}
     resolved = config.model_copy(update={
         "params": {k: v for k, v in kwargs.items() if k in global_names},

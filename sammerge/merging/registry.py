@@ -567,11 +567,11 @@ def list_methods() -> list[MergeMethod]:
     return list(MERGE_METHODS.values())
 
 
-def table_methods(n_tasks: int | None = None) -> list[str]:
-    """The methods the paper table, the seed study and sweeps run by default: every static method that needs no data
-    (and merges ``n_tasks`` task vectors), in registration order."""
-    return [m.name for m in MERGE_METHODS.values()
-            if m.is_static and not m.needs_data and (n_tasks is None or m.accepts_tasks(n_tasks))]
+def table_methods(n_tasks: int | None = None, with_data: bool = False) -> list[str]:
+    """The methods the paper table, the seed study and sweeps run by default: every static method (that merges
+    ``n_tasks`` task vectors; that reads no data unless ``with_data``), in registration order."""
+    return [m.name for m in MERGE_METHODS.values() if m.is_static and (with_data or not m.needs_data)
+            and (n_tasks is None or m.accepts_tasks(n_tasks))]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 from sammerge.analytics.diagnostics import gap_closed  # noqa: E402
+from sammerge.evaluation.protocol import evaluate_routed  # noqa: E402
+from sammerge.merging import get_method, task_id, variant_statistics  # noqa: E402
+from sammerge.merging.statistics import zoo_table_methods  # noqa: E402
 from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
 from sammerge.training.build import build_zoo  # noqa: E402
@@ -34,7 +37,29 @@ LAMBDAS = lambda_grid("task_arithmetic")
 MARKS = ("1/T", "0.3", "0.5", "1.0")
 
 
-def measure(zoo, n_val: int | None = 256, ties: bool = True) -> dict:
+def measure_methods(zoo, val, test, variant: str, methods: list[str], pre_mean: float, indiv_mean: float) -> dict:
+    """Every method on one variant: best λ on validation (the method's grid), test accuracy there, gap closed;
+    task-routed methods (EMR) evaluate each task with its own model."""
+    theta0, tvs = zoo.pretrained(), [zoo.task_vector(t, variant) for t in zoo.tasks]
+    ids = [task_id(t, variant) for t in zoo.tasks]
+    out = {}
+    for name in methods:
+        t0 = time.perf_counter()
+        if not get_method(name).is_static:
+            models = get_method(name)(theta0, tvs, task_ids=ids)
+            per_task = {t: r.accuracy for t, r in evaluate_routed(zoo, dict(zip(zoo.tasks, models)), "test").items()}
+            best = None
+        else:
+            sweep = sweep_shared_lambda(val, name, theta0, tvs, test_evaluator=test, task_ids=ids,
+                                        statistics=variant_statistics(zoo, name, zoo.tasks, variant))
+            per_task, best = {t: r.accuracy for t, r in sweep.test.items()}, sweep.best_lambda
+        mean = statistics.mean(per_task.values())
+        out[name] = {"merged_test": mean, "gap_closed": gap_closed(mean, pre_mean, indiv_mean),
+                     "best_lambda_val": best, "merged_per_task": per_task, "seconds": time.perf_counter() - t0}
+    return out
+
+
+def measure(zoo, n_val: int | None = 256, ties: bool = True, methods: list[str] | None = None) -> dict:
     val = Evaluator.from_zoo(zoo, split="val", n_per_task=n_val)
     test = Evaluator.from_zoo(zoo, split="test", n_per_task=None)
     theta0 = zoo.pretrained()
@@ -68,8 +93,12 @@ def measure(zoo, n_val: int | None = 256, ties: bool = True) -> dict:
             tsweep = sweep_shared_lambda(val, "ties", theta0, tvs, test_evaluator=test)
             row.update(ties_best_lambda_val=tsweep.best_lambda, ties_merged_test=tsweep.test_mean,
                        ties_gap_closed=gap_closed(tsweep.test_mean, pre_mean, indiv_mean))
+        if methods:
+            row["methods"] = measure_methods(zoo, val, test, variant, methods, pre_mean, indiv_mean)
         out["variants"][variant] = row
     out["fair"] = fair_comparisons(out["variants"])
+    if methods:
+        out["method_fair"] = method_fair(out["variants"], methods)
     return out
 
 
@@ -116,6 +145,18 @@ def fair_comparisons(variants: dict) -> dict:
     return out
 
 
+def method_fair(variants: dict, methods: list[str]) -> dict:
+    """Per method and SAM-type variant: (a) equal steps and (c) equal individual accuracy, as
+    :func:`fair_comparisons` does for task arithmetic, on that method's merged accuracy."""
+    out = {}
+    for name in methods:
+        view = {v: {**row, "merged_test": row["methods"][name]["merged_test"]} for v, row in variants.items()
+                if name in row.get("methods", {})}
+        out[name] = {v: {k: c for k, c in comps.items() if k != "equal_compute"}
+                     for v, comps in fair_comparisons(view).items()}
+    return out
+
+
 def merge_runs(runs: list[dict]) -> list[dict]:
     """One run per seed: the variants of runs of the same seed (zoos built with different variant subsets of one
     recipe share θ0, heads and, variant by variant, the same checkpoints) are united, fair comparisons redone."""
@@ -137,6 +178,9 @@ def merge_runs(runs: list[dict]) -> list[dict]:
         order = sorted(run["variants"], key=lambda v: (not v.startswith("plain"), run["variants"][v]["steps"], v))
         run["variants"] = {v: run["variants"][v] for v in order}
         run["fair"] = fair_comparisons(run["variants"])
+        methods = sorted({m for v in run["variants"].values() for m in v.get("methods", {})})
+        if methods:
+            run["method_fair"] = method_fair(run["variants"], methods)
         out.append(run)
     return out
 
@@ -160,6 +204,17 @@ def summarize(runs: list[dict], preset: str, seeds: list[int]) -> dict:
     for variant, comps in runs[0].get("fair", {}).items():
         summary["fair"][variant] = {c: {k: _agg([r["fair"][variant][c][k] for r in runs])
                                         for k in comps[c] if k != "interpolated"} for c in comps}
+    if runs[0].get("method_fair"):  # every method on every variant, and its fair comparisons
+        methods = list(runs[0]["method_fair"])
+        summary["methods"] = {
+            m: {"label": get_method(m).label, "routing": get_method(m).routing,
+                "variants": {v: {k: _agg([r["variants"][v]["methods"][m][k] for r in runs])
+                                 for k in ("merged_test", "gap_closed", "best_lambda_val")
+                                 if runs[0]["variants"][v]["methods"][m][k] is not None}
+                             for v in runs[0]["variants"]},
+                "fair": {v: {c: _agg([r["method_fair"][m][v][c]["merged"] for r in runs]) for c in comps}
+                         for v, comps in runs[0]["method_fair"][m].items()}}
+            for m in methods}
     return summary
 
 
@@ -273,7 +328,8 @@ def probe_row(name: str, description: str, recipe: ZooRecipe, runs: list[dict]) 
             "build_s": statistics.mean(r["build_time_s"] for r in runs), "variants": variants}
 
 
-def run_seeds(recipe: ZooRecipe, seeds: list[int], out: Path, reuse: bool, ties: bool = True) -> list[dict]:
+def run_seeds(recipe: ZooRecipe, seeds: list[int], out: Path, reuse: bool, ties: bool = True,
+              methods: list[str] | None = None) -> list[dict]:
     runs = []
     for seed in seeds:
         seeded = recipe.model_copy(update={"seed": seed})
@@ -284,7 +340,8 @@ def run_seeds(recipe: ZooRecipe, seeds: list[int], out: Path, reuse: bool, ties:
             t0 = time.perf_counter()
             zoo = build_zoo(seeded, zoo_dir, overwrite=True)
             print(f"seed {seed}: built in {time.perf_counter() - t0:.1f} s", flush=True)
-        result = measure(zoo, ties=ties)
+        chosen = (zoo_table_methods(zoo) if methods == ["all"] else methods) or None
+        result = measure(zoo, ties=ties, methods=chosen)
         result["seed"] = seed
         result["build_time_s"] = zoo.manifest.build_wall_time_s
         result["torch_threads"] = zoo.manifest.threads
@@ -307,6 +364,9 @@ def main() -> None:
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
                         help="summarize the runs of these --json files (seeds run as separate processes)")
     parser.add_argument("--no-ties", action="store_true", help="skip the TIES sweep")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="also measure these merge methods on every variant ('all': the paper table's methods), "
+                             "each at its best validation λ: the seed study's method table")
     parser.add_argument("--probe", default=None, help="regime search: name of this probe (a row of --search)")
     parser.add_argument("--base", default="demo", help="probe: the preset the overrides apply to")
     parser.add_argument("--set", default="{}", help="probe: JSON overrides of the base recipe (nested dicts merge)")
@@ -334,7 +394,7 @@ def main() -> None:
         if args.variants:
             recipe = recipe.model_copy(update={"variants": [v for v in recipe.variants if v.name in args.variants],
                                                "preset": f"{args.preset}-{'-'.join(args.variants)}"})
-        runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties)
+        runs = run_seeds(recipe, args.seeds, args.out, args.reuse, ties=not args.no_ties, methods=args.methods)
     summary = summarize(runs, args.preset, args.seeds)
     if args.json:  # the recipe lets a zoo of the same recipe show this study (sammerge.analytics.seed_study)
         recipe_json = get_preset(args.preset).model_dump(mode="json")  # --combine: runs of --preset's recipe

@@ -5,7 +5,8 @@ import streamlit as st
 
 from sammerge.webapp import ui, zoo_picker
 from sammerge.analytics.diagnostics import diagnose_zoo
-from sammerge.analytics.seed_study import fair_table, load_study, study_reading, study_table
+from sammerge.analytics.seed_study import (fair_table, load_study, method_reading, method_table, study_reading,
+                                           study_table)
 from sammerge.explorer.analysis_views import checkpoint_table, load_analysis_for, sharpness_sentence
 from sammerge.explorer.diagnostics_view import merge_curve_figure, own_and_damage_figure, reading, summary_table
 ui.page_setup("Zoo")
@@ -100,6 +101,12 @@ if study is not None:
     st.dataframe(study_table(study), hide_index=True, width="stretch", key="zoo_study_table")
     st.markdown("**Fair comparisons** (SAM-type variant minus plain, points): " + study_reading(study))
     st.dataframe(fair_table(study), hide_index=True, width="stretch", key="zoo_study_fair")
+    methods = method_table(study)
+    if methods is not None:
+        st.markdown("**Does SAM help method X?** Every merge method at each seed's best validation λ (test split, "
+                    "mean ± std over seeds); differences are the SAM-type variant minus plain, in points. "
+                    + method_reading(study))
+        st.dataframe(methods, hide_index=True, width="stretch", key="zoo_study_methods")
 
 st.markdown("**Next:** open **Merge explorer** in the sidebar to merge these checkpoints and compare SAM with plain; "
             "**Sharpness & landscape** and **Interference** show why merges succeed or fail; **Paper table** gives "

@@ -52,7 +52,9 @@ def test_inputs_not_modified(toy):
     before = {k: v.clone() for k, v in pre.items()}
     tvb = [{k: v.clone() for k, v in tv.items()} for tv in tvs]
     for m in MERGE_METHODS.values():
-        m(pre, tvs if m.accepts_tasks(len(tvs)) else tvs[:m.task_count[0]])
+        used = tvs if m.accepts_tasks(len(tvs)) else tvs[:m.task_count[0]]
+        m(pre, used, statistics=[{k: torch.rand_like(v) for k, v in tv.items() if v.ndim == 1} for tv in used]
+          if m.needs_data else None)
     assert close(pre, before) and all(close(a, b) for a, b in zip(tvs, tvb))
 
 
@@ -192,7 +194,16 @@ def test_one_task_full_density_gives_finetuned(toy, name):
         params["gamma"] = 0.0
     if get_method(name).has_lambda:
         params["lambda"] = 1.0
-    out = get_method(name)(pre, tvs[:1], **params)
+    method = get_method(name)
+    stats = None
+    if method.needs_data:  # any positive-definite Gram (RegMean), any positive Fisher: one task gives τ_1 back
+        g = torch.Generator().manual_seed(3)
+        stats = [{k: (lambda x: x.T @ x)(torch.randn(9, v.shape[1], generator=g))
+                  if v.ndim == 2 and name == "regmean" else
+                  torch.rand(v.shape, generator=g) for k, v in tvs[0].items() if v.is_floating_point()}]
+    out = method(pre, tvs[:1], statistics=stats, **params)
+    if not method.is_static:  # task-routed: the one task's own model
+        (out,) = out
     assert torch.allclose(out["w"], fts[0]["w"], atol=1e-6) and torch.allclose(out["b"], fts[0]["b"], atol=1e-6)
     assert out["steps"].item() == 7  # non-floating copied from the base
 

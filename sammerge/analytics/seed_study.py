@@ -121,3 +121,53 @@ def study_reading(study: dict) -> str:
     if not parts:
         return ""
     return f"Over seeds {', '.join(map(str, seeds))}: " + "; ".join(parts) + "."
+
+
+def _fair_variants(study: dict) -> list[str]:
+    """The SAM-type variants (those with fair comparisons), in study order."""
+    return list(study["summary"].get("fair", {}))
+
+
+def method_table(study: dict) -> pd.DataFrame | None:
+    """"Does SAM help method X?": one row per merge method (at its best validation λ per seed) — merged test accuracy
+    and gap closed of plain and each SAM-type variant, and the SAM-type variant minus plain at (a) equal steps and
+    (c) equal individual accuracy, in points; mean ± std over seeds. None for a study without methods."""
+    methods = study["summary"].get("methods")
+    if not methods:
+        return None
+    rows = []
+    for name, m in methods.items():
+        label = m.get("label", name)
+        row = {"method": label + (" (task-routed)" if m.get("routing") == "task_routed" and "routed" not in label
+                                  else "")}
+        for v in ["plain", *_fair_variants(study)]:
+            if v in m["variants"]:
+                row[f"{v} merged (%)"] = _pm(m["variants"][v]["merged_test"])
+                row[f"{v} gap closed (%)"] = _pm(m["variants"][v]["gap_closed"])
+        for v, comps in m.get("fair", {}).items():
+            for key in ("equal_steps", "equal_individual"):
+                if key in comps:
+                    row[f"{v} − plain, {key.replace('_', ' ')} (pts)"] = _pm(comps[key])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def method_reading(study: dict) -> str:
+    """Per SAM-type variant: which methods its merges beat plain on at equal steps on every seed, which lose on every
+    seed, and which are mixed — read from the numbers, whatever the sign."""
+    methods = study["summary"].get("methods") or {}
+    parts = []
+    for v in _fair_variants(study):
+        groups = {"above plain on every seed": [], "below plain on every seed": [], "mixed over seeds": []}
+        for name, m in methods.items():
+            comp = m.get("fair", {}).get(v, {}).get("equal_steps")
+            if comp is None:
+                continue
+            values = comp["values"]
+            key = ("above plain on every seed" if all(x > 0 for x in values) else
+                   "below plain on every seed" if all(x < 0 for x in values) else "mixed over seeds")
+            groups[key].append(f"{name} ({100 * comp['mean']:+.1f})")
+        text = "; ".join(f"{k}: {', '.join(g)}" for k, g in groups.items() if g)
+        if text:
+            parts.append(f"`{v}` at equal steps (points vs plain) — {text}")
+    return ". ".join(parts) + ("." if parts else "")

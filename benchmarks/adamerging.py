@@ -23,7 +23,8 @@ from sammerge.evaluation.adamerging import entropy, unlabeled_images
 from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
 from sammerge.evaluation.protocol import individual_results, normalized_accuracy
 from sammerge.evaluation.search import sweep_shared_lambda
-from sammerge.merging import get_learner, linear_combination, merge_zoo
+from sammerge.evaluation.learners import get_learner
+from sammerge.merging import linear_combination, merge_zoo
 from sammerge.zoo import open_zoo
 
 ADA = [("adamerging_task_ta", "task", "task_arithmetic"), ("adamerging_layer_ta", "layer", "task_arithmetic"),

@@ -48,14 +48,35 @@ def random_zoo(shapes, tasks: int, seed: int = 0):
     return theta0, tvs
 
 
-def time_direction(name: str, theta0, tvs, task_ids, params=None) -> float:
+def time_direction(name: str, theta0, tvs, task_ids, params=None, statistics=None) -> float:
     method = get_method(name)
     t0 = time.perf_counter()
     if method.lambda_is_scale:
-        method.direction(theta0, tvs, task_ids=task_ids, **(params or {}))
+        method.direction(theta0, tvs, task_ids=task_ids, statistics=statistics, **(params or {}))
     else:
-        method(theta0, tvs, task_ids=task_ids, validate=False, **(params or {}))
+        method(theta0, tvs, task_ids=task_ids, validate=False, statistics=statistics, **(params or {}))
     return time.perf_counter() - t0
+
+
+def synthetic_statistics(name: str, theta0, tasks: int) -> list[dict] | None:
+    """Random statistics of the right shapes for the ViT-sized timing (RegMean: an input Gram per weight matrix,
+    Fisher: a positive value per entry); None for methods that read no data."""
+    if not get_method(name).needs_data:
+        return None
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for _ in range(tasks):
+        if name == "regmean":
+            grams = {}
+            for k, v in theta0.items():
+                if v.ndim in (2, 4):
+                    d = v[0].numel()
+                    x = torch.randn(2 * d, d, generator=g)
+                    grams[k] = x.T @ x / (2 * d)
+            out.append(grams)
+        else:
+            out.append({k: torch.rand(v.shape, generator=g) for k, v in theta0.items()})
+    return out
 
 
 def wudi_naive_vs_closed_form(iterations: int, tasks: int) -> dict:
@@ -110,6 +131,13 @@ def main() -> int:
     for name in table_methods(len(tvs)):
         params = {"iterations": 20} if (args.quick and name == "wudi") else None
         out["demo"][name] = time_direction(name, theta0, tvs, ids, params)
+    out["demo_statistics"] = {}
+    for name in [m for m in table_methods(len(tvs), with_data=True) if get_method(m).needs_data]:
+        t0 = time.perf_counter()  # computing the statistics: forward (and, Fisher, backward) passes of each model
+        stats = [get_method(name).statistics(zoo, t, variant, get_method(name).validate_params({}))
+                 for t in zoo.tasks]
+        out["demo_statistics"][name] = time.perf_counter() - t0
+        out["demo"][name] = time_direction(name, theta0, tvs, ids, None, stats)
     # -- ViT-B/32-sized random task vectors
     blocks = 1 if args.quick else args.blocks
     shapes = vit_b32_shapes(blocks)
@@ -123,10 +151,12 @@ def main() -> int:
                       parameters=sum(v.numel() for v in theta0.values()),
                       parameters_full=sum(int(torch.Size(s).numel()) for s in vit_b32_shapes(12).values()))
     methods = {}
-    for name in table_methods(args.tasks):
+    for name in table_methods(args.tasks, with_data=True):
         params = {"iterations": 20} if (args.quick and name == "wudi") else None
-        total = time_direction(name, theta0, tvs, ids, params)
-        embed_s = time_direction(name, e0, etv, ids, params) if blocks < 12 else 0.0
+        stats = synthetic_statistics(name, theta0, args.tasks)
+        total = time_direction(name, theta0, tvs, ids, params, stats)
+        estats = None if stats is None else [{k: s[k] for k in embed if k in s} for s in stats]
+        embed_s = time_direction(name, e0, etv, ids, params, estats) if blocks < 12 else 0.0
         methods[name] = {"measured_s": total, "encoder_s": (embed_s + (total - embed_s) * 12 / blocks
                                                             if blocks < 12 else total),
                          "extrapolated": blocks < 12}
@@ -153,6 +183,13 @@ def markdown(r: dict) -> str:
         m = vit["methods"][name]
         lines.append(f"| `{name}` | {demo.get(name, float('nan')):.3f} | {m['measured_s']:.2f} | "
                      f"{'≈ ' if m['extrapolated'] else ''}{m['encoder_s']:.1f} |")
+    stats = r.get("demo_statistics", {})
+    if stats:
+        lines += ["", "Data methods: the demo zoo's unlabeled-image statistics (once per variant, then kept in memory) "
+                  "took " + ", ".join(f"`{k}` {v:.1f} s" for k, v in stats.items()) + " for its "
+                  f"{demo['tasks']} tasks (256 images each, forward passes; Fisher also backward). The ViT-sized "
+                  "rows time the merge with random statistics of the right shapes; computing real ones there needs "
+                  "256 forward passes per task."]
     w = r["wudi_gradient"]
     lines += ["", f"WUDI's closed-form gradient vs its naive autograd form (FusionBench's) on one "
               f"{w['layer'][0]}×{w['layer'][1]} layer, {w['tasks']} tasks, {w['iterations']} Adam steps: "

@@ -12,7 +12,8 @@ from sammerge.explorer.layers_view import (LEARNED, coefficient_grid, coefficien
                                            group_names_of, learned_sentence, spec_from_grid, uniform_grid)
 from sammerge.explorer.style import variant_label
 from sammerge.jobs.worker import get_worker
-from sammerge.merging import get_learner, to_mergekit_yaml
+from sammerge.evaluation.learners import get_learner
+from sammerge.merging import to_mergekit_yaml
 
 W = "lc_"
 ss = st.session_state

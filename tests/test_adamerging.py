@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sammerge.errors import ConfigError
-from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_learner, get_method, layers, merge_zoo,
+from sammerge.evaluation.learners import get_learner
+from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_method, layers, merge_zoo,
                               resolve_and_merge, task_vector, to_mergekit_yaml)
 from sammerge.merging.methods import ties_parts
 from sammerge.zoo import open_zoo

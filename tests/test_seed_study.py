@@ -70,3 +70,25 @@ def test_mixed_signs_are_read_as_mixed():
     study = _study(recipe, merged_delta=(0.01, -0.02, 0.005))
     assert "above plain on some seeds and below on others" in study_reading(study)
     assert recipe_mismatches(study["recipe"], recipe.model_dump(mode="json")) == []
+
+
+def test_the_method_table_reads_every_method_and_its_sign(tiny_zoo_copy):
+    from sammerge.analytics.seed_study import method_reading, method_table
+    zoo = open_zoo(tiny_zoo_copy)
+    study = _study(zoo.manifest.recipe)
+    assert method_table(study) is None  # a study measured before the methods were
+    study["summary"]["methods"] = {
+        "tsv_m": {"label": "TSV-M", "routing": "static",
+                  "variants": {"plain": {"merged_test": _agg([0.40, 0.42, 0.38]), "gap_closed": _agg([0.5, 0.6, 0.4])},
+                               "sam": {"merged_test": _agg([0.43, 0.44, 0.42]), "gap_closed": _agg([0.6, 0.7, 0.5])}},
+                  "fair": {"sam": {"equal_steps": _agg([0.03, 0.02, 0.04]),
+                                   "equal_individual": _agg([0.01, -0.01, 0.03])}}},
+        "emr": {"label": "EMR", "routing": "task_routed",
+                "variants": {"plain": {"merged_test": _agg([0.44, 0.45, 0.43]), "gap_closed": _agg([0.9, 0.9, 0.8])}},
+                "fair": {"sam": {"equal_steps": _agg([-0.01, -0.02, -0.03])}}}}
+    table = method_table(study).set_index("method")
+    assert table.loc["TSV-M", "sam − plain, equal steps (pts)"] == "3.0 ± 1.0"
+    assert table.loc["TSV-M", "plain gap closed (%)"] == "50.0 ± 10.0"
+    assert table.loc["EMR (task-routed)", "plain merged (%)"] == "44.0 ± 1.0"
+    reading = method_reading(study)
+    assert "above plain on every seed: tsv_m (+3.0)" in reading and "below plain on every seed: emr (-2.0)" in reading

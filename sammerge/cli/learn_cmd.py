@@ -16,7 +16,7 @@ LEARNER = "adamerging"
 
 
 def register(subparsers) -> None:
-    from sammerge.merging import get_learner
+    from sammerge.evaluation.learners import get_learner
 
     learner = get_learner(LEARNER)
     p = subparsers.add_parser("learn", help="learn merge coefficients with AdaMerging; writes a merge spec",
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sammerge.errors import ConfigError
-    from sammerge.merging import get_learner
+    from sammerge.evaluation.learners import get_learner
     from sammerge.zoo import open_zoo
 
     if args.out.suffix.lower() not in (".json", ".yaml", ".yml"):

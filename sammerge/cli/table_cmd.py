@@ -13,7 +13,7 @@ _ADA_SKIP = {"granularity"}  # given by --adamerging
 
 
 def _learner():
-    from sammerge.merging import get_learner
+    from sammerge.evaluation.learners import get_learner
     return get_learner("adamerging")
 
 

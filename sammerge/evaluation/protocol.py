@@ -199,7 +199,8 @@ def adamerging_table(zoo, granularities: Sequence[str] = ("task", "layer"), vari
     ``frame.attrs["learned"]``: row label → the learned spec as a dict (JSON-ready)."""
     import pandas as pd
 
-    from sammerge.merging import get_learner, merge_zoo
+    from sammerge.evaluation.learners import get_learner
+    from sammerge.merging import merge_zoo
 
     learner = get_learner("adamerging")
     settings = dict(settings or {})

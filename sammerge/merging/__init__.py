@@ -6,9 +6,10 @@ from sammerge.merging.task_vector import (StateDict, TaskVector, apply_task_vect
                                           check_compatible, check_task_vectors, float_keys, linear_combination,
                                           task_vector)
 from sammerge.merging.sparsify import breadcrumbs_mask, dare_drop, trim_magnitude  # noqa: F401
-from sammerge.merging.registry import (MERGE_METHODS, CoefficientLearner, Mergekit, MergeMethod, Param,  # noqa: F401
-                                       ParamSpec, coefficient_learner, get_learner, get_method, list_learners,
+from sammerge.merging.schema import Param, ParamSpec  # noqa: F401
+from sammerge.merging.registry import (MERGE_METHODS, Mergekit, MergeMethod, get_method,  # noqa: F401
                                        list_methods, merge_direction, merge_method, table_methods)
+from sammerge.merging.learners import CoefficientLearner, coefficient_learner  # noqa: F401
 from sammerge.merging import layers  # noqa: F401
 from sammerge.merging import methods  # noqa: F401  (registers the methods)
 from sammerge.merging import modern  # noqa: F401  (registers the methods of 2024–2025)

@@ -8,13 +8,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sammerge.errors import CheckpointError
+from sammerge.errors import CheckpointError, ConfigError
 
 PathLike = str | os.PathLike
 
@@ -266,3 +267,23 @@ def load_torch_file(path: PathLike, max_bytes: int | None = None):
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler's refusals and read errors
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot be read without running code ({reason}) — {CONVERSION_HINT}") from None
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text; ConfigError naming the file when it is missing or unreadable."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+
+
+def safe_yaml(text: str, what: str) -> Any:
+    """yaml.safe_load; ConfigError naming ``what`` and the line on invalid YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{what}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None

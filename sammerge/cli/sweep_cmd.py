@@ -53,7 +53,7 @@ def parse_variant_set(text: str, zoo) -> str | dict[str, str]:
 def parse_params(items: list[str], method: str) -> dict:
     """NAME=VALUE pairs → typed global parameters of ``method`` (ConfigError listing every problem)."""
     from sammerge.merging import LAMBDA, get_method
-    from sammerge.merging.spec import parse
+    from sammerge.merging.schema import parse
 
     schema = {p.name: p for p in get_method(method).global_params}
     out, problems = {}, []

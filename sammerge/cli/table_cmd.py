@@ -18,7 +18,7 @@ def _learner():
 
 
 def _typed(spec):
-    from sammerge.merging.spec import parse
+    from sammerge.merging.schema import parse
 
     def convert(raw: str):
         try:

@@ -7,7 +7,8 @@ import torch
 
 from sammerge.explorer.service import Comparison
 from sammerge.merging import MergeSpec
-from sammerge.merging.spec import fmt, library_version
+from sammerge.merging.schema import fmt
+from sammerge.merging.spec import library_version
 
 
 def figure_html(fig) -> str:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sammerge.merging.spec import LAMBDA, MergeSpec, fmt
+from sammerge.merging.schema import fmt
+from sammerge.merging.spec import LAMBDA, MergeSpec
 
 PRETRAINED_COLOR = "#9aa0a6"
 MIXED_COLOR = "#2ca02c"

@@ -22,7 +22,8 @@ import yaml
 
 from sammerge.errors import ConfigError
 from sammerge.merging.registry import get_method, list_methods
-from sammerge.merging.spec import MergeSpec, library_version, now, read_text, safe_yaml
+from sammerge.io import read_config_text as read_text, safe_yaml
+from sammerge.merging.spec import MergeSpec, library_version, now
 
 __all__ = ["to_mergekit_yaml", "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "mergekit_names",
            "layer_weight_conditions"]

@@ -21,7 +21,7 @@ import torch
 
 from sammerge.errors import ConfigError
 
-__all__ = ["Param", "ParamSpec", "spec_from_annotation"]
+__all__ = ["Param", "ParamSpec", "spec_from_annotation", "fmt", "parse"]
 
 
 @dataclass(frozen=True)
@@ -239,3 +239,27 @@ class _Schema:
         if self.validator is not None:
             self.validator(out)
         return out
+
+
+def fmt(value: Any) -> str:
+    """A parameter value as text (URLs, descriptions): booleans lower-case, floats to 6 significant digits."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def parse(raw: str, spec: ParamSpec) -> Any:
+    """Inverse of :func:`fmt` for one parameter of the given schema."""
+    if spec.kind == "bool":
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if spec.kind == "int":
+        return int(float(raw))
+    if spec.kind == "float":
+        return float(raw)
+    return raw

@@ -12,125 +12,25 @@ JSON / YAML (:meth:`MergeSpec.to_json`, :meth:`MergeSpec.load`), URL query (:met
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from sammerge.errors import ConfigError
-from sammerge.io import atomic_write_text
-from sammerge.merging.registry import MergeMethod, ParamSpec, get_method
+from sammerge.io import atomic_write_text, read_config_text as read_text, safe_yaml
+from sammerge.merging.entries import (DENSITIES, LAMBDA, TASK_FIELDS, WEIGHTS, TaskEntry,  # noqa: F401
+                                      _first_error, fit_task_count, library_version, now, task_id)
+from sammerge.merging.registry import MergeMethod, get_method
 
 __all__ = ["TaskEntry", "MergeSpec", "fit_task_count", "library_version", "task_id", "LAMBDA", "WEIGHTS", "DENSITIES",
            "DEFAULT_METHOD", "DEFAULT_LAMBDA", "read_text", "safe_yaml", "now"]
 
-# parameter names with a meaning outside their method (sliders, URLs, mergekit); everyone uses these names
-LAMBDA, WEIGHTS, DENSITIES = "lambda", "weights", "densities"
-TASK_FIELDS = {WEIGHTS: "weight", DENSITIES: "density"}  # per-task parameters with a field of their own in TaskEntry
 DEFAULT_METHOD = "task_arithmetic"
 DEFAULT_LAMBDA = 0.3  # a usual starting point for task arithmetic over several tasks (Ilharco et al. use 0.3–0.4)
-
-
-def library_version() -> str:
-    """``sammerge.__version__`` (the installed distribution's version, or 0.1.0 from a bare source tree)."""
-    from sammerge import __version__
-    return str(__version__)
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def task_id(task: str, variant: str) -> str:
-    """``task/variant``: identifies a checkpoint (seeds DARE masks, names spec entries)."""
-    return f"{task}/{variant}"
-
-
-def _first_error(exc: ValidationError, prefix: str = "merge config") -> ConfigError:
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        inp = err.get("input")
-        shown = "" if isinstance(inp, (dict, list)) else f" (got {inp!r})"
-        problems.append(f"field '{loc}': {err.get('msg', 'invalid value')}{shown}")
-    return ConfigError(f"{prefix}: " + "; ".join(problems))
-
-
-class TaskEntry(BaseModel):
-    """One input model: a task, the fine-tuned variant used for it, its coefficient and checkpoint."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task: str = Field(min_length=1)
-    variant: str = "plain"
-    weight: float = 1.0
-    density: float | None = None
-    layer_weights: dict[str, float] | None = None
-    params: dict[str, float] | None = None  # this task's value of the method's other per-task parameters, by name
-    checkpoint: str = Field(min_length=1)
-    sha256: str | None = None
-
-    @field_validator("layer_weights")
-    @classmethod
-    def _finite_layer_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if not v:
-            return None
-        bad = [g for g, w in v.items() if not g or not math.isfinite(w)]
-        if bad:
-            raise ValueError(f"layer weights must be finite numbers keyed by a layer group (bad: {bad})")
-        return {str(g): float(w) for g, w in v.items()}
-
-    @field_validator("params")
-    @classmethod
-    def _finite_params(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if not v:
-            return None
-        bad = [k for k, x in v.items() if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)]
-        if bad:
-            raise ValueError(f"per-task parameters must be finite numbers (bad: {bad})")
-        return {str(k): float(x) for k, x in v.items()}
-
-    def value(self, name: str) -> float | None:
-        """This task's value of the per-task parameter ``name`` (``weights`` → weight, ``densities`` → density)."""
-        field = TASK_FIELDS.get(name)
-        return getattr(self, field) if field else (self.params or {}).get(name)
-
-    @field_validator("weight")
-    @classmethod
-    def _finite_weight(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("weight must be finite")
-        return v
-
-    @field_validator("density")
-    @classmethod
-    def _density_range(cls, v: float | None) -> float | None:
-        if v is not None and not (0.0 < v <= 1.0):
-            raise ValueError("density must be in (0, 1]")
-        return v
-
-    @property
-    def id(self) -> str:
-        return task_id(self.task, self.variant)
-
-
-def fit_task_count(method, chosen: list[str], available: list[str]) -> list[str]:
-    """``chosen`` cut or filled (from ``available``, in order) to a task count the method merges (``task_count``)."""
-    lo, hi = method.task_count
-    names = list(chosen)[:hi] if hi is not None else list(chosen)
-    for t in available:
-        if len(names) >= lo:
-            break
-        if t not in names:
-            names.append(t)
-    if len(names) < lo:
-        raise ConfigError(f"method '{method.name}' merges {method.task_count_text()} tasks; the zoo has "
-                          f"{len(available)}")
-    return sorted(names, key=available.index)
 
 
 class MergeSpec(BaseModel):
@@ -248,10 +148,6 @@ class MergeSpec(BaseModel):
     @property
     def has_weights(self) -> bool:
         return any(p.name == WEIGHTS for p in self.spec.per_model_params)
-
-    @property
-    def has_densities(self) -> bool:
-        return any(p.name == DENSITIES for p in self.spec.per_model_params)
 
     def uniform_variant(self) -> str | None:
         """The one variant used by every task, or None for a mix."""
@@ -427,91 +323,18 @@ class MergeSpec(BaseModel):
                                             for k in {k for t in order for k in (t.params or {})}})
         return spec, warnings
 
-    # -- URL query parameters -------------------------------------------------------------------------
+    # -- URL query parameters (sammerge.merging.url_codec) ----------------------------------------------
     def to_query(self) -> dict[str, str]:
-        """Compact query parameters: method, parameters, tasks, variants, λ_t, densities, ``lw.<task>`` = group:s,…"""
-        q = {"method": self.method}
-        for name, value in self.params.items():
-            q[f"p.{name}"] = fmt(value)
-        q["tasks"] = ",".join(self.task_names)
-        q["variants"] = ",".join(f"{t.task}:{t.variant}" for t in self.tasks)
-        if self.has_weights:
-            q["weights"] = ",".join(f"{t.task}:{fmt(t.weight)}" for t in self.tasks)
-        for p in self.spec.per_model_params:
-            if p.name == WEIGHTS:
-                continue
-            values = [f"{t.task}:{fmt(t.value(p.name))}" for t in self.tasks if t.value(p.name) is not None]
-            if values:
-                q[p.name] = ",".join(values)
-        for t in self.tasks:
-            if t.layer_weights:
-                q[f"lw.{t.task}"] = ",".join(f"{g}:{fmt(w)}" for g, w in t.layer_weights.items())
-        return q
+        """Compact query parameters (:func:`sammerge.merging.url_codec.spec_to_query`)."""
+        from sammerge.merging.url_codec import spec_to_query
+        return spec_to_query(self)
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], zoo) -> tuple["MergeSpec", list[str]]:
-        """Rebuild a spec over ``zoo`` from query parameters; returns (spec, warnings).
-
-        Bad entries are ignored with a warning naming them, never an exception."""
-        warnings: list[str] = []
-        method = query.get("method", DEFAULT_METHOD)
-        try:
-            spec = get_method(method)
-        except ConfigError as exc:
-            warnings.append(f"link: {exc}; using {DEFAULT_METHOD}")
-            method, spec = DEFAULT_METHOD, get_method(DEFAULT_METHOD)
-        default = cls.default_for_zoo(zoo, method)
-        params = dict(default.params)
-        for p in spec.global_params:
-            raw = query.get(f"p.{p.name}")
-            if raw is None:
-                continue
-            try:
-                params[p.name] = p.check_value(parse(raw, p), p.name)
-            except (ConfigError, ValueError) as exc:
-                warnings.append(f"link: ignored parameter '{p.name}' ({exc})")
-        names = list(zoo.tasks)
-        if "tasks" in query:
-            listed = [] if query["tasks"] in ("", "-") else query["tasks"].split(",")
-            unknown = [n for n in listed if n not in zoo.tasks]
-            if unknown:
-                warnings.append(f"link: ignored unknown task(s) {', '.join(unknown)}")
-            names = [t for t in zoo.tasks if t in listed]
-        if not names:
-            warnings.append("link: no task selected; showing every task")
-            names = list(zoo.tasks)
-        if not spec.accepts_tasks(len(names)):
-            fitted = fit_task_count(spec, names, list(zoo.tasks))
-            warnings.append(f"link: method '{method}' merges {spec.task_count_text()} tasks; using "
-                            f"{', '.join(fitted)}")
-            names = fitted
-        fallback = default.uniform_variant() or zoo.variants[0]
-        variants = {t: default.variants.get(t, fallback) for t in zoo.tasks}
-        for t, v in _pairs(query.get("variants", ""), warnings, "variants"):
-            if t in variants and v in zoo.variants:
-                variants[t] = v
-            else:
-                warnings.append(f"link: ignored variant '{t}:{v}'")
-        per_task: dict[str, dict[str, float]] = {p.name: {} for p in spec.per_model_params}
-        for name in sorted(set(query) & ({WEIGHTS, DENSITIES} - set(per_task))):
-            warnings.append(f"link: ignored '{name}' (method '{method}' has no such per-task parameter)")
-        for pspec in spec.per_model_params:
-            what = TASK_FIELDS.get(pspec.name, pspec.name)
-            for t, v in _pairs(query.get(pspec.name, ""), warnings, pspec.name):
-                try:
-                    if t not in zoo.tasks:
-                        raise ValueError("unknown task")
-                    per_task[pspec.name][t] = pspec.check_value(float(v), f"{pspec.name}[{t}]")
-                except (ConfigError, ValueError) as exc:
-                    warnings.append(f"link: ignored {what} '{t}:{v}' ({exc})")
-        layer_weights = _query_layer_weights(query, zoo, names, spec, warnings)
-        try:
-            out = cls.for_zoo(zoo, method, params, {t: variants[t] for t in names}, tasks=names,
-                              layer_weights=layer_weights, per_task=per_task)
-        except ConfigError as exc:
-            warnings.append(f"link: {exc}; using the method's defaults")
-            out = cls.for_zoo(zoo, method, default.params, {t: variants[t] for t in names}, tasks=names)
-        return out, warnings
+        """(spec over ``zoo``, warnings) from query parameters (:func:`sammerge.merging.url_codec.spec_from_query`);
+        bad entries are ignored with a warning naming them, never an exception."""
+        from sammerge.merging.url_codec import spec_from_query
+        return spec_from_query(query, zoo)
 
     # -- files ------------------------------------------------------------------------------------------
     @classmethod
@@ -588,83 +411,3 @@ class MergeSpec(BaseModel):
         if not path.is_absolute():
             path = Path(root_dir) / path if root_dir is not None else self.root_dir / path
         return path.absolute()
-
-
-def read_text(path: Path) -> str:
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from None
-
-
-def safe_yaml(text: str, what: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{what}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-
-
-def fmt(value: Any) -> str:
-    """A parameter value as text (URLs, descriptions): booleans lower-case, floats to 6 significant digits."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def parse(raw: str, spec: ParamSpec) -> Any:
-    """Inverse of :func:`fmt` for one parameter of the given schema."""
-    if spec.kind == "bool":
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"not a boolean: {raw!r}")
-    if spec.kind == "int":
-        return int(float(raw))
-    if spec.kind == "float":
-        return float(raw)
-    return raw
-
-
-def _query_layer_weights(query: Mapping[str, str], zoo, names: Sequence[str], method: MergeMethod,
-                         warnings: list[str]) -> dict[str, dict[str, float]]:
-    """task → {group: s} from ``lw.<task>`` query parameters; unknown tasks/groups and bad numbers are warned about."""
-    raw = {k[3:]: v for k, v in query.items() if k.startswith("lw.")}
-    if not raw:
-        return {}
-    if not method.supports_layer_weights:
-        warnings.append(f"link: ignored per-layer coefficients (method '{method.name}' has no per-task weights)")
-        return {}
-    from sammerge.merging.layers import group_names
-    groups = group_names(k for k, v in zoo.pretrained().items() if v.is_floating_point())
-    out: dict[str, dict[str, float]] = {}
-    for task, text in raw.items():
-        if task not in names:
-            warnings.append(f"link: ignored per-layer coefficients of unknown or unselected task '{task}'")
-            continue
-        for g, v in _pairs(text, warnings, f"lw.{task}"):
-            try:
-                if g not in groups:
-                    raise ValueError(f"not a layer group of this model; it has {', '.join(groups)}")
-                value = float(v)
-                if not math.isfinite(value):
-                    raise ValueError("not finite")
-                out.setdefault(task, {})[g] = value
-            except ValueError as exc:
-                warnings.append(f"link: ignored layer weight '{task}:{g}:{v}' ({exc})")
-    return out
-
-
-def _pairs(text: str, warnings: list[str], what: str):
-    for item in filter(None, text.split(",")):
-        if ":" not in item:
-            warnings.append(f"link: ignored {what} entry {item!r} (expected task:value)")
-            continue
-        t, v = item.split(":", 1)
-        yield t, v

@@ -1,0 +1,113 @@
+"""One input model of a merge (:class:`TaskEntry`: task, variant, coefficients, checkpoint) and the small helpers a
+:class:`~sammerge.merging.spec.MergeSpec` is built from (ids, provenance stamps, task-count fitting)."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sammerge.errors import ConfigError
+
+__all__ = ["TaskEntry", "task_id", "fit_task_count", "library_version", "now", "LAMBDA", "WEIGHTS", "DENSITIES"]
+
+# parameter names with a meaning outside their method (sliders, URLs, mergekit); everyone uses these names
+LAMBDA, WEIGHTS, DENSITIES = "lambda", "weights", "densities"
+TASK_FIELDS = {WEIGHTS: "weight", DENSITIES: "density"}  # per-task parameters with a field of their own in TaskEntry
+
+
+def library_version() -> str:
+    """``sammerge.__version__`` (the installed distribution's version, or 0.1.0 from a bare source tree)."""
+    from sammerge import __version__
+    return str(__version__)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def task_id(task: str, variant: str) -> str:
+    """``task/variant``: identifies a checkpoint (seeds DARE masks, names spec entries)."""
+    return f"{task}/{variant}"
+
+
+def _first_error(exc: ValidationError, prefix: str = "merge config") -> ConfigError:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        inp = err.get("input")
+        shown = "" if isinstance(inp, (dict, list)) else f" (got {inp!r})"
+        problems.append(f"field '{loc}': {err.get('msg', 'invalid value')}{shown}")
+    return ConfigError(f"{prefix}: " + "; ".join(problems))
+
+
+class TaskEntry(BaseModel):
+    """One input model: a task, the fine-tuned variant used for it, its coefficient and checkpoint."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(min_length=1)
+    variant: str = "plain"
+    weight: float = 1.0
+    density: float | None = None
+    layer_weights: dict[str, float] | None = None
+    params: dict[str, float] | None = None  # this task's value of the method's other per-task parameters, by name
+    checkpoint: str = Field(min_length=1)
+    sha256: str | None = None
+
+    @field_validator("layer_weights")
+    @classmethod
+    def _finite_layer_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return None
+        bad = [g for g, w in v.items() if not g or not math.isfinite(w)]
+        if bad:
+            raise ValueError(f"layer weights must be finite numbers keyed by a layer group (bad: {bad})")
+        return {str(g): float(w) for g, w in v.items()}
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return None
+        bad = [k for k, x in v.items() if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"per-task parameters must be finite numbers (bad: {bad})")
+        return {str(k): float(x) for k, x in v.items()}
+
+    def value(self, name: str) -> float | None:
+        """This task's value of the per-task parameter ``name`` (``weights`` → weight, ``densities`` → density)."""
+        field = TASK_FIELDS.get(name)
+        return getattr(self, field) if field else (self.params or {}).get(name)
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("weight must be finite")
+        return v
+
+    @field_validator("density")
+    @classmethod
+    def _density_range(cls, v: float | None) -> float | None:
+        if v is not None and not (0.0 < v <= 1.0):
+            raise ValueError("density must be in (0, 1]")
+        return v
+
+    @property
+    def id(self) -> str:
+        return task_id(self.task, self.variant)
+
+
+def fit_task_count(method, chosen: list[str], available: list[str]) -> list[str]:
+    """``chosen`` cut or filled (from ``available``, in order) to a task count the method merges (``task_count``)."""
+    lo, hi = method.task_count
+    names = list(chosen)[:hi] if hi is not None else list(chosen)
+    for t in available:
+        if len(names) >= lo:
+            break
+        if t not in names:
+            names.append(t)
+    if len(names) < lo:
+        raise ConfigError(f"method '{method.name}' merges {method.task_count_text()} tasks; the zoo has "
+                          f"{len(available)}")
+    return sorted(names, key=available.index)

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from sammerge.evaluation.evaluator import Evaluator
-from sammerge.evaluation.preview_cache import InstantPreview, Subset, preview_path, precompute_preview
+from sammerge.evaluation.preview_cache import InstantPreview, preview_path, precompute_preview
+from sammerge.evaluation.subset import EvalSubset
 from sammerge.explorer.service import Explorer
 from sammerge.merging import LAMBDA, MergeSpec, merge_zoo
 from sammerge.zoo import open_zoo
@@ -51,7 +52,7 @@ def main() -> int:
         zoo = open_zoo(args.zoo)
     if not zoo.manifest.linearized:
         sys.exit(f"{zoo.path}: not a linearized zoo (build one with --build PRESET --out DIR)")
-    subset = Subset()  # the explorer's images
+    subset = EvalSubset()  # the explorer's images
     preview_path(zoo, subset).unlink(missing_ok=True)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()

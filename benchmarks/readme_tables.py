@@ -256,13 +256,32 @@ def paper_gap(text: str) -> str:
              "|---|" + "---|" * len(variants)]
     for m in sorted(methods, key=lambda m: -gap(variants[0], m)):
         lines.append(f"| {m} | " + " | ".join(f"{gap(v, m):.0f} %" for v in variants) + " |")
-    best = {v: max(methods, key=lambda m: gap(v, m)) for v in variants}
-    lines += ["", "Best per variant: " + "; ".join(f"{v} {best[v]} {gap(v, best[v]):.0f} % (task arithmetic "
-                                                     f"{ta[v]:.0f} %)" for v in variants) + "."]
+    static = [m for m in methods if "task-routed" not in m]  # one merged model (EMR serves each task its own)
+    best = {v: max(static, key=lambda m: gap(v, m)) for v in variants}
+    lines += ["", "Best single merged model per variant: " + "; ".join(
+        f"{v} {best[v]} {gap(v, best[v]):.0f} % (task arithmetic {ta[v]:.0f} %)" for v in variants) + "."]
+    routed = [m for m in methods if m not in static]
+    if routed:
+        lines[-1] += (" Task-routed (one model per task, not comparable with a single merged model): " + "; ".join(
+            f"{m} " + " / ".join(f"{gap(v, m):.0f} %" for v in variants) for m in routed) + ".")
     return "\n".join(lines)
 
 
-BLOCKS = {"demo_regime.json": demo_regime, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
+def demo_methods(data: dict) -> str:
+    """The seed study's "does SAM help method X?" table (sammerge.analytics.seed_study.method_table) and reading."""
+    from sammerge.analytics.seed_study import method_reading, method_table
+    study = {"summary": data["summary"], "recipe": data.get("recipe", {})}
+    table = method_table(study)
+    if table is None:
+        return "(this study was measured before the per-method table existed)"
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(row[c]) if row[c] == row[c] else "—" for c in cols) + " |"
+              for _, row in table.iterrows()]
+    return "\n".join(lines + ["", method_reading(study)])
+
+
+BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_methods, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
           "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,

@@ -225,17 +225,17 @@ def test_second_session_waits_for_the_same_build(monkeypatch, tmp_path):
 # -- sweeps ---------------------------------------------------------------------------------------------------
 def test_sweeps_cached_by_content_match_the_explorer(tiny_zoo_copy):
     from sammerge.explorer.service import Explorer
-    from sammerge.jobs.sweeps import load_cached_sweeps, run_sweeps, sweeps_dir
+    from sammerge.jobs.sweeps import run_sweeps, sweeps_dir
     from sammerge.merging import MergeSpec
 
     zoo = open_zoo(tiny_zoo_copy)
     spec = MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": 0.4}, "sam")
-    assert load_cached_sweeps(zoo, spec) is None
+    assert Explorer(zoo).cached_sweeps(spec) is None  # a fresh explorer reads the sweeps on disk
     specs = [spec, spec.with_variants("plain", zoo)]
     run_sweeps(zoo, specs, chunk_size=4)  # 21 λ values → 6 jobs per sweep
     records = list_records(sweeps_dir(zoo))
     assert len(records) == 12 and all(r.status == "done" and r.runs == 1 for r in records)
-    cached = load_cached_sweeps(zoo, spec.with_params(**{"lambda": 0.9}))  # λ is not part of a sweep
+    cached = Explorer(zoo).cached_sweeps(spec.with_params(**{"lambda": 0.9}))  # from disk; λ is not part of a sweep
     live = Explorer(zoo).sweeps(spec)
     assert set(cached) == set(live) == {"current", "plain", "sam"}
     for name in live:
@@ -246,7 +246,7 @@ def test_sweeps_cached_by_content_match_the_explorer(tiny_zoo_copy):
     run_sweeps(zoo, specs, chunk_size=4)  # cached: nothing runs again
     assert all(r.runs == 1 for r in list_records(sweeps_dir(zoo)))
     # the cache follows the content, not the path: a changed checkpoint is a different sweep
-    assert load_cached_sweeps(zoo, MergeSpec.for_zoo(zoo, "ties", None, "sam")) is None
+    assert Explorer(zoo).cached_sweeps(MergeSpec.for_zoo(zoo, "ties", None, "sam")) is None
 
 
 def test_sweep_and_jobs_cli(tiny_zoo_copy, capsys):

@@ -41,7 +41,7 @@ def test_prefetch_fills_the_cache_with_correct_results(explorer, tiny_zoo):
 
 
 def test_a_newer_request_replaces_the_older_and_the_worker_ends_when_idle(explorer):
-    explorer.prefetch_idle_exit_s = 0.05
+    explorer.background.idle_exit_s = 0.05
     spec = explorer.default_spec()
     far = spec.with_params(**{LAMBDA: 0.9})
     explorer.prefetch([spec.with_params(**{LAMBDA: v}) for v in (0.1, 0.15, 0.2, 0.25)])
@@ -49,10 +49,10 @@ def test_a_newer_request_replaces_the_older_and_the_worker_ends_when_idle(explor
     assert explorer.wait_prefetched(timeout=120)
     assert explorer.is_cached(far)
     assert sum(explorer.is_cached(spec.with_params(**{LAMBDA: v})) for v in (0.1, 0.15, 0.2, 0.25)) <= 1
-    thread = explorer._prefetch_thread
+    thread = explorer.background.thread
     if thread is not None:
         thread.join(timeout=30)
-    assert explorer._prefetch_thread is None
+    assert explorer.background.thread is None
     explorer.prefetch([spec])  # and starts again on the next request
     assert explorer.wait_prefetched(timeout=120) and explorer.is_cached(spec)
 
@@ -60,16 +60,16 @@ def test_a_newer_request_replaces_the_older_and_the_worker_ends_when_idle(explor
 def test_explorer_sweeps_are_kept_on_disk_and_found_by_a_new_server(tiny_zoo_copy):
     import shutil
 
-    from sammerge.jobs.sweeps import load_cached_sweeps
+    from sammerge.jobs.sweeps import load_cached_sweep
 
     shutil.rmtree(tiny_zoo_copy / "analysis", ignore_errors=True)
     zoo = open_zoo(tiny_zoo_copy)
     first = Explorer(zoo)  # the explorer's own evaluation settings: what `sammerge sweep` caches
     spec = first.default_spec()
-    assert first.cached_sweeps(spec) is None and load_cached_sweeps(zoo, spec) is None
+    assert first.cached_sweeps(spec) is None and load_cached_sweep(zoo, spec) is None
     computed = first.sweeps(spec)
-    on_disk = load_cached_sweeps(zoo, spec)
-    assert on_disk is not None and on_disk["current"].val_mean == pytest.approx(computed["current"].val_mean)
+    on_disk = load_cached_sweep(zoo, spec)
+    assert on_disk is not None and on_disk.val_mean == pytest.approx(computed["current"].val_mean)
     again = Explorer(open_zoo(tiny_zoo_copy)).cached_sweeps(spec)  # a new server process, no computation
     assert again is not None and again["current"].best_lambda == computed["current"].best_lambda
 

@@ -14,6 +14,7 @@ from torch.func import functional_call, jvp
 from sammerge.evaluation import preview_cache as pc
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.evaluation.linear_preview import LinearPreview
+from sammerge.evaluation.subset import EvalSubset
 from sammerge.explorer.service import Explorer
 from sammerge.io import save_state_dict, sha256_file
 from sammerge.jobs.runner import JobCancelled
@@ -22,7 +23,7 @@ from sammerge.merging import LAMBDA, MergeSpec, merge_zoo
 from sammerge.merging.spec import task_id
 from sammerge.zoo import open_zoo
 
-SUBSET = pc.Subset("val", 24, 0)
+SUBSET = EvalSubset("val", 24, 0)
 
 
 @pytest.fixture
@@ -191,7 +192,7 @@ def test_two_requests_start_one_job(lin_copy, monkeypatch):
     rerun.wait(120)
     assert pc.load_preview(zoo, SUBSET) is not None
     # another subset is another piece of work
-    other = pc.submit_preview_job(zoo, pc.Subset("val", 8, 1), device="cpu", worker=worker)
+    other = pc.submit_preview_job(zoo, EvalSubset("val", 8, 1), device="cpu", worker=worker)
     assert other is not first
     other.wait(120)
 
@@ -274,7 +275,7 @@ def test_the_benchmark_measures_cold_precompute_load_and_updates(lin_copy, tmp_p
     r = json.loads(out.read_text())
     assert r["updates_with_identical_accuracy"] == r["updates"] == 3 and r["jvps"] == 6
     assert r["precompute_cold_s"] > r["precompute_forward_and_jvps_s"] > 0 and r["load_ms"] > 0
-    assert pc.load_preview(open_zoo(lin_copy.path), pc.Subset()) is not None
+    assert pc.load_preview(open_zoo(lin_copy.path), EvalSubset()) is not None
 
 
 def test_the_job_runs_beside_exact_linearized_evaluations_in_another_thread(lin_copy):

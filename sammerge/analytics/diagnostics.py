@@ -145,7 +145,7 @@ def diagnose_zoo(zoo, variants: Sequence[str] | None = None, settings: Mapping |
                  use_cache: bool = True, progress: Progress | None = None, cached_only: bool = False) -> dict | None:
     """Diagnostics of every (or the given) variant of a zoo, cached under ``ZOO/analysis/cache/diagnostics-*``
     (``cached_only``: None instead of computing when not cached)."""
-    from sammerge.analytics.report import cached
+    from sammerge.cache import cached
 
     s = {**default_settings(), **dict(settings or {})}
     unknown = [k for k in s if k not in default_settings()]

@@ -10,43 +10,21 @@ Progress callbacks have the package's one signature, ``progress(done, total, sta
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from sammerge import __version__
+from sammerge.cache import (ANALYSIS_FORMAT, analysis_dir, cache_key, cached, jsonable,  # noqa: F401
+                            torch_threads, write_json)
 from sammerge.progress import Progress
-from sammerge.errors import ConfigError, ZooError
-from sammerge.io import atomic_write_text
+from sammerge.errors import ConfigError
 
-ANALYSIS_FORMAT = 1
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Temporarily set torch's intra-op CPU threads (None or 0: leave as is). The analytics run many
-    small double-backward passes that scale badly across threads (measured on the 2-core dev box
-    under load: one thread 4–10× faster than two), so analyze_zoo uses one thread by default."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def analysis_dir(zoo) -> Path:
-    return Path(zoo.path) / "analysis"
 
 
 def analysis_path(zoo) -> Path:
@@ -183,7 +161,7 @@ def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, o
 
     if not force:
         existing = load_analysis(zoo)
-        if existing is not None and existing.get("settings") == _jsonable(settings):
+        if existing is not None and existing.get("settings") == jsonable(settings):
             return existing
 
     pair_list = _pairs(zoo, settings["pairs"])
@@ -254,7 +232,7 @@ def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, o
         "format": ANALYSIS_FORMAT,
         "zoo": str(zoo.path), "zoo_hashes": zoo.checkpoint_hashes(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": _jsonable(settings),
+        "settings": jsonable(settings),
         "batches": {t: b.record() for t, b in batches.items()},
         "sharpness": sharp_rows,
         "cosine": cosine, "sign_conflict": conflict, "layer_norms": norms,
@@ -262,9 +240,9 @@ def _analyze_zoo(zoo, progress, n_images, quick, force, pairs, variants, save, o
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "versions": {"sammerge": __version__, "torch": torch.__version__}, "threads": torch.get_num_threads(),
     }
-    out = _jsonable(out)
+    out = jsonable(out)
     if save:
-        _write_json(analysis_path(zoo), out)
+        write_json(analysis_path(zoo), out)
     return out
 
 
@@ -288,63 +266,6 @@ def disentanglement_summary(analysis: Mapping) -> dict[str, float]:
 
 
 # -- on-demand, cached ----------------------------------------------------------------------------------------
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if not np.isfinite(v) else v
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    return obj
-
-
-def _write_json(path: Path, data: dict) -> None:
-    try:
-        atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
-    except OSError as exc:
-        raise ZooError(f"{path}: cannot write analysis ({exc.strerror or exc})") from exc
-
-
-def cache_key(zoo, kind: str, inputs: Mapping[str, Any]) -> str:
-    payload = json.dumps({"kind": kind, "format": ANALYSIS_FORMAT, "zoo": zoo.checkpoint_hashes(),
-                          "inputs": _jsonable(dict(inputs))}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def cached(zoo, kind: str, inputs: Mapping[str, Any], compute: Callable[[], dict], use_cache: bool = True,
-           threads: int | None = 1, cached_only: bool = False) -> dict | None:
-    """Return ``compute()`` (a JSON-able dict), cached in ``ZOO/analysis/cache/{kind}-{key}.json``.
-
-    The file holds ``{"kind", "key", "result"}``; an entry that does not parse, lacks those fields or
-    was written for another key (truncated, emptied, overwritten, an older format) is recomputed and
-    rewritten, not returned. ``use_cache=False`` neither reads nor writes the cache; ``cached_only=True``
-    returns None instead of computing (pages use it to show what is already on disk without a click)."""
-    key = cache_key(zoo, kind, inputs)
-    path = analysis_dir(zoo) / "cache" / f"{kind}-{key[:24]}.json"
-    if use_cache and path.is_file():
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            entry = None  # unreadable or corrupt entry: recompute
-        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("result"), dict):
-            return entry["result"]
-    if cached_only:
-        return None
-    with torch_threads(threads):
-        result = _jsonable(compute())
-    if use_cache:
-        try:
-            _write_json(path, {"kind": kind, "key": key, "result": result})
-        except ZooError:
-            pass  # read-only zoo: still return the result
-    return result
-
-
 def _sub(progress: Progress | None, stage: str) -> Progress | None:
     """``progress`` reporting under ``stage`` (the stage name the inner computation passes is replaced)."""
     return (lambda done, total, _inner="": progress(done, total, stage)) if progress else None

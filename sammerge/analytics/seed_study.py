@@ -124,8 +124,18 @@ def study_reading(study: dict) -> str:
 
 
 def _fair_variants(study: dict) -> list[str]:
-    """The SAM-type variants (those with fair comparisons), in study order."""
-    return list(study["summary"].get("fair", {}))
+    """The SAM-type variants (those with fair comparisons), in the recipe's order."""
+    fair = list(study["summary"].get("fair", {}))
+    order = [v["name"] for v in study.get("recipe", {}).get("variants", [])]
+    return sorted(fair, key=lambda v: order.index(v) if v in order else len(order))
+
+
+def _by_plain_gap(methods: dict) -> list[str]:
+    """Method names, largest plain gap closed first."""
+    def gap(name):
+        plain = methods[name]["variants"].get("plain", {}).get("gap_closed")
+        return -plain["mean"] if plain else 0.0
+    return sorted(methods, key=gap)
 
 
 def method_table(study: dict) -> pd.DataFrame | None:
@@ -136,7 +146,8 @@ def method_table(study: dict) -> pd.DataFrame | None:
     if not methods:
         return None
     rows = []
-    for name, m in methods.items():
+    for name in _by_plain_gap(methods):
+        m = methods[name]
         label = m.get("label", name)
         row = {"method": label + (" (task-routed)" if m.get("routing") == "task_routed" and "routed" not in label
                                   else "")}
@@ -144,7 +155,8 @@ def method_table(study: dict) -> pd.DataFrame | None:
             if v in m["variants"]:
                 row[f"{v} merged (%)"] = _pm(m["variants"][v]["merged_test"])
                 row[f"{v} gap closed (%)"] = _pm(m["variants"][v]["gap_closed"])
-        for v, comps in m.get("fair", {}).items():
+        for v in _fair_variants(study):
+            comps = m.get("fair", {}).get(v, {})
             for key in ("equal_steps", "equal_individual"):
                 if key in comps:
                     row[f"{v} − plain, {key.replace('_', ' ')} (pts)"] = _pm(comps[key])
@@ -159,8 +171,8 @@ def method_reading(study: dict) -> str:
     parts = []
     for v in _fair_variants(study):
         groups = {"above plain on every seed": [], "below plain on every seed": [], "mixed over seeds": []}
-        for name, m in methods.items():
-            comp = m.get("fair", {}).get(v, {}).get("equal_steps")
+        for name in _by_plain_gap(methods):
+            comp = methods[name].get("fair", {}).get(v, {}).get("equal_steps")
             if comp is None:
                 continue
             values = comp["values"]

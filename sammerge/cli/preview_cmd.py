@@ -11,9 +11,9 @@ from sammerge.errors import ConfigError
 
 
 def register(subparsers) -> None:
-    from sammerge.evaluation.preview_cache import Subset
+    from sammerge.evaluation.subset import EvalSubset
 
-    default = Subset()
+    default = EvalSubset()
     p = subparsers.add_parser("preview", help="precompute a linearized zoo's instant preview (f(θ0) and each J·τ), "
                                               "cached in ZOO/analysis/cache",
                               description="For a linearized zoo (recipe finetune.linearized) every merge θ0 + Σ c τ "
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from sammerge.evaluation.preview_cache import Subset, load_preview, precompute_preview
+    from sammerge.evaluation.preview_cache import load_preview, precompute_preview
+    from sammerge.evaluation.subset import EvalSubset
     from sammerge.zoo import open_zoo
 
     problems = []
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     zoo = open_zoo(args.zoo)
-    subset = Subset(args.split, args.n_per_task, args.seed)
+    subset = EvalSubset(args.split, args.n_per_task, args.seed)
     stored = not args.force and zoo.manifest.linearized and load_preview(zoo, subset) is not None
     t0 = time.perf_counter()
     with progress_bar(not (args.quiet or stored)) as progress:

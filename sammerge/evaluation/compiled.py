@@ -113,6 +113,14 @@ class CompiledForward:
         finally:
             self._ready.set()
 
+    def describe(self) -> str:
+        """How merges are evaluated right now: the compiled forward, eager while it compiles, or why eager."""
+        if self.status == "ready":
+            return "forward compiled by torch.compile"
+        if self.status in ("not started", "compiling"):
+            return "eager forward while torch.compile prepares a faster one"
+        return f"eager forward (torch.compile {self.status})"
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until compiling ended (ready or failed); True when the compiled forward is ready."""
         self._ready.wait(timeout)

@@ -32,23 +32,14 @@ from sammerge import __version__
 from sammerge.errors import CheckpointError, ConfigError, ZooError
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.evaluation.linear_preview import LinearPreview
+from sammerge.evaluation.subset import EXPLORER_SUBSET, EvalSubset
+from sammerge.cache import analysis_dir
 from sammerge.io import load_state_dict, save_state_dict
 from sammerge.merging.spec import task_id
 from sammerge.progress import Progress
 
 PREVIEW_FORMAT = 1
 KIND = "linear_preview"
-
-
-@dataclass(frozen=True)
-class Subset:
-    """The fixed evaluation images: ``n_per_task`` images per task of ``split`` (all when None), drawn with ``seed``."""
-    split: str = "val"
-    n_per_task: int | None = 256
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return {"split": self.split, "n_per_task": self.n_per_task, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ def _require_linearized(zoo) -> None:
                           "f(θ0) + Σ c J τ is exact only for linearized checkpoints")
 
 
-def preview_key(zoo, subset: Subset) -> str:
+def preview_key(zoo, subset: EvalSubset) -> str:
     """sha256 of everything the precomputed tensors depend on (zoo file hashes, encoder, tasks, variants, subset,
     format and library version)."""
     payload = {"kind": KIND, "format": PREVIEW_FORMAT, "library": __version__, "zoo": zoo.checkpoint_hashes(),
@@ -74,13 +65,12 @@ def preview_key(zoo, subset: Subset) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def preview_path(zoo, subset: Subset) -> Path:
+def preview_path(zoo, subset: EvalSubset) -> Path:
     """Where the zoo's preview for ``subset`` is (or will be) stored."""
-    from sammerge.analytics.report import analysis_dir
     return analysis_dir(zoo) / "cache" / f"{KIND}-{preview_key(zoo, subset)[:24]}.safetensors"
 
 
-def load_preview(zoo, subset: Subset) -> PreviewTensors | None:
+def load_preview(zoo, subset: EvalSubset) -> PreviewTensors | None:
     """The stored preview if it exists, parses, was written for this zoo and subset (its key) and holds every
     checkpoint's J τ with matching shapes; else None (the caller recomputes)."""
     from safetensors import safe_open
@@ -103,7 +93,7 @@ def load_preview(zoo, subset: Subset) -> PreviewTensors | None:
     return PreviewTensors(base=base, jvps=jvps, labels=labels)
 
 
-def compute_preview(zoo, subset: Subset, progress: Progress | None = None,
+def compute_preview(zoo, subset: EvalSubset, progress: Progress | None = None,
                     device: str | torch.device = "auto") -> PreviewTensors:
     """f(x; θ0) and J τ_t for every checkpoint on the subset's images (its own evaluator and encoder module, and
     reverse-mode J·v, so it may run in a thread beside an explorer). ``progress(done, total, stage)`` is called before each step (a job's callback
@@ -127,7 +117,7 @@ def compute_preview(zoo, subset: Subset, progress: Progress | None = None,
     return PreviewTensors(base=base, jvps=jvps, labels=ev.labels.to("cpu"))
 
 
-def save_preview(zoo, subset: Subset, tensors: PreviewTensors) -> Path:
+def save_preview(zoo, subset: EvalSubset, tensors: PreviewTensors) -> Path:
     """Write ``tensors`` atomically to :func:`preview_path` (ZooError when the zoo is not writable)."""
     path = preview_path(zoo, subset)
     meta = {"key": preview_key(zoo, subset), "format": PREVIEW_FORMAT, "library": __version__, **subset.as_dict(),
@@ -140,7 +130,7 @@ def save_preview(zoo, subset: Subset, tensors: PreviewTensors) -> Path:
     return path
 
 
-def precompute_preview(zoo, subset: Subset = Subset(), progress: Progress | None = None,
+def precompute_preview(zoo, subset: EvalSubset = EXPLORER_SUBSET, progress: Progress | None = None,
                        device: str | torch.device = "auto", force: bool = False) -> Path:
     """Compute and store the zoo's preview for ``subset`` unless a valid one is on disk (``force``: recompute)."""
     _require_linearized(zoo)
@@ -149,12 +139,12 @@ def precompute_preview(zoo, subset: Subset = Subset(), progress: Progress | None
     return save_preview(zoo, subset, compute_preview(zoo, subset, progress, device))
 
 
-def preview_job_key(zoo, subset: Subset) -> str:
+def preview_job_key(zoo, subset: EvalSubset) -> str:
     """The worker key of the preview job: one per zoo directory and cache key."""
     return f"linear-preview:{Path(zoo.path).resolve()}:{preview_key(zoo, subset)[:24]}"
 
 
-def submit_preview_job(zoo, subset: Subset = Subset(), device: str | torch.device = "auto", worker=None,
+def submit_preview_job(zoo, subset: EvalSubset = EXPLORER_SUBSET, device: str | torch.device = "auto", worker=None,
                        owner: str | None = None):
     """The worker task that precomputes the preview (``jobs.worker``: the running or finished one for this zoo and
     subset if there is one — never two; a failed or cancelled one, or a done one whose file is gone, is started
@@ -189,7 +179,7 @@ class InstantPreview:
     Loaded from disk when stored there; otherwise one background job prepares it (``background``) and :meth:`get`
     returns None — the explorer evaluates exactly — until the job is done, then the preview (loaded once)."""
 
-    def __init__(self, zoo, evaluator: Evaluator, subset: Subset, background: bool = True, worker=None) -> None:
+    def __init__(self, zoo, evaluator: Evaluator, subset: EvalSubset, background: bool = True, worker=None) -> None:
         self.zoo, self.evaluator, self.subset = zoo, evaluator, subset
         self.task = None  # the worker task preparing the preview, if one was started
         self.error: str | None = None

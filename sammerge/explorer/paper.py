@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import threading
 from typing import Sequence
 
@@ -94,3 +96,60 @@ def paper_sentence(frame: pd.DataFrame) -> str:
             f"{'higher' if abs_wins > n / 2 else '**not** higher'} for most methods: {abs_wins} of {n} "
             f"(mean difference {abs_diff.mean():+.1f} points) — normalized accuracy divides by each variant's own "
             f"fine-tuned accuracy, so weaker individual models can look better normalized.")
+
+
+class PaperTableCache:
+    """A zoo's paper table (``evaluation.protocol.paper_table``) as the app shows it: every table method of the zoo
+    ($SAMMERGE_TABLE_METHODS, comma-separated, limits them), computed once and kept on disk with the zoo."""
+
+    def __init__(self, zoo, lock) -> None:
+        self.zoo, self.lock = zoo, lock
+        self._table: pd.DataFrame | None = None
+
+    def methods(self) -> list[str]:
+        """The table's methods (``merging.statistics.zoo_table_methods``), or the ones $SAMMERGE_TABLE_METHODS names."""
+        from sammerge.merging.statistics import zoo_table_methods
+        everything = zoo_table_methods(self.zoo)
+        chosen = [m.strip() for m in os.environ.get("SAMMERGE_TABLE_METHODS", "").split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in everything]
+        if unknown:
+            print(f"sammerge: SAMMERGE_TABLE_METHODS names {', '.join(unknown)}, not among this zoo's table methods "
+                  f"({', '.join(everything)}); ignored", file=sys.stderr)
+        return [m for m in chosen if m in everything] or everything
+
+    def _inputs(self) -> dict:
+        from sammerge.merging import get_method
+        return {"methods": {m: list(get_method(m).lambda_range or ()) for m in self.methods()},
+                "variants": self.zoo.variants}
+
+    def get_cached(self) -> pd.DataFrame | None:
+        """The table if computed before — in this process or on disk (``ZOO/analysis/cache``) — else None."""
+        from sammerge.cache import cached
+        with self.lock:
+            if self._table is None:
+                found = cached(self.zoo, "paper_table", self._inputs(), dict, cached_only=True)
+                if found is not None:
+                    self._table = frame_from_json(found)
+            return self._table
+
+    def get(self, progress=None) -> pd.DataFrame:
+        """The table, computed (and written to disk) when not cached."""
+        from sammerge.cache import cached
+        from sammerge.evaluation.protocol import paper_table
+        with self.lock:
+            if self.get_cached() is None:
+                found = cached(self.zoo, "paper_table", self._inputs(), lambda: frame_to_json(
+                    paper_table(self.zoo, methods=self.methods(), progress=progress)), threads=None)
+                self._table = frame_from_json(found)
+            return self._table
+
+
+def frame_to_json(frame: pd.DataFrame) -> dict:
+    return {"columns": list(frame.columns), "rows": frame.astype(object).where(frame.notna(), None).values.tolist(),
+            "attrs": dict(frame.attrs)}
+
+
+def frame_from_json(data: dict) -> pd.DataFrame:
+    frame = pd.DataFrame(data["rows"], columns=data["columns"]).fillna(value=float("nan")).infer_objects()
+    frame.attrs.update(data.get("attrs", {}))
+    return frame

@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from sammerge.errors import ConfigError
+from sammerge.evaluation.subset import EXPLORER_SUBSET
 from sammerge.evaluation.search import SHARED_PROTOCOL, SweepResult, lambda_grid, sweep_shared_lambda
+from sammerge.cache import analysis_dir
 from sammerge.io import atomic_write_text
 from sammerge.jobs.runner import Job, Resources
 from sammerge.merging import LAMBDA, MergeSpec, spec_statistics
 from sammerge.progress import Progress
 
 FORMAT = 1
-# the explorer's evaluation (sammerge.explorer.service.EXPLORER_SPLIT / EXPLORER_N_PER_TASK, seed 0)
-EVALUATION = {"split": "val", "n_per_task": 256, "seed": 0}
+EVALUATION = EXPLORER_SUBSET.as_dict()  # the explorer's images: the sweeps it reads are computed on these
 SWEEP_PRECISIONS = ("fp32", "bf16")
 _EVALUATORS: dict[tuple, object] = {}
 
 
 def sweeps_dir(zoo) -> Path:
-    from sammerge.analytics.report import analysis_dir
     return analysis_dir(zoo) / "sweeps"
 
 
@@ -74,14 +74,6 @@ def _result_from_json(data: dict) -> SweepResult:
 def load_cached_sweep(zoo, spec: MergeSpec) -> SweepResult | None:
     """The cached sweep of ``spec`` (λ ignored) if one was computed, else None."""
     return load_cached_sweep_by_key(sweeps_dir(zoo), sweep_key(zoo, spec))
-
-
-def load_cached_sweeps(zoo, spec: MergeSpec, with_twins: bool = True) -> dict[str, SweepResult] | None:
-    """{"current": …, variant: …} sweeps of the merge and its twins when all are cached (as ``Explorer.sweeps``
-    returns them); None when any is missing. ``with_twins=False``: only ``"current"``."""
-    specs = twins(zoo, spec) if with_twins else {"current": spec}
-    out = {name: load_cached_sweep(zoo, s) for name, s in specs.items()}
-    return None if any(r is None for r in out.values()) else out
 
 
 # -- the job -------------------------------------------------------------------------------------------------

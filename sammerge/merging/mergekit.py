@@ -25,7 +25,8 @@ from sammerge.merging.registry import get_method, list_methods
 from sammerge.io import read_config_text as read_text, safe_yaml
 from sammerge.merging.spec import MergeSpec, library_version, now
 
-__all__ = ["to_mergekit_yaml", "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "mergekit_names",
+__all__ = ["to_mergekit_yaml", "from_mergekit_yaml", "is_mergekit_config", "load_any_config", "config_from_text",
+           "mergekit_names",
            "layer_weight_conditions"]
 
 
@@ -390,15 +391,19 @@ def load_any_config(path: str | os.PathLike) -> MergeSpec:
     text = read_text(path)
     if path.suffix.lower() == ".json":
         return MergeSpec.load(path)
-    data = safe_yaml(text, str(path))
-    if is_mergekit_config(data):
-        try:
-            return from_mergekit_yaml(data, root_dir=path.parent)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
     try:
-        return MergeSpec.from_dict(data, root_dir=path.parent)
+        return config_from_text(text, str(path), root_dir=path.parent, json_first=False)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
 
 
+def config_from_text(text: str, what: str = "configuration", root_dir=None, json_first: bool = True) -> MergeSpec:
+    """Our config (JSON or YAML) or a mergekit YAML (detected by its keys) from text; ConfigError naming the problem
+    (the app's import box and ``sammerge merge`` read configs through here)."""
+    try:
+        data = json.loads(text) if json_first else safe_yaml(text, what)
+    except json.JSONDecodeError:
+        data = safe_yaml(text, what)
+    if is_mergekit_config(data):
+        return from_mergekit_yaml(data, root_dir=root_dir)
+    return MergeSpec.from_dict(data, root_dir=root_dir)

@@ -8,9 +8,10 @@ from collections import OrderedDict
 import torch
 
 from sammerge.evaluation.search import merged_direction, scaled
+from sammerge.jobs.sweeps import twins
 from sammerge.merging import LAMBDA, MergeSpec, merge_zoo, spec_statistics
 
-__all__ = ["MergeCache", "lambda_neighbours"]
+__all__ = ["MergeCache", "SpecFamily", "lambda_neighbours"]
 
 
 class MergeCache:
@@ -80,3 +81,37 @@ def lambda_neighbours(spec: MergeSpec, steps: int = 1) -> list[MergeSpec]:
     values = [round(lam + sign * k * step, 6) for k in range(1, steps + 1) for sign in (1, -1)]
     return [spec.with_params(**{LAMBDA: v}) for v in values
             if (lo is None or v >= lo - 1e-9) and (hi is None or v <= hi + 1e-9)]
+
+
+class SpecFamily:
+    """The specs a move brings along, built once per spec (by key) and reused by every later call: its twins (the
+    same merge with every task on each variant) and its λ neighbours (what the background queue prefetches)."""
+
+    def __init__(self, zoo, size: int = 256) -> None:
+        self.zoo, self.size = zoo, size
+        self._twins: OrderedDict[str, dict[str, MergeSpec]] = OrderedDict()
+        self._neighbours: OrderedDict[str, list[MergeSpec]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _memo(self, cache: OrderedDict, spec: MergeSpec, make):
+        key = spec.key()
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = make()
+        with self._lock:
+            cache[key] = value
+            while len(cache) > self.size:
+                cache.popitem(last=False)
+        return value
+
+    def twins(self, spec: MergeSpec) -> dict[str, MergeSpec]:
+        """``"current"`` plus the same merge with every task on each variant (``jobs.sweeps.twins``)."""
+        return self._memo(self._twins, spec, lambda: twins(self.zoo, spec))
+
+    def neighbours(self, spec: MergeSpec, steps: int = 1) -> list[MergeSpec]:
+        """:func:`lambda_neighbours` of ``spec`` (one step: cached)."""
+        if steps != 1:
+            return lambda_neighbours(spec, steps)
+        return self._memo(self._neighbours, spec, lambda: lambda_neighbours(spec))

@@ -24,17 +24,16 @@ import torch
 from sammerge.evaluation.evaluator import TaskResult
 from sammerge.evaluation.linear_preview import LinearPreview
 from sammerge.evaluation.preview_cache import InstantPreview
-from sammerge.evaluation.protocol import Summary, summarize
+from sammerge.evaluation.protocol import Summary
 from sammerge.evaluation.search import SweepResult
 from sammerge.evaluation.subset import EvalSubset
 from sammerge.explorer import scorers
 from sammerge.explorer.background import BackgroundQueue
 from sammerge.explorer.comparison import Comparison, FirstLook
 from sammerge.explorer.estimates import SubsetEstimates
-from sammerge.explorer.merges import MergeCache, lambda_neighbours
+from sammerge.explorer.merges import MergeCache, SpecFamily
 from sammerge.explorer.paper import PaperTableCache
 from sammerge.explorer.sweep_cache import SweepCache, sweep_key
-from sammerge.jobs.sweeps import twins
 from sammerge.merging import MergeSpec, list_methods
 from sammerge.progress import Progress
 
@@ -71,16 +70,15 @@ class Explorer:
         # zoo's cache or prepared by a background job (exact evaluation until then)
         self.instant = (InstantPreview(zoo, self.evaluator, self.subset)
                         if self.evaluator.linearize_at is not None else None)
-        self.merges = MergeCache(zoo, cache_size)
+        self.merges, self.family = MergeCache(zoo, cache_size), SpecFamily(zoo)
         self.exact_results = scorers.ExactResults(zoo, self.evaluator, self.describe_evaluation(), cache_size)
         self.estimates = SubsetEstimates(zoo, self.evaluator, estimate_n_per_task, self.merges.merge, 4 * cache_size)
         self.background = BackgroundQueue(self._run_background, name="sammerge-prefetch")
-        self.sweep_cache = SweepCache(zoo, self.evaluator, self.subset, self.merges, self.exact_results.lock)
+        self.sweep_cache = SweepCache(zoo, self.evaluator, self.subset, self.merges, self.family, self.exact_results.lock)
         self.paper = PaperTableCache(zoo, self.exact_results.lock)
         _LIVE_EXPLORERS.add(self)
 
-    tasks = property(lambda self: self.zoo.tasks)
-    variants = property(lambda self: self.zoo.variants)
+    tasks, variants = property(lambda self: self.zoo.tasks), property(lambda self: self.zoo.variants)
 
     @property
     def preview(self) -> LinearPreview | None:
@@ -135,8 +133,8 @@ class Explorer:
         return self.exact_results.references()
 
     def twins(self, spec: MergeSpec) -> dict[str, MergeSpec]:
-        """``"current"`` plus the same merge with every task on each variant."""
-        return twins(self.zoo, spec)
+        """``"current"`` plus the same merge with every task on each variant (built once per spec)."""
+        return self.family.twins(spec)
 
     def first_look(self, spec: MergeSpec, allow_estimate: bool = True) -> FirstLook:
         """The merge's summary with 95 % Wilson intervals: exact when fast enough or already refined, else an
@@ -156,8 +154,8 @@ class Explorer:
         return cmp
 
     def summary(self, spec: MergeSpec) -> Summary:
-        _, ft = self.references()
-        return summarize(self.evaluate(spec), {t.task: ft[t.variant][t.task] for t in spec.tasks}, spec.task_names)
+        """One merge's exact summary (no twins)."""
+        return self.first_look(spec, allow_estimate=False).summary
 
     def is_cached(self, spec: MergeSpec) -> bool:
         """Whether the results of ``spec`` are in memory (showing it costs no evaluation)."""
@@ -195,7 +193,8 @@ class Explorer:
         items += [] if self.exact_results.refs is not None else [("references", None)]
         self.background.refine(items + [("exact", s) for s in self.twins(spec).values() if not self.is_cached(s)])
 
-    neighbours = staticmethod(lambda_neighbours)
+    def neighbours(self, spec: MergeSpec, steps: int = 1) -> list[MergeSpec]:
+        return self.family.neighbours(spec, steps)
 
     def prefetch(self, specs: Sequence[MergeSpec], estimate: bool = False) -> None:
         """Evaluate ``specs`` (and, ``prefetch_twins``, their twins) in the background, one merge at a time, every
@@ -241,8 +240,8 @@ class Explorer:
     def export_spec(self, spec: MergeSpec, allow_estimate: bool = False) -> MergeSpec:
         """``spec`` with its measured results and how they were measured (an estimate says so)."""
         cmp = self.compare(spec, allow_estimate=allow_estimate)
-        return spec.evolve(results=cmp.results_record(),
-                           notes=f"exported from the sammerge explorer; results measured on the {cmp.evaluation}")
+        return spec.with_provenance(results=cmp.results_record(),
+                                    notes=f"exported from the sammerge explorer; results measured on the {cmp.evaluation}")
 
     def table_methods(self) -> list[str]:
         return self.paper.methods()

@@ -7,8 +7,8 @@ from sammerge.errors import SammergeError
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.evaluation.search import SweepResult, sweep_shared_lambda
 from sammerge.evaluation.subset import EXPLORER_SUBSET, EvalSubset
-from sammerge.explorer.merges import MergeCache
-from sammerge.jobs.sweeps import load_cached_sweep, save_sweep, twins
+from sammerge.explorer.merges import MergeCache, SpecFamily
+from sammerge.jobs.sweeps import load_cached_sweep, save_sweep
 from sammerge.merging import LAMBDA, MergeSpec, spec_statistics
 from sammerge.progress import Progress
 
@@ -20,8 +20,9 @@ def sweep_key(spec: MergeSpec) -> str:
 
 
 class SweepCache:
-    def __init__(self, zoo, evaluator: Evaluator, subset: EvalSubset, merges: MergeCache, lock) -> None:
-        self.zoo, self.evaluator, self.merges, self.lock = zoo, evaluator, merges, lock
+    def __init__(self, zoo, evaluator: Evaluator, subset: EvalSubset, merges: MergeCache, family: SpecFamily,
+                 lock) -> None:
+        self.zoo, self.evaluator, self.merges, self.family, self.lock = zoo, evaluator, merges, family, lock
         self.on_disk = subset == EXPLORER_SUBSET  # sweeps on other images are kept in memory only
         self._sweeps: dict[str, SweepResult] = {}
 
@@ -34,7 +35,7 @@ class SweepCache:
 
     def cached(self, spec: MergeSpec) -> dict[str, SweepResult] | None:
         """The sweeps of the merge and its twins if computed before (here or on disk), else None."""
-        pairs = twins(self.zoo, spec)
+        pairs = self.family.twins(spec)
         for s in pairs.values():
             self._load(s)
         keys = {name: sweep_key(s) for name, s in pairs.items()}
@@ -43,7 +44,7 @@ class SweepCache:
 
     def sweeps(self, spec: MergeSpec, progress: Progress | None = None) -> dict[str, SweepResult]:
         """Shared-λ sweeps over the method's λ grid, for the merge and its twins (computed where missing)."""
-        pairs = twins(self.zoo, spec)
+        pairs = self.family.twins(spec)
         out = {}
         with self.lock:
             for i, (name, s) in enumerate(pairs.items()):

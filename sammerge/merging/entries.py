@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sammerge.errors import ConfigError
 
-__all__ = ["TaskEntry", "task_id", "fit_task_count", "library_version", "now", "LAMBDA", "WEIGHTS", "DENSITIES"]
+__all__ = ["TaskEntry", "task_id", "fit_task_count", "library_version", "now", "zoo_entries", "check_against_zoo",
+           "LAMBDA", "WEIGHTS", "DENSITIES"]
 
 # parameter names with a meaning outside their method (sliders, URLs, mergekit); everyone uses these names
 LAMBDA, WEIGHTS, DENSITIES = "lambda", "weights", "densities"
@@ -111,3 +113,51 @@ def fit_task_count(method, chosen: list[str], available: list[str]) -> list[str]
         raise ConfigError(f"method '{method.name}' merges {method.task_count_text()} tasks; the zoo has "
                           f"{len(available)}")
     return sorted(names, key=available.index)
+
+
+def zoo_entries(zoo, names, chosen: Mapping[str, str], weights=None, densities=None, layer_weights=None,
+                per_task=None) -> list[dict[str, Any]]:
+    """The task entries (as dicts) of a spec over ``zoo``'s checkpoints: tasks ``names`` in zoo order, each on its
+    ``chosen`` variant (default the zoo's first), with its checkpoint path, sha256 and per-task values."""
+    m = zoo.manifest
+    entries = []
+    for t in sorted(names, key=zoo.tasks.index):
+        v = chosen.get(t, zoo.variants[0])
+        record = m.checkpoint(t, v)
+        entry: dict[str, Any] = {"task": t, "variant": v, "checkpoint": str((zoo.path / record.file).absolute()),
+                                 "sha256": record.sha256}
+        if weights and t in weights:
+            entry["weight"] = float(weights[t])
+        if densities and densities.get(t) is not None:
+            entry["density"] = float(densities[t])
+        if layer_weights and layer_weights.get(t):
+            entry["layer_weights"] = {g: float(w) for g, w in layer_weights[t].items()}
+        for name, values in (per_task or {}).items():
+            if values.get(t) is None:
+                continue
+            if name in TASK_FIELDS:
+                entry[TASK_FIELDS[name]] = float(values[t])
+            else:
+                entry.setdefault("params", {})[name] = float(values[t])
+        entries.append(entry)
+    return entries
+
+
+def check_against_zoo(tasks, zoo) -> list[str]:
+    """For entries ``tasks`` of an imported config: ConfigError listing every task/variant not in ``zoo``; else the
+    warnings for checkpoint hashes that differ from the zoo's (the zoo's checkpoint is used)."""
+    problems, warnings = [], []
+    for t in tasks:
+        if t.task not in zoo.tasks:
+            problems.append(f"task '{t.task}' is not in this zoo (zoo has: {', '.join(zoo.tasks)})")
+        elif t.variant not in zoo.variants:
+            problems.append(f"variant '{t.variant}' of task '{t.task}' is not in this zoo "
+                            f"(zoo has: {', '.join(zoo.variants)})")
+        else:
+            record = zoo.manifest.checkpoint(t.task, t.variant)
+            if t.sha256 and t.sha256 != record.sha256:
+                warnings.append(f"task '{t.task}' ({t.variant}): the config's checkpoint sha256 {t.sha256[:12]}… "
+                                f"differs from this zoo's {record.sha256[:12]}…; using this zoo's checkpoint")
+    if problems:
+        raise ConfigError("imported config: " + "; ".join(problems))
+    return warnings

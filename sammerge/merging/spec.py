@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from sammerge.errors import ConfigError
 from sammerge.io import atomic_write_text, read_config_text as read_text, safe_yaml
 from sammerge.merging.entries import (DENSITIES, LAMBDA, TASK_FIELDS, WEIGHTS, TaskEntry,  # noqa: F401
-                                      _first_error, fit_task_count, library_version, now, task_id)
+                                      _first_error, fit_task_count, library_version, now, task_id, zoo_entries,
+                                      check_against_zoo)
 from sammerge.merging.registry import MergeMethod, get_method
 
 __all__ = ["TaskEntry", "MergeSpec", "fit_task_count", "library_version", "task_id", "LAMBDA", "WEIGHTS", "DENSITIES",
@@ -194,6 +195,14 @@ class MergeSpec(BaseModel):
         out._root_dir = self._root_dir
         return out
 
+    def with_provenance(self, **fields) -> "MergeSpec":
+        """A copy with other ``results``, ``notes``, ``learned`` or ``created`` — fields that change no merge, so
+        the copy is not validated again."""
+        unknown = set(fields) - {"results", "notes", "learned", "created"}
+        if unknown:
+            raise ConfigError(f"with_provenance: {', '.join(sorted(unknown))} would change the merge (use evolve)")
+        return self.model_copy(update=fields)
+
     def with_params(self, **params) -> "MergeSpec":
         return self.evolve(params={**self.params, **params})
 
@@ -222,6 +231,8 @@ class MergeSpec(BaseModel):
     def with_variants(self, variants: str | Mapping[str, str], zoo=None) -> "MergeSpec":
         """Every task (a str) or the named tasks (a mapping) on another variant; checkpoints from ``zoo``."""
         want = {t.task: variants for t in self.tasks} if isinstance(variants, str) else dict(variants)
+        if all(want.get(t.task, t.variant) == t.variant for t in self.tasks):
+            return self  # nothing changes: the same spec, not a copy to validate again
         tasks = []
         for t in self.tasks:
             v = want.get(t.task, t.variant)
@@ -261,26 +272,7 @@ class MergeSpec(BaseModel):
         if problems:
             raise ConfigError("; ".join(problems))
         m = zoo.manifest
-        entries = []
-        for t in sorted(names, key=zoo.tasks.index):
-            v = chosen.get(t, zoo.variants[0])
-            record = m.checkpoint(t, v)
-            entry: dict[str, Any] = {"task": t, "variant": v, "checkpoint": str((zoo.path / record.file).absolute()),
-                                     "sha256": record.sha256}
-            if weights and t in weights:
-                entry["weight"] = float(weights[t])
-            if densities and densities.get(t) is not None:
-                entry["density"] = float(densities[t])
-            if layer_weights and layer_weights.get(t):
-                entry["layer_weights"] = {g: float(w) for g, w in layer_weights[t].items()}
-            for name, values in (per_task or {}).items():
-                if values.get(t) is None:
-                    continue
-                if name in TASK_FIELDS:
-                    entry[TASK_FIELDS[name]] = float(values[t])
-                else:
-                    entry.setdefault("params", {})[name] = float(values[t])
-            entries.append(entry)
+        entries = zoo_entries(zoo, names, chosen, weights, densities, layer_weights, per_task)
         return cls.from_dict({"method": method, "params": dict(params or {}), "tasks": entries,
                               "base_model": str((zoo.path / m.pretrained.file).absolute()),
                               "base_sha256": m.pretrained.sha256, "zoo": str(zoo.path.absolute()), **provenance})
@@ -293,27 +285,9 @@ class MergeSpec(BaseModel):
         return cls.for_zoo(zoo, method, params, "sam" if "sam" in zoo.variants else zoo.variants[-1],
                            tasks=fit_task_count(schema, list(zoo.tasks), list(zoo.tasks)))
 
-    def check_against_zoo(self, zoo) -> list[str]:
-        """Problems (ConfigError) when a task/variant is not in ``zoo``; warnings for checkpoint hash mismatches."""
-        problems, warnings = [], []
-        for t in self.tasks:
-            if t.task not in zoo.tasks:
-                problems.append(f"task '{t.task}' is not in this zoo (zoo has: {', '.join(zoo.tasks)})")
-            elif t.variant not in zoo.variants:
-                problems.append(f"variant '{t.variant}' of task '{t.task}' is not in this zoo "
-                                f"(zoo has: {', '.join(zoo.variants)})")
-            else:
-                record = zoo.manifest.checkpoint(t.task, t.variant)
-                if t.sha256 and t.sha256 != record.sha256:
-                    warnings.append(f"task '{t.task}' ({t.variant}): the config's checkpoint sha256 {t.sha256[:12]}… "
-                                    f"differs from this zoo's {record.sha256[:12]}…; using this zoo's checkpoint")
-        if problems:
-            raise ConfigError("imported config: " + "; ".join(problems))
-        return warnings
-
     def rebased(self, zoo) -> tuple["MergeSpec", list[str]]:
         """The same merge on ``zoo``'s files (tasks in zoo order); returns (spec, warnings)."""
-        warnings = self.check_against_zoo(zoo)
+        warnings = check_against_zoo(self.tasks, zoo)
         order = sorted(self.tasks, key=lambda t: zoo.tasks.index(t.task))
         spec = type(self).for_zoo(zoo, self.method, self.params, {t.task: t.variant for t in order},
                                   {t.task: t.weight for t in order}, {t.task: t.density for t in order},

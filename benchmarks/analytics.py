@@ -22,8 +22,8 @@ import torch
 
 
 def _demo_setup(zoo_path: str | None, n_images: int):
-    from sammerge.training.model import EncoderConfig, Head, create_encoder, encoder_params
-    from sammerge.training.presets import get_preset
+    from sammerge.models.model import EncoderConfig, Head, create_encoder, encoder_params
+    from sammerge.models.presets import get_preset
 
     if zoo_path:
         from sammerge.zoo import open_zoo

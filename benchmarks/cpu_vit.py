@@ -40,7 +40,7 @@ import torch
 from sammerge.evaluation.estimate import wilson_interval
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.merging import get_method
-from sammerge.training.model import Head
+from sammerge.models.model import Head
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(model="vit_base_patch32_clip_quickgelu_224", kwargs={"num_classes": 512}, image=224, tasks=8,

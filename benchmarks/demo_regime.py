@@ -30,7 +30,7 @@ from sammerge.merging.statistics import zoo_table_methods  # noqa: E402
 from sammerge.evaluation.evaluator import Evaluator, mean_accuracy  # noqa: E402
 from sammerge.evaluation.search import lambda_grid, merged_direction, scaled, sweep_shared_lambda  # noqa: E402
 from sammerge.training.build import build_zoo  # noqa: E402
-from sammerge.training.presets import ZooRecipe, get_preset  # noqa: E402
+from sammerge.models.presets import ZooRecipe, get_preset  # noqa: E402
 from sammerge.zoo import open_zoo  # noqa: E402
 
 LAMBDAS = lambda_grid("task_arithmetic")

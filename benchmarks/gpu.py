@@ -54,7 +54,7 @@ def predictions(ev, params) -> torch.Tensor:
 
 def finetune_seconds(zoo, task: str, precision: str, steps: int, device: torch.device) -> float:
     """Wall time of ``steps`` fine-tuning steps (plain AdamW, the zoo's batch size) of θ0 on ``task``."""
-    from sammerge.training.presets import VariantSpec
+    from sammerge.models.presets import VariantSpec
     from sammerge.training.train import finetune
 
     recipe = zoo.manifest.recipe.finetune.model_copy(update={"steps": steps, "precision": precision})
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
     from sammerge.evaluation.search import lambda_grid, merged_direction, scaled
     from sammerge.merging import linear_combination
     from sammerge.training.build import build_zoo
-    from sammerge.training.model import pick_device
-    from sammerge.training.presets import get_preset
+    from sammerge.models.model import pick_device
+    from sammerge.models.presets import get_preset
     from sammerge.zoo import open_zoo
 
     device = pick_device(args.device)
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     batch = zoo.split(task, "val").subset(64 if args.short else 256, 0)
     encoder = zoo.create_encoder().to(device)
     head = zoo.heads[task]
-    from sammerge.training.model import Head
+    from sammerge.models.model import Head
     head = Head(head.weight.to(device), head.bias.to(device))
     loss = task_loss_fn(encoder, head, batch.images.to(device), batch.labels.to(device))
     params = {k: v.to(device) for k, v in zoo.finetuned(task, variant).items()}

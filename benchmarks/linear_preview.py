@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from sammerge.evaluation.evaluator import Evaluator
-from sammerge.evaluation.preview_cache import InstantPreview, preview_path, precompute_preview
+from sammerge.evaluation.preview_cache import preview_path, precompute_preview
+from sammerge.explorer.instant_preview import InstantPreview
 from sammerge.evaluation.subset import EvalSubset
 from sammerge.explorer.service import Explorer
 from sammerge.merging import LAMBDA, MergeSpec, merge_zoo
@@ -44,7 +45,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.build:
         from sammerge.training.build import build_zoo
-        from sammerge.training.presets import get_preset
+        from sammerge.models.presets import get_preset
         recipe = get_preset(args.build)
         recipe = recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"linearized": True})})
         zoo = build_zoo(type(recipe).model_validate(recipe.model_dump()), args.out, overwrite=True)

@@ -12,7 +12,7 @@ from sammerge.explorer.diagnostics_view import reading, summary_table
 from sammerge.jobs.worker import get_worker
 from sammerge.training.build import build_zoo, default_zoo_dir
 from sammerge.training.knobs import with_knobs
-from sammerge.training.presets import ALL_TASKS, PRESETS, get_preset
+from sammerge.models.presets import ALL_TASKS, PRESETS, get_preset
 from sammerge.webapp import jobs_view, ui, zoo_picker
 
 ui.page_setup("Zoo builder", "🏗️")

@@ -42,7 +42,7 @@ def shipped_zoo(preset: str, fingerprint: str):
 def shipped_zoo_for(preset: str):
     """The shipped zoo if it matches ``preset``'s current recipe and the installed benchmark data, else None."""
     from sammerge.data import load_benchmark
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
     from sammerge.zoo import data_sha256
 
     if preset != SHIPPED_PRESET:

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sammerge.errors import CheckpointError, ZooError, invalid_fields
 from sammerge.io import load_state_dict, sha256_file
 from sammerge.merging.task_vector import task_vector
-from sammerge.training.model import (AnyEncoderConfig, Head, create_encoder, heads_from_state_dict,
+from sammerge.models.model import (AnyEncoderConfig, Head, create_encoder, heads_from_state_dict,
                                      without_fused_attention)
-from sammerge.training.presets import VariantSpec, ZooRecipe
+from sammerge.models.presets import VariantSpec, ZooRecipe
 
 FORMAT_VERSION = 1
 IMPORTED_FORMAT_VERSION = 2  # zoos written by `sammerge zoo import`

@@ -23,7 +23,7 @@ from sammerge.data import load_benchmark
 from sammerge.io import atomic_dir
 from sammerge.shipped import SHIPPED_PRESET, shipped_zoo_dir
 from sammerge.training.build import build_zoo
-from sammerge.training.presets import get_preset
+from sammerge.models.presets import get_preset
 from sammerge.zoo import data_sha256, open_zoo
 
 

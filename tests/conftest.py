@@ -57,7 +57,7 @@ def check_fixture_zoo(path: Path) -> None:
 def smoke_zoo(tmp_path_factory) -> Path:
     """Path of a `tiny` preset zoo (seconds to build, barely learns), built once per session at one torch thread:
     the byte-for-byte reference of the tests of the build machinery (resume, extend, Ray, determinism). Do not modify."""
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
     from sammerge.training.build import build_zoo
 
     out = tmp_path_factory.mktemp("smoke") / "smoke"
@@ -69,7 +69,7 @@ def smoke_zoo(tmp_path_factory) -> Path:
 def tiny_zoo(tmp_path_factory) -> Path:
     """Path of a `test` preset zoo (a small zoo that learns), built once per session and checked (:func:`check_fixture_zoo`). Do not modify;
     use `tiny_zoo_copy`."""
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
     from sammerge.training.build import build_zoo
 
     out = tmp_path_factory.mktemp("zoo") / "tiny"
@@ -82,7 +82,7 @@ def tiny_zoo(tmp_path_factory) -> Path:
 def linear_zoo(tmp_path_factory):
     """The `tiny` preset built with linearized fine-tuning (f(θ0) + J(θ − θ0)), opened; built once per session."""
     from sammerge.training.build import build_zoo
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
     from sammerge.zoo import open_zoo
 
     recipe = get_preset("tiny")

@@ -28,7 +28,7 @@ SMALL = dict(n_images=16, eig_iters=3, trace_samples=2, m=8, avg_samples=2, dise
 
 
 def _micro_zoo(tmp_path_factory):
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
     from sammerge.training.build import build_zoo
 
     recipe = get_preset("tiny")

@@ -6,7 +6,7 @@ import timm
 import torch
 
 from sammerge.analytics.sharpness import hvp, task_loss_fn
-from sammerge.training.model import Head, TimmEncoderConfig, create_encoder, without_fused_attention
+from sammerge.models.model import Head, TimmEncoderConfig, create_encoder, without_fused_attention
 
 CFG = TimmEncoderConfig(model="vit_base_patch32_clip_224", embed_dim=16, image_size=32,
                         kwargs={"num_classes": 16, "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,

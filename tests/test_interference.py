@@ -10,7 +10,7 @@ from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.analytics.interference import (block_features, cosine_matrix, cross_task_linearity, disentanglement_error,
                                    layer_norms, sign_conflict_matrix)
-from sammerge.training.model import Head
+from sammerge.models.model import Head
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,7 @@ def test_cross_task_linearity_exact_for_linear_model():
 
 
 def test_cross_task_linearity_resnet_blocks():
-    from sammerge.training.model import EncoderConfig, create_encoder, encoder_params
+    from sammerge.models.model import EncoderConfig, create_encoder, encoder_params
     torch.manual_seed(0)
     enc = create_encoder(EncoderConfig(channels=(8, 8, 16, 16), stem_width=8, stem_stride=2, gn_groups=4)).eval()
     p0 = encoder_params(enc)

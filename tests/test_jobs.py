@@ -17,7 +17,7 @@ from sammerge.jobs import (Job, JobCancelled, JobFailed, list_records, read_reco
 from sammerge.jobs.record import record_path
 from sammerge.jobs.worker import Worker
 from sammerge.training.build import build_zoo, stage_dir, zoo_jobs
-from sammerge.training.presets import VariantSpec, get_preset
+from sammerge.models.presets import VariantSpec, get_preset
 from sammerge.zoo import data_sha256, open_zoo
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from sammerge.errors import ConfigError
 from sammerge.training.knobs import with_knobs
-from sammerge.training.presets import get_preset
+from sammerge.models.presets import get_preset
 
 
 def test_no_knobs_keep_the_recipe_and_its_fingerprint():

@@ -11,7 +11,7 @@ from sammerge.evaluation.evaluator import Evaluator
 from sammerge.analytics.landscape import filter_normalized_direction, grid, interpolate, random_plane, task_plane
 from sammerge.errors import MergeError
 from sammerge.merging import linear_combination
-from sammerge.training.model import Head
+from sammerge.models.model import Head
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.training import train as _train
-from sammerge.training.linearize import LinearizedEncoder, linearized_call
-from sammerge.training.model import EncoderConfig, Head, create_encoder, encoder_params
-from sammerge.training.presets import FinetuneRecipe, VariantSpec, get_preset
+from sammerge.models.linearize import LinearizedEncoder, linearized_call
+from sammerge.models.model import EncoderConfig, Head, create_encoder, encoder_params
+from sammerge.models.presets import FinetuneRecipe, VariantSpec, get_preset
 
 MICRO = EncoderConfig(channels=(4, 4, 4, 8), stem_width=4, gn_groups=2, stem_stride=2, output_stride=16)
 
@@ -180,9 +180,9 @@ def test_linearized_calls_from_several_threads_at_once_agree_with_one_thread():
     ("no level exists") — as the explorer's evaluation and a background preview job once did."""
     import threading
 
-    from sammerge.training.linearize import linearized_call
-    from sammerge.training.model import create_encoder
-    from sammerge.training.presets import get_preset
+    from sammerge.models.linearize import linearized_call
+    from sammerge.models.model import create_encoder
+    from sammerge.models.presets import get_preset
 
     torch.manual_seed(0)
     encoder = create_encoder(get_preset("tiny").encoder).eval()

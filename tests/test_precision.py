@@ -14,7 +14,7 @@ from sammerge.evaluation.evaluator import Evaluator
 from sammerge.io import load_state_dict
 from sammerge.training.build import build_zoo, zoo_jobs
 from sammerge.training.knobs import with_knobs
-from sammerge.training.presets import PRESETS, FinetuneRecipe, VariantSpec, get_preset
+from sammerge.models.presets import PRESETS, FinetuneRecipe, VariantSpec, get_preset
 from sammerge.zoo import open_zoo
 
 

@@ -12,6 +12,7 @@ import torch
 from torch.func import functional_call, jvp
 
 from sammerge.evaluation import preview_cache as pc
+from sammerge.explorer import instant_preview as ip
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.evaluation.linear_preview import LinearPreview
 from sammerge.evaluation.subset import EvalSubset
@@ -145,7 +146,7 @@ class Gate:
 def test_a_cancelled_job_leaves_no_cache_file_and_can_be_started_again(lin_copy, monkeypatch):
     zoo, worker = lin_copy, Worker()
     gate = Gate(monkeypatch, after=1)
-    task = pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
+    task = ip.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
     assert gate.reached.wait(120)
     assert task.status == "running" and 1 <= task.progress.done < task.progress.total  # midway
     task.cancel()
@@ -154,7 +155,7 @@ def test_a_cancelled_job_leaves_no_cache_file_and_can_be_started_again(lin_copy,
         task.wait(120)
     assert task.status == "cancelled" and cache_files(zoo) == [] and pc.load_preview(zoo, SUBSET) is None
     monkeypatch.undo()
-    again = pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
+    again = ip.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
     assert again is not task
     again.wait(120)
     assert again.status == "done" and pc.load_preview(zoo, SUBSET) is not None
@@ -163,7 +164,7 @@ def test_a_cancelled_job_leaves_no_cache_file_and_can_be_started_again(lin_copy,
 def test_a_failed_job_leaves_no_cache_file(lin_copy, monkeypatch):
     zoo, worker = lin_copy, Worker()
     gate = Gate(monkeypatch, after=2, fail=True)
-    task = pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
+    task = ip.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
     assert gate.reached.wait(120)
     gate.go.set()
     with pytest.raises(RuntimeError, match="disk on fire"):
@@ -172,15 +173,15 @@ def test_a_failed_job_leaves_no_cache_file(lin_copy, monkeypatch):
 
 
 def submit_again(zoo, worker):
-    return pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
+    return ip.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
 
 
 def test_two_requests_start_one_job(lin_copy, monkeypatch):
     zoo, worker = lin_copy, Worker(max_workers=2)
     gate = Gate(monkeypatch, after=0)
-    first = pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
+    first = ip.submit_preview_job(zoo, SUBSET, device="cpu", worker=worker)
     assert gate.reached.wait(120)
-    second = pc.submit_preview_job(open_zoo(zoo.path), SUBSET, device="cpu", worker=worker)
+    second = ip.submit_preview_job(open_zoo(zoo.path), SUBSET, device="cpu", worker=worker)
     assert second is first and len(worker.tasks()) == 1
     gate.go.set()
     first.wait(120)
@@ -192,7 +193,7 @@ def test_two_requests_start_one_job(lin_copy, monkeypatch):
     rerun.wait(120)
     assert pc.load_preview(zoo, SUBSET) is not None
     # another subset is another piece of work
-    other = pc.submit_preview_job(zoo, EvalSubset("val", 8, 1), device="cpu", worker=worker)
+    other = ip.submit_preview_job(zoo, EvalSubset("val", 8, 1), device="cpu", worker=worker)
     assert other is not first
     other.wait(120)
 
@@ -299,7 +300,7 @@ def test_the_job_runs_beside_exact_linearized_evaluations_in_another_thread(lin_
     thread = threading.Thread(target=exact_loop)
     thread.start()
     try:
-        task = pc.submit_preview_job(zoo, SUBSET, device="cpu", worker=Worker())
+        task = ip.submit_preview_job(zoo, SUBSET, device="cpu", worker=Worker())
         try:
             task.wait(300)
         except Exception:  # noqa: BLE001 — the status below says what happened

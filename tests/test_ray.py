@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'samm
 from sammerge.errors import SammergeError  # noqa: E402
 from sammerge.jobs import Job, JobCancelled, list_records, run_graph  # noqa: E402
 from sammerge.training.build import build_zoo, stage_dir  # noqa: E402
-from sammerge.training.presets import get_preset  # noqa: E402
+from sammerge.models.presets import get_preset  # noqa: E402
 from sammerge.zoo import open_zoo  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import pytest
 from sammerge.analytics.seed_study import (attach_study, fair_table, load_study, recipe_mismatches, study_path,
                                            study_reading, study_table)
 from sammerge.errors import ConfigError
-from sammerge.training.presets import VariantSpec, get_preset
+from sammerge.models.presets import VariantSpec, get_preset
 from sammerge.zoo import open_zoo
 
 

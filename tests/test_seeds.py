@@ -11,7 +11,7 @@ from sammerge.errors import ConfigError
 from sammerge.jobs import list_records
 from sammerge.training.build import build_zoo, zoo_jobs
 from sammerge.training.knobs import with_knobs
-from sammerge.training.presets import VariantSpec, get_preset
+from sammerge.models.presets import VariantSpec, get_preset
 from sammerge.zoo import data_sha256, open_zoo
 
 

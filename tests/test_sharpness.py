@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sammerge.errors import ConfigError
-from sammerge.training.model import Head
+from sammerge.models.model import Head
 from sammerge.analytics.sharpness import (HessianOperator, average_sharpness, batch_loss_fns, hessian_trace, hvp,
                                 m_sharpness, task_loss_fn, top_eigenvalues)
 

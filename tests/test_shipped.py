@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from sammerge.analytics import report as an
 from sammerge.data import load_benchmark
 from sammerge.shipped import shipped_zoo, shipped_zoo_dir
-from sammerge.training.presets import get_preset
+from sammerge.models.presets import get_preset
 from sammerge.zoo import data_sha256, open_zoo
 
 ROOT = Path(__file__).resolve().parent.parent

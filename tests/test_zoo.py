@@ -12,7 +12,7 @@ import torch
 from sammerge.cli import main as cli_main
 from sammerge.errors import CheckpointError, ConfigError, ZooError
 from sammerge.io import sha256_file
-from sammerge.training.presets import get_preset
+from sammerge.models.presets import get_preset
 from sammerge.training.build import build_zoo
 from sammerge.zoo import open_zoo, read_manifest
 

@@ -7,7 +7,7 @@ import pytest
 from sammerge.cli import main as cli_main
 from sammerge.errors import ZooError
 from sammerge.training import build
-from sammerge.training.presets import PRESETS, describe_preset, get_preset
+from sammerge.models.presets import PRESETS, describe_preset, get_preset
 
 
 def test_help_lists_every_preset(capsys):

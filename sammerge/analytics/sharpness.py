@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from sammerge.errors import ConfigError
-from sammerge.training.linearize import locked_jvp
+from sammerge.models.linearize import locked_jvp
 
 Params = Mapping[str, torch.Tensor]
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from sammerge import __version__
+from sammerge.cli import (analyze_cmd, diagnose_cmd, eval_cmd, jobs_cmd, learn_cmd, merge_cmd, preview_cmd,
+                          sweep_cmd, table_cmd, zoo_cmd)
 from sammerge.errors import SammergeError
 
-# Sub-command modules; each defines register(subparsers) and sets func(args) -> int.
-COMMAND_MODULES = ("zoo_cmd", "merge_cmd", "eval_cmd", "analyze_cmd", "table_cmd", "diagnose_cmd", "sweep_cmd",
-                   "jobs_cmd", "learn_cmd", "preview_cmd")
+# Sub-command modules (each defines register(subparsers) and sets func(args) -> int), in the help's order.
+COMMAND_MODULES = (zoo_cmd, merge_cmd, eval_cmd, analyze_cmd, table_cmd, diagnose_cmd, sweep_cmd, jobs_cmd, learn_cmd,
+                   preview_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build model zoos (plain vs SAM fine-tuning), merge them, evaluate, analyse.")
     parser.add_argument("--version", action="version", version=f"sammerge {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue  # command not built yet
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 

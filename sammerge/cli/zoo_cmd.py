@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     zoo = subparsers.add_parser("zoo", help="build or inspect a model zoo")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
 
-    from sammerge.training.presets import PRESETS, describe_preset
+    from sammerge.models.presets import PRESETS, describe_preset
 
     presets = "\n".join(f"  {name:<10} {describe_preset(name)}" for name in PRESETS)
     build = zsub.add_parser("build", help="pretrain, fit heads, fine-tune every task plainly and with SAM",
@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 def _build(args: argparse.Namespace) -> int:
     from sammerge.training.build import build_zoo
     from sammerge.training.knobs import with_knobs
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
 
     recipe = _read_recipe(args.recipe) if args.recipe else get_preset(args.preset)
     recipe = with_knobs(recipe, seed=args.seed, steps=args.steps, rho=args.rho,
@@ -92,7 +92,7 @@ def _read_recipe(path: Path):
     import yaml
     from pydantic import ValidationError
 
-    from sammerge.training.presets import ZooRecipe
+    from sammerge.models.presets import ZooRecipe
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML ⊃ JSON

@@ -28,8 +28,8 @@ from torch.func import functional_call, vmap
 
 from sammerge.errors import ConfigError
 from sammerge.evaluation.compiled import CompiledForward
-from sammerge.training.linearize import linearized_call
-from sammerge.training.model import Head, pick_device
+from sammerge.models.linearize import linearized_call
+from sammerge.models.model import Head, pick_device
 
 Params = Mapping[str, torch.Tensor]
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -73,7 +73,7 @@ class Evaluator:
         self.encoder = encoder.to(self.device).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
-        # a linearized zoo's θ is evaluated as f(θ0) + J f(θ0)(θ − θ0) (sammerge.training.linearize)
+        # a linearized zoo's θ is evaluated as f(θ0) + J f(θ0)(θ − θ0) (sammerge.models.linearize)
         self.linearize_at = None if linearize_at is None else {k: v.to(self.device) for k, v in linearize_at.items()}
         if precision == "bf16" and linearize_at is not None:
             raise ConfigError("evaluation: precision 'bf16' is not available for a linearized zoo (its Jacobian-vector "

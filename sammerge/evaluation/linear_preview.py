@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult
-from sammerge.training.linearize import locked_jvp
+from sammerge.models.linearize import locked_jvp
 
 Params = Mapping[str, torch.Tensor]
 

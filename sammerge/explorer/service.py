@@ -23,7 +23,7 @@ import torch
 
 from sammerge.evaluation.evaluator import TaskResult
 from sammerge.evaluation.linear_preview import LinearPreview
-from sammerge.evaluation.preview_cache import InstantPreview
+from sammerge.explorer.instant_preview import InstantPreview
 from sammerge.evaluation.protocol import Summary
 from sammerge.evaluation.search import SweepResult
 from sammerge.evaluation.subset import EvalSubset

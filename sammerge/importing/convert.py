@@ -25,7 +25,7 @@ from sammerge.importing import formats, images as imgs
 from sammerge.importing.spec import CLIP_MEAN, CLIP_STD, ImportSpec
 from sammerge.io import atomic_dir, atomic_write_text, content_sha256, save_state_dict, sha256_file
 from sammerge.progress import Progress
-from sammerge.training.model import Head, TimmEncoderConfig, create_encoder
+from sammerge.models.model import Head, TimmEncoderConfig, create_encoder
 
 StateDict = dict[str, torch.Tensor]
 
@@ -153,7 +153,7 @@ def _zeroshot(spec: ImportSpec, ts, folder: Path, val) -> Head:
 
 def _variant(name: str, original: Path):
     """VariantSpec of an imported variant, and ρ when the variant or file name says it (SAFT: ``_sam_rho0.05_``)."""
-    from sammerge.training.presets import VariantSpec
+    from sammerge.models.presets import VariantSpec
     text = f"{name} {original.name}"
     rho = re.search(r"rho_?([0-9]+(?:\.[0-9]+)?)", text)
     sam = "sam" in name

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sammerge.errors import CheckpointError, ConfigError
-from sammerge.training.model import Head
+from sammerge.models.model import Head
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 

@@ -29,10 +29,10 @@ from sammerge.jobs.record import jobs_dir
 from sammerge.merging.task_vector import TaskVector
 from sammerge.progress import Progress
 from sammerge.training import train as _train
-from sammerge.training.linearize import LinearizedEncoder, linearize_for_finetuning
-from sammerge.training.model import (EncoderConfig, Head, create_encoder, encoder_params, heads_to_state_dict,
+from sammerge.models.linearize import LinearizedEncoder, linearize_for_finetuning
+from sammerge.models.model import (EncoderConfig, Head, create_encoder, encoder_params, heads_to_state_dict,
                                      pick_device)
-from sammerge.training.presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec, ZooRecipe
+from sammerge.models.presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec, ZooRecipe
 from sammerge.zoo import (MANIFEST_NAME, CheckpointRecord, FileRecord, SplitScores, TaskInfo, Zoo, ZooManifest,
                           data_sha256, open_zoo)
 
@@ -336,7 +336,7 @@ def default_zoo_dir() -> Path:
 def preset_zoo_dir(preset: str = "demo", root: str | os.PathLike | None = None) -> Path:
     """The cache directory of a preset's zoo: ``ROOT/{preset}-{fingerprint[:12]}``."""
     from sammerge.data import load_benchmark
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
 
     fingerprint = get_preset(preset).fingerprint(data_sha256(load_benchmark()))
     return (Path(root) if root else default_zoo_dir()) / f"{preset}-{fingerprint[:12]}"
@@ -347,7 +347,7 @@ def ensure_zoo(preset: str = "demo", root: str | os.PathLike | None = None, prog
     """Open the cached zoo of a preset; if missing (or from another recipe) install the shipped demo zoo when it
     matches, else build it (a partly built one resumes; the previous zoo stays until the new one is complete)."""
     from sammerge.data import load_benchmark
-    from sammerge.training.presets import get_preset
+    from sammerge.models.presets import get_preset
 
     recipe = get_preset(preset)
     bench = load_benchmark()

@@ -6,7 +6,7 @@ from typing import Sequence
 from pydantic import ValidationError
 
 from sammerge.errors import ConfigError, invalid_fields
-from sammerge.training.presets import VariantSpec, ZooRecipe
+from sammerge.models.presets import VariantSpec, ZooRecipe
 
 
 def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[str] | None = None,

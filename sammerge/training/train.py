@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sammerge.training.linearize import LinearizedEncoder
-from sammerge.training.model import Head
-from sammerge.training.presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec
+from sammerge.models.linearize import LinearizedEncoder
+from sammerge.models.model import Head
+from sammerge.models.presets import FinetuneRecipe, PretrainRecipe, ProbeRecipe, VariantSpec
 from sammerge.training.sam import SAM
 
 StepCallback = Callable[[int], None]

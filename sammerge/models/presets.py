@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sammerge.errors import ConfigError
-from sammerge.training.model import EncoderConfig
+from sammerge.models.model import EncoderConfig
 
 
 class _Strict(BaseModel):

@@ -307,31 +307,6 @@ def test_failed_demo_build_is_reported_and_resumed(monkeypatch, tmp_path):
     assert not at.error and set(at.dataframe[0].value["task"]) == {"digits", "latin_upper", "symbols"}
 
 
-def _panel_script(root: str):
-    from pathlib import Path
-
-    import streamlit as st
-
-    from sammerge.webapp.jobs_view import jobs_panel
-    st.session_state["active"] = jobs_panel([Path(root)], show_done=True)
-
-
-def test_jobs_panel_shows_records_from_disk(tmp_path):
-    """Any page can show jobs it did not start: the panel reads their records (here: one done, one failed)."""
-    from streamlit.testing.v1 import AppTest
-
-    ok = Job("demo", "write words", write_words, {"words": ["x"], "steps": 2, "out": "x.txt"}, outputs=("x.txt",))
-    run_job(ok, tmp_path)
-    with pytest.raises(ValueError):
-        run_job(Job("demo", "explode", boom, {}), tmp_path)
-    at = AppTest.from_function(_panel_script, args=(str(tmp_path),), default_timeout=60).run()
-    assert not at.exception, at.exception
-    texts = [el.proto.text for el in at.get("progress")]
-    assert any("write words: done" in t for t in texts)
-    assert any("explode: failed — ValueError: disk on fire" in t for t in texts)
-    assert at.session_state["active"] == 0
-
-
 def test_explorer_sweep_saved_and_reloaded(tiny_zoo_copy):
     from sammerge.explorer.service import Explorer
     from sammerge.jobs.sweeps import load_cached_sweep, save_sweep

@@ -61,10 +61,6 @@ def test_analyses_that_would_use_the_plain_forward_refuse_linearized_zoos(linear
 
     with pytest.raises(ConfigError, match="linearized"):
         an.analyze_zoo(linear_zoo, quick=True)
-    with pytest.raises(ConfigError, match="linearized"):
-        an.sharpness_for(linear_zoo, linear_zoo.pretrained(), linear_zoo.tasks[0])
-    with pytest.raises(ConfigError, match="linearized"):
-        an.cross_task_linearity_for(linear_zoo, linear_zoo.tasks[0], linear_zoo.tasks[1], "plain")
     # the evaluator-based ones use f_lin and work
     curve = an.interpolation_for(linear_zoo, linear_zoo.tasks[0], "plain", n_per_task=16, use_cache=False)
     assert len(curve["finetuned"].loss[linear_zoo.tasks[0]]) == 11

@@ -4,29 +4,24 @@ Protocols (named in every output):
 - "best shared λ (val)": one λ for all tasks, chosen on the validation split from the *method's own* λ grid
   (``MergeMethod.lambda_grid()``: 0..1 step 0.05 for task arithmetic, 0..2.5 step 0.1 for TIES' disjoint mean)
   by mean accuracy, ties → smaller λ; test accuracy reported at that λ.
-- "best per-task λ (val)": coordinate ascent on per-task weights w_t (effective λ_t = λ·w_t), started from the
-  best shared λ with w_t = 1, accepting only improvements — so it is never worse on validation than the shared λ.
 
 A method whose result is θ0 + λ·τ_merged(other params) is swept by merging once at λ = 1 and scaling:
 θ(λ) = θ0 + λ τ_merged. Methods without λ are a single point.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator, TaskResult, mean_accuracy
-from sammerge.merging import LAMBDA, WEIGHTS, get_method
+from sammerge.merging import LAMBDA, get_method
 from sammerge.merging.registry import scaled_direction
-from sammerge.progress import Progress
 
 StateDict = dict[str, torch.Tensor]
 SHARED_PROTOCOL = "best shared λ on validation (the method's λ grid, mean accuracy); test accuracy at that λ"
-PER_TASK_PROTOCOL = ("best per-task λ on validation (coordinate ascent on per-task weights from the best shared λ); "
-                     "test accuracy there")
 
 
 def lambda_grid(method_name: str) -> list[float]:
@@ -130,73 +125,3 @@ def coarse_to_fine_lambda(val_evaluator_factory: Callable[[int], Evaluator], met
     means = [mean_accuracy(r) for r in medium.evaluate_many([scaled(pretrained, direction, lam) for lam in fine])]
     work += len(fine) * medium.images.shape[0]
     return fine[max(range(len(fine)), key=lambda i: (means[i], -i))], work
-
-
-@dataclass
-class PerTaskResult:
-    protocol: str
-    method: str
-    weights: dict[str, float]          # per-task weight w_t at the optimum
-    shared_lambda: float | None        # the global λ the search ran at (best shared λ; None without λ)
-    val_mean: float
-    start_val_mean: float              # validation mean at the start point (the best shared λ)
-    test: dict[str, TaskResult] | None = None
-    n_evaluations: int = 0
-    history: list[float] = field(default_factory=list)
-
-    @property
-    def lambdas(self) -> dict[str, float]:
-        """Effective per-task coefficient λ·w_t (w_t where the method has no λ)."""
-        lam = 1.0 if self.shared_lambda is None else self.shared_lambda
-        return {t: round(lam * w, 6) for t, w in self.weights.items()}
-
-
-def search_per_task_lambdas(val_evaluator: Evaluator, method_name: str, pretrained: Mapping[str, torch.Tensor],
-                            task_vectors: Mapping[str, Mapping[str, torch.Tensor]], params: Mapping | None = None,
-                            deltas: Sequence[float] = (-0.5, -0.25, 0.25, 0.5), rounds: int = 2,
-                            bounds: tuple[float, float] = (0.0, 3.0), test_evaluator: Evaluator | None = None,
-                            progress: Progress | None = None) -> PerTaskResult:
-    """Coordinate ascent over per-task weights w_t at the best shared λ (start: w_t = 1, i.e. exactly the shared merge).
-
-    Each round tries w_t + δ for every task (δ in ``deltas``, clipped to ``bounds``) and keeps the best strict
-    improvement of validation mean accuracy; stops after ``rounds`` or when nothing improves.
-    """
-    method = get_method(method_name)
-    if not any(p.name == WEIGHTS for p in method.params):
-        raise ConfigError(f"merge method '{method_name}' has no per-task weights to search")
-    tasks = list(task_vectors)
-    tvs = [task_vectors[t] for t in tasks]
-    base = {k: v for k, v in dict(params or {}).items() if k not in (LAMBDA, WEIGHTS)}
-    shared = sweep_shared_lambda(val_evaluator, method_name, pretrained, tvs, base, task_ids=tasks)
-    if shared.best_lambda is not None:
-        base[LAMBDA] = shared.best_lambda
-
-    def merge_with(weights: dict[str, float]) -> StateDict:
-        return method(pretrained, tvs, task_ids=tasks, validate=False, weights=[weights[t] for t in tasks], **base)
-
-    w = {t: 1.0 for t in tasks}
-    current = mean_accuracy(val_evaluator.evaluate(merge_with(w)))
-    start = current
-    history, n_eval = [current], shared.n_evaluations + 1
-    total = rounds * len(tasks)
-    for r in range(rounds):
-        improved = False
-        for i, task in enumerate(tasks):
-            trials = []
-            for d in deltas:
-                value = round(min(bounds[1], max(bounds[0], w[task] + d)), 4)
-                if value != w[task]:
-                    trials.append({**w, task: value})
-            results = val_evaluator.evaluate_many([merge_with(trial) for trial in trials]) if trials else []
-            n_eval += len(trials)
-            scores = [mean_accuracy(res) for res in results]
-            if scores and max(scores) > current + 1e-12:
-                j = max(range(len(scores)), key=lambda k: scores[k])
-                w, current, improved = trials[j], scores[j], True
-            history.append(current)
-            if progress:
-                progress(r * len(tasks) + i + 1, total, "per-task λ search")
-        if not improved:
-            break
-    test = test_evaluator.evaluate(merge_with(w)) if test_evaluator else None
-    return PerTaskResult(PER_TASK_PROTOCOL, method_name, w, shared.best_lambda, current, start, test, n_eval, history)

@@ -152,14 +152,6 @@ class TaskVector:
                 raise MergeError("TaskVector: both pretrained and finetuned state dicts are required")
             self.vector = task_vector(finetuned, pretrained)
 
-    @classmethod
-    def from_files(cls, pretrained_path, finetuned_path, pretrained_sha256: str | None = None,
-                   finetuned_sha256: str | None = None) -> "TaskVector":
-        """Build from two safetensors files (``sammerge.io.load_state_dict``, never pickle)."""
-        from sammerge.io import load_state_dict
-        pre = load_state_dict(pretrained_path, expected_sha256=pretrained_sha256)
-        ft = load_state_dict(finetuned_path, expected_sha256=finetuned_sha256)
-        return cls(pretrained=pre, finetuned=ft)
 
     def keys(self):
         return self.vector.keys()

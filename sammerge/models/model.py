@@ -11,7 +11,6 @@ from typing import Literal, Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
-from torch.func import functional_call
 
 from sammerge.errors import ConfigError
 
@@ -174,11 +173,6 @@ def heads_from_state_dict(state_dict: Mapping[str, torch.Tensor], tasks: list[st
 def encoder_params(encoder: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of the encoder's state dict (parameters and buffers)."""
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-
-
-def functional_features(encoder: nn.Module, params: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """Encoder forward with the given parameters, without touching the module's own weights."""
-    return functional_call(encoder, dict(params), (images,))
 
 
 def pick_device(device: str | None = "auto") -> torch.device:

@@ -1,18 +1,17 @@
 """Streamlit view of background jobs: a job's progress from its record, a cancel button, waiting on a job.
 
-Works from any page and any session: it renders :class:`~sammerge.jobs.JobRecord` objects, taken from the
-server's shared worker (:func:`sammerge.jobs.worker.get_worker`) or read from disk (``ROOT/.jobs/*.json``).
+Works from any page and any session: it renders :class:`~sammerge.jobs.JobRecord` objects of the server's shared
+worker's tasks (:mod:`sammerge.jobs.worker`).
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import streamlit as st
 
-from sammerge.jobs import JobRecord, list_records
+from sammerge.jobs import JobRecord
 from sammerge.jobs.record import shown_status
-from sammerge.jobs.worker import Task, get_worker
+from sammerge.jobs.worker import Task
 
 _ICON = {"pending": "⏳", "running": "⚙️", "done": "✅", "failed": "❌", "cancelled": "⏹️", "interrupted": "⚠️"}
 
@@ -64,18 +63,3 @@ def follow(task: Task, poll_s: float = 0.5) -> Task:
     return task
 
 
-def jobs_panel(roots: list[Path] | None = None, show_done: bool = False) -> int:
-    """The server's background tasks (and, with ``roots``, the job records on disk there); returns how many
-    are active. Every page may call it."""
-    shown = 0
-    for task in get_worker().tasks():
-        if task.active or show_done:
-            record_panel(task.snapshot())
-            cancel_button(task, "panel-cancel")
-            shown += task.active
-    for root in roots or []:
-        for record in list_records(root):
-            if record.status != "done" or show_done:
-                record_panel(record)
-                shown += shown_status(record) == "running"
-    return shown

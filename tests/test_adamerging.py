@@ -10,7 +10,7 @@ from sammerge.errors import ConfigError
 from sammerge.evaluation.learners import get_learner
 from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_method, layers, merge_zoo,
                               resolve_and_merge, task_vector, to_mergekit_yaml)
-from sammerge.merging.methods import ties_parts
+from sammerge.merging.common import ties_parts
 from sammerge.zoo import open_zoo
 
 FAST = dict(steps=25, images_per_task=24, lr=0.05)

@@ -12,7 +12,7 @@ from sammerge.errors import ConfigError, MergeError
 from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_method, linear_combination, merge_zoo,
                               resolve_and_merge, to_mergekit_yaml)
 from sammerge.merging.layers import group_of, key_coefficients, layer_groups
-from sammerge.merging.methods import ties_parts
+from sammerge.merging.common import ties_parts
 
 RESNET_KEYS = ["bn1.bias", "bn1.weight", "conv1.weight", "layer1.0.bn1.weight", "layer1.0.conv1.weight",
                "layer1.1.conv2.weight", "layer2.0.downsample.0.weight", "layer10.0.conv1.weight", "fc.weight"]

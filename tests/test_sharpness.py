@@ -8,8 +8,9 @@ import torch
 
 from sammerge.errors import ConfigError
 from sammerge.models.model import Head
-from sammerge.analytics.sharpness import (HessianOperator, average_sharpness, batch_loss_fns, hessian_trace, hvp,
-                                m_sharpness, task_loss_fn, top_eigenvalues)
+from sammerge.analytics.perturbation import average_sharpness, m_sharpness
+from sammerge.analytics.sharpness import (HessianOperator, batch_loss_fns, hessian_trace, hvp, task_loss_fn,
+                                          top_eigenvalues)
 
 
 @pytest.fixture(autouse=True)
@@ -264,7 +265,7 @@ def test_probe_vectors_on_the_parameters_device(monkeypatch):
 
 def test_noise_on_the_parameters_device(monkeypatch):
     """m-sharpness and average sharpness perturb θ with noise made on θ's device."""
-    import sammerge.analytics.sharpness as sh
+    import sammerge.analytics.perturbation as sh  # m_sharpness reads _norm from its own module
 
     params = _meta_params()
     seen = []

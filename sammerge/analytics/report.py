@@ -84,8 +84,8 @@ def _pairs(zoo, pairs) -> list[tuple[str, str]]:
 def checkpoint_sharpness(encoder, head, images, labels, params, settings: Mapping[str, Any]) -> dict:
     """Top Hessian eigenvalue, Hutchinson trace, m-sharpness (plain + adaptive) and average sharpness
     of ``params`` on one fixed batch, with the knobs of ``settings`` (see :func:`default_settings`)."""
-    from sammerge.analytics.sharpness import (average_sharpness, batch_loss_fns, hessian_trace, m_sharpness, num_params,
-                            task_loss_fn, top_eigenvalues)
+    from sammerge.analytics.perturbation import average_sharpness, m_sharpness
+    from sammerge.analytics.sharpness import batch_loss_fns, hessian_trace, num_params, task_loss_fn, top_eigenvalues
 
     s = {**default_settings(), **settings}
     f = task_loss_fn(encoder, head, images, labels)

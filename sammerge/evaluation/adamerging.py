@@ -28,7 +28,7 @@ from torch.func import functional_call
 from sammerge.data import unlabeled_images
 from sammerge.errors import ConfigError
 from sammerge.merging import MergeSpec, layers
-from sammerge.merging.methods import Density, ties_parts
+from sammerge.merging.common import Density, ties_parts
 from sammerge.merging.learners import coefficient_learner
 from sammerge.merging.schema import Param
 from sammerge.merging.task_vector import float_keys

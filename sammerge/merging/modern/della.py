@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Mapping
 
 from sammerge.errors import ConfigError
-from sammerge.merging.methods import Densities, Density, KeyWeights, Lambda, Seed, Weights, _combine, _densities, \
+from sammerge.merging.common import Densities, Density, KeyWeights, Lambda, Seed, Weights, _combine, _densities, \
     _weights
 from sammerge.merging.registry import Mergekit, Param, merge_method
 from sammerge.merging.sparsify import della_prune

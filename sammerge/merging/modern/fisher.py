@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Mapping
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from sammerge.merging.methods import Weights
+from sammerge.merging.common import Weights
 from sammerge.merging.modern._data import ImageSeed, ImageSplit, ImagesPerTask, batches, finetuned_encoder, task_images
 from sammerge.merging.registry import Param, merge_direction
 from sammerge.merging.task_vector import StateDict, float_keys

@@ -51,7 +51,8 @@ def test_method_cost_benchmark_quick(tiny_zoo, tmp_path):
 
     _, report = run_benchmark("method_cost.py", "--quick", "--zoo", str(tiny_zoo), "--threads", "1", "--tasks", "3",
                               out=tmp_path / "method_cost.json")
-    assert set(report["vit"]["methods"]) == set(table_methods(3))
+    assert set(report["vit"]["methods"]) == set(table_methods(3, with_data=True))  # RegMean, Fisher too
     assert all(v["measured_s"] > 0 for v in report["vit"]["methods"].values())
     assert report["wudi_gradient"]["max_abs_diff"] < 1e-6 and report["wudi_gradient"]["naive_autograd_s"] > 0
+    assert set(report["demo_statistics"]) == {"fisher", "regmean"} and "Data methods" in markdown(report)
     assert "| `tsv_m` |" in markdown(report)

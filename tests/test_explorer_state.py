@@ -101,7 +101,8 @@ def test_one_slider_move_validates_each_spec_once_and_builds_each_twin_once(monk
     at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.55).run()
     assert not at.exception
     assert validated[moved.key()] == 1, "the moved spec is validated once"
-    assert all(validated[k] == 1 for k in twins), "each twin is built once"
+    # (a twin the server's explorer built before, e.g. for another test, is not built again: ≤ 1)
+    assert all(validated[k] <= 1 for k in twins), "each twin is built at most once"
     assert max(validated.values()) == 1, {k[:60]: n for k, n in validated.items() if n > 1}
     # the move, its twins, and its two λ neighbours with theirs (prefetched): nothing else
     assert sum(validated.values()) <= 3 * (1 + len(twins)), validated

@@ -118,3 +118,14 @@ def test_bad_inputs_are_named():
         get_method("iso_cts")(theta0, _zoo(6)[1], common_space_fraction=1.5)
     with pytest.raises(ConfigError, match="mask_lambdas"):
         get_method("consensus_ta")(theta0, _zoo(6)[1], mask_lambdas=[0.1, 0.2])
+
+
+def test_iso_cts_with_almost_no_common_space_keeps_whole_task_blocks():
+    """f = 0 on a rank-32 matrix, 3 tasks: rounding would leave −1 common directions; instead ⌊32/3⌋ = 10 per task
+    and 2 common, and the merge is finite and isotropic (one singular value)."""
+    g = torch.Generator().manual_seed(4)
+    theta0 = {"w": torch.zeros(32, 40)}
+    tvs = [{"w": torch.randn(32, 40, generator=g)} for _ in range(3)]
+    out = get_method("iso_cts")(theta0, tvs, common_space_fraction=0.0)["w"]
+    s = torch.linalg.svdvals(out)
+    assert torch.isfinite(out).all() and float(s.max() - s[s > 1e-4].min()) < 1e-3 * float(s.max())

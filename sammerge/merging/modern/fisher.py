@@ -6,6 +6,7 @@ from typing import Annotated, Literal, Mapping
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from sammerge.errors import ConfigError
 from sammerge.merging.common import Weights
 from sammerge.merging.modern._data import ImageSeed, ImageSplit, ImagesPerTask, batches, finetuned_encoder, task_images
 from sammerge.merging.registry import Param, merge_direction
@@ -73,17 +74,25 @@ Estimator = Annotated[Literal["batch", "exact"], Param(
                                    "'exact': the expected Fisher Σ_y p_y (∇ log p_y)² per image.")]
 
 
+def _check_fisher(params: dict) -> None:
+    """Every entry's weights c_t (F_t + ε) must have a positive sum: scales ≥ 0, not all 0 (ε > 0 by its range)."""
+    weights = params.get("weights")
+    if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise ConfigError("fisher: the per-task weights must be ≥ 0 and not all 0 (each entry is a weighted mean)")
+
+
 @merge_direction(name="fisher", label="Fisher merging",
                  description="Each parameter the weighted mean of the fine-tuned values, weighted by how much the "
                              "fine-tuned model's predictions on its own task's unlabeled images depend on it "
                              "(diagonal Fisher information); θ0 + λ τ.",
                  reference="https://arxiv.org/abs/2111.09832", lambda_range=(0.0, 2.0, 0.1),
-                 data="unlabeled_images", statistics=diagonal_fisher)
+                 data="unlabeled_images", statistics=diagonal_fisher, validator=_check_fisher)
 def fisher(pretrained: StateDict, task_vectors: list[StateDict], statistics: list, weights: Weights = None,
            normalize: Annotated[bool, Param(label="normalize Fisher", help="Scale each task's Fisher by 1/‖F_t‖ "
                                             "(FusionBench's normalize_fisher_weight, default on).")] = True,
-           minimal_fisher: Annotated[float, Param(low=0.0, high=1.0, step=1e-6, label="minimal Fisher ε",
-                                                  help="Added to every Fisher entry (default 1e-6).")] = 1e-6,
+           minimal_fisher: Annotated[float, Param(low=0.0, high=1.0, low_exclusive=True, step=1e-6,
+                                                  label="minimal Fisher ε",
+                                                  help="Added to every Fisher entry, > 0 (default 1e-6).")] = 1e-6,
            estimator: Estimator = "batch",
            batch_size: Annotated[int, Param(low=1, high=4096, ui_high=256, step=1, label="batch size",
                                             help="Images per gradient of the 'batch' estimator (default 32).")] = 32,

@@ -5,7 +5,6 @@ from typing import Annotated
 
 import torch
 
-from sammerge.errors import MergeError
 from sammerge.merging.modern._matrix import ConvRule, matrix_wise, polar
 from sammerge.merging.registry import Param, merge_direction
 from sammerge.merging.task_vector import StateDict
@@ -22,13 +21,14 @@ def iso_c_matrix(mats: list[torch.Tensor]) -> torch.Tensor:
 def iso_cts_matrix(mats: list[torch.Tensor], common_space_fraction: float) -> torch.Tensor:
     """One layer (r = min(out, in), T tasks): k = r − round((r − ⌊f·r⌋)/T)·T common directions = the top-k left/right
     singular vectors of Σ_t τ_t; n = (r − k)/T directions per task = the top n of (I − U_c U_cᵀ) τ_t; stack
-    [task dirs … | common dirs], orthogonalise U and Vᵀ (polar factor), τ = U (mean of the stacked S · I) Vᵀ."""
+    [task dirs … | common dirs], orthogonalise U and Vᵀ (polar factor), τ = U (mean of the stacked S · I) Vᵀ.
+    Where that k would be negative (f near 0; FusionBench slices with a negative index there), n = ⌊r/T⌋ and the
+    remaining r − nT directions are common."""
     T, r = len(mats), min(mats[0].shape)
     common = int(r * common_space_fraction)
     common = r - round((r - common) / T) * T
-    if common < 0:
-        raise MergeError(f"iso_cts: common_space_fraction {common_space_fraction} leaves no common space for "
-                         f"{T} tasks in a rank-{r} matrix")
+    if common < 0:  # rounding up left no room (fraction near 0): ⌊r/T⌋ directions per task, the rest common
+        common = r - (r // T) * T
     per_task = (r - common) // T
     u, s, vh = torch.linalg.svd(torch.stack(mats, 0).sum(0), full_matrices=False)
     uc, sc, vhc = u[:, :common], s[:common], vh[:common, :]

@@ -30,15 +30,15 @@ class BackgroundQueue:
         self._idle.set()
 
     def refine(self, items: Sequence[Item]) -> None:
-        """Replace the pending refinements (served before any prefetch)."""
+        """Replace the pending refinements (served before any prefetch); ignored once closed."""
         with self._cv:
-            self._refine = list(items)
+            self._refine = [] if self._closing else list(items)
             self._wake()
 
     def prefetch(self, items: Sequence[Item]) -> None:
-        """Replace the pending prefetches."""
+        """Replace the pending prefetches; ignored once closed."""
         with self._cv:
-            self._prefetch = list(items)
+            self._prefetch = [] if self._closing else list(items)
             self._wake()
 
     def pending(self) -> list[Item]:

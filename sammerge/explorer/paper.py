@@ -10,7 +10,11 @@ from typing import Sequence
 
 import pandas as pd
 
+from sammerge.cache import cached
+from sammerge.evaluation.protocol import adamerging_table, paper_table
 from sammerge.explorer.style import variant_label
+from sammerge.merging import get_method
+from sammerge.merging.statistics import zoo_table_methods
 
 
 ADAMERGING_GRANULARITIES = ("task", "layer")
@@ -26,8 +30,6 @@ def adamerging_rows_cached(zoo) -> pd.DataFrame | None:
 
 def compute_adamerging_rows(zoo, progress=None) -> pd.DataFrame:
     """AdaMerging task- and layer-wise rows (learner defaults) for every variant, on the whole test split; kept."""
-    from sammerge.evaluation.protocol import adamerging_table
-
     key = str(zoo.path.absolute())
     with _ADA_LOCK:
         if key not in _ADA_ROWS:
@@ -108,7 +110,6 @@ class PaperTableCache:
 
     def methods(self) -> list[str]:
         """The table's methods (``merging.statistics.zoo_table_methods``), or the ones $SAMMERGE_TABLE_METHODS names."""
-        from sammerge.merging.statistics import zoo_table_methods
         everything = zoo_table_methods(self.zoo)
         chosen = [m.strip() for m in os.environ.get("SAMMERGE_TABLE_METHODS", "").split(",") if m.strip()]
         unknown = [m for m in chosen if m not in everything]
@@ -118,13 +119,11 @@ class PaperTableCache:
         return [m for m in chosen if m in everything] or everything
 
     def _inputs(self) -> dict:
-        from sammerge.merging import get_method
         return {"methods": {m: list(get_method(m).lambda_range or ()) for m in self.methods()},
                 "variants": self.zoo.variants}
 
     def get_cached(self) -> pd.DataFrame | None:
         """The table if computed before — in this process or on disk (``ZOO/analysis/cache``) — else None."""
-        from sammerge.cache import cached
         with self.lock:
             if self._table is None:
                 found = cached(self.zoo, "paper_table", self._inputs(), dict, cached_only=True)
@@ -134,8 +133,6 @@ class PaperTableCache:
 
     def get(self, progress=None) -> pd.DataFrame:
         """The table, computed (and written to disk) when not cached."""
-        from sammerge.cache import cached
-        from sammerge.evaluation.protocol import paper_table
         with self.lock:
             if self.get_cached() is None:
                 found = cached(self.zoo, "paper_table", self._inputs(), lambda: frame_to_json(

@@ -13,7 +13,7 @@ LAYERS = [  # lowest first; a unit is a subpackage or a top-level module of samm
     {"merging"},
     {"zoo"},
     {"evaluation"},
-    {"jobs", "analytics", "importing"},
+    {"jobs", "analytics", "importing", "planner"},
     {"shipped"},
     {"training"},
     {"explorer"},

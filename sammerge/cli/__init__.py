@@ -5,13 +5,13 @@ import argparse
 import sys
 
 from sammerge import __version__
-from sammerge.cli import (analyze_cmd, diagnose_cmd, eval_cmd, jobs_cmd, learn_cmd, merge_cmd, preview_cmd,
-                          sweep_cmd, table_cmd, zoo_cmd)
+from sammerge.cli import (analyze_cmd, diagnose_cmd, eval_cmd, jobs_cmd, learn_cmd, merge_cmd, plan_cmd,
+                          preview_cmd, sweep_cmd, table_cmd, zoo_cmd)
 from sammerge.errors import SammergeError
 
 # Sub-command modules (each defines register(subparsers) and sets func(args) -> int), in the help's order.
 COMMAND_MODULES = (zoo_cmd, merge_cmd, eval_cmd, analyze_cmd, table_cmd, diagnose_cmd, sweep_cmd, jobs_cmd, learn_cmd,
-                   preview_cmd)
+                   preview_cmd, plan_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,70 @@
+"""``sammerge plan ZOO --tolerance 2 --out plan.html``: which tasks can share one merged model, the fewest groups
+within the tolerance, per variant (plain vs SAM side by side), as JSON and a self-contained HTML report."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sammerge.cli._progress import progress_bar
+
+MAX_SUBSET_TASKS = 8  # every subset up to here (255 for 8 tasks); beyond: pairs only
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from sammerge.errors import ConfigError
+    from sammerge.io import atomic_write_text
+    from sammerge.merging import get_method
+    from sammerge.planner.compat import all_subsets, measure_groups, pairs
+    from sammerge.planner.plan import plan_groups
+    from sammerge.planner.report import plan_html, plan_json
+    from sammerge.zoo import open_zoo
+
+    zoo = open_zoo(args.zoo)
+    for m in args.methods:
+        if not get_method(m).is_static:
+            raise ConfigError(f"plan: method '{m}' is task-routed (one model per task); the planner merges groups")
+    variants = args.variants or zoo.variants
+    unknown = [v for v in variants if v not in zoo.variants]
+    if unknown:
+        raise ConfigError(f"plan: unknown variant(s) {', '.join(unknown)} (zoo has: {', '.join(zoo.variants)})")
+    if args.tolerance < 0:
+        raise ConfigError(f"plan: --tolerance must be ≥ 0 points, got {args.tolerance}")
+    subsets = args.pairs_only or len(zoo.tasks) > MAX_SUBSET_TASKS
+    groups = pairs(zoo.tasks) if subsets else all_subsets(zoo.tasks)
+    plans, results = {}, {}
+    with progress_bar(not args.quiet) as progress:
+        for v in variants:
+            results[v] = measure_groups(zoo, v, groups, args.methods, progress=progress)
+            plans[v] = plan_groups(results[v], zoo.tasks, args.tolerance)
+    settings = {"tolerance": args.tolerance, "methods": list(args.methods), "variants": list(variants),
+                "groups": "pairs" if subsets else "every subset", "validation": "val, 256 images per task, seed 0",
+                "test": "every test image"}
+    data = plan_json(zoo, plans, results, settings)
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(data, indent=1))
+    if args.out:
+        atomic_write_text(Path(args.out), plan_html(zoo, data, results))
+    for v, p in plans.items():
+        stages = "; ".join(f"{'+'.join(g.tasks)} ({g.method}, λ {g.lam:g}, worst {g.worst_loss:.1f} pts)"
+                           for g in p.stages) or "none"
+        print(f"{v}: {p.n_models} model(s) for {len(zoo.tasks)} tasks at ≤ {args.tolerance:g} points — merge: {stages}"
+              + (f"; separate: {', '.join(p.separate)}" if p.separate else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="which tasks can share one merged model within a tolerance (a report)",
+                              description="Measure every pair (and every subset up to 8 tasks) of a zoo's tasks "
+                                          "merged, and plan the fewest merged models that keep every task within "
+                                          "--tolerance points of its own fine-tuned model, per variant.")
+    p.add_argument("zoo", type=Path)
+    p.add_argument("--tolerance", type=float, default=2.0, help="largest loss of any task, in accuracy points (2)")
+    p.add_argument("--methods", nargs="+", default=["task_arithmetic", "tsv_m"],
+                   help="methods tried for every group, each at its best validation λ (default task_arithmetic tsv_m)")
+    p.add_argument("--variants", nargs="+", default=None, help="variants to plan (default: every variant)")
+    p.add_argument("--pairs-only", action="store_true", help="measure pairs only (groups of at most two)")
+    p.add_argument("--json", default=None, help="write every number as JSON")
+    p.add_argument("--out", default=None, help="write the self-contained HTML report")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_plan)

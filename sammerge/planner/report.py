@@ -1,0 +1,117 @@
+"""The planner's results as data (:func:`plan_json`) and as one self-contained HTML page to take to a meeting
+(:func:`plan_html`: inline CSS, the loss matrix drawn as inline SVG, no network)."""
+from __future__ import annotations
+
+import html
+import json
+from typing import Mapping, Sequence
+
+from sammerge.merging import MergeSpec, to_mergekit_yaml
+from sammerge.merging.mergekit import has_mergekit_equivalent, no_equivalent_message
+from sammerge.planner.compat import GroupResult
+from sammerge.planner.plan import Plan
+
+__all__ = ["plan_json", "plan_html", "group_spec"]
+
+
+def group_spec(zoo, variant: str, group: GroupResult) -> MergeSpec:
+    """The exact merge of a planned group (its method at its λ, every task on ``variant``)."""
+    params = {"lambda": group.lam} if group.lam is not None else {}
+    return MergeSpec.for_zoo(zoo, group.method, params, variant, tasks=list(group.tasks),
+                             notes=f"planned group: worst loss {group.worst_loss:.2f} points vs individual")
+
+
+def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tuple, GroupResult]],
+              settings: Mapping) -> dict:
+    """Everything the report shows, per variant: individual accuracy, every measured group, the plan and its specs."""
+    out = {"zoo": str(zoo.path), "checkpoints": zoo.checkpoint_hashes(), "settings": dict(settings), "variants": {}}
+    for variant, plan in plans.items():
+        res = results[variant]
+        out["variants"][variant] = {
+            "individual": {t: res[(t,)].individual[t] for t in zoo.tasks},
+            "groups": {"+".join(g): {"method": r.method, "lambda": r.lam, "merged": r.merged,
+                                     "loss_points": r.loss_points, "worst_loss": r.worst_loss}
+                       for g, r in res.items() if len(g) > 1},
+            "plan": {"tolerance": plan.tolerance, "models": plan.n_models,
+                     "stages": [{"tasks": list(g.tasks), "method": g.method, "lambda": g.lam,
+                                 "worst_loss": g.worst_loss,
+                                 "spec": group_spec(zoo, variant, g).to_dict()} for g in plan.stages],
+                     "separate": plan.separate}}
+    return out
+
+
+def _matrix_svg(tasks: Sequence[str], res: Mapping[tuple, GroupResult], tolerance: float) -> str:
+    """Pairwise loss (points) of the row task merged with the column task; red above the tolerance."""
+    cell, pad = 64, 110
+    n = len(tasks)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{pad + n * cell}" height="{pad + n * cell}" '
+             f'role="img" aria-label="pairwise loss matrix">']
+    for j, t in enumerate(tasks):
+        parts.append(f'<text x="{pad + j * cell + cell / 2}" y="{pad - 8}" text-anchor="middle" '
+                     f'font-size="11">{html.escape(t)}</text>')
+    for i, a in enumerate(tasks):
+        parts.append(f'<text x="{pad - 6}" y="{pad + i * cell + cell / 2 + 4}" text-anchor="end" '
+                     f'font-size="11">{html.escape(a)}</text>')
+        for j, b in enumerate(tasks):
+            key = tuple(sorted((a, b), key=tasks.index))
+            value = 0.0 if a == b else (res[key].loss_points[a] if key in res else None)
+            shade = "#eee" if value is None else ("#d9534f" if value > tolerance else
+                                                 f"rgba(66,139,202,{min(1.0, max(0.08, value / max(tolerance, 1e-9)))})")
+            label = "—" if value is None else f"{value:+.1f}"
+            parts.append(f'<rect x="{pad + j * cell}" y="{pad + i * cell}" width="{cell - 2}" height="{cell - 2}" '
+                         f'fill="{shade}"/><text x="{pad + j * cell + cell / 2}" y="{pad + i * cell + cell / 2 + 4}" '
+                         f'text-anchor="middle" font-size="12">{label}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResult]]) -> str:
+    """The report (``data`` = :func:`plan_json`): models, the loss matrix, every group, the plans side by side, the
+    specs of each planned group (our YAML and mergekit YAML), the settings and hashes that reproduce it."""
+    esc = html.escape
+    tol = data["settings"]["tolerance"]
+    sec = [f"<h1>Merge plan for {esc(zoo.manifest.name)}</h1>",
+           f"<p>Tolerance: no task loses more than <b>{tol:g} points</b> of test accuracy against its own "
+           f"fine-tuned model. Methods tried per group: {esc(', '.join(data['settings']['methods']))}, each at its "
+           "best shared λ on the validation images of the group's tasks.</p>",
+           '<h2 id="plans">Plans</h2><table><tr><th>variant</th><th>models needed</th><th>stages (merged groups)</th>'
+           "<th>kept separate</th></tr>"]
+    for v, d in data["variants"].items():
+        stages = "<br>".join(f"stage {i + 1}: {esc(' + '.join(s['tasks']))} ({esc(s['method'])}, λ {s['lambda']:g}; "
+                             f"worst loss {s['worst_loss']:.1f} pts)" for i, s in enumerate(d["plan"]["stages"]))
+        sec.append(f"<tr><td>{esc(v)}</td><td>{d['plan']['models']} of {len(zoo.tasks)}</td><td>{stages or '—'}</td>"
+                   f"<td>{esc(', '.join(d['plan']['separate'])) or '—'}</td></tr>")
+    sec.append("</table>")
+    sec.append('<h2 id="models">Models</h2><table><tr><th>task</th>'
+               + "".join(f"<th>{esc(v)} individual</th>" for v in data["variants"]) + "</tr>")
+    for t in zoo.tasks:
+        sec.append(f"<tr><td>{esc(t)}</td>" + "".join(f"<td>{100 * d['individual'][t]:.1f} %</td>"
+                                                     for d in data["variants"].values()) + "</tr>")
+    sec.append("</table>")
+    sec.append('<h2 id="matrix">Pairwise compatibility</h2><p>Loss in points of the row task when merged with the '
+               "column task (red: above the tolerance).</p>")
+    for v in data["variants"]:
+        sec.append(f"<h3>{esc(v)}</h3>" + _matrix_svg(list(zoo.tasks), results[v], tol))
+    sec.append('<h2 id="groups">Every measured group</h2><table><tr><th>variant</th><th>tasks</th><th>method</th>'
+               "<th>λ</th><th>worst loss (pts)</th><th>loss per task (pts)</th></tr>")
+    for v, d in data["variants"].items():
+        for name, g in sorted(d["groups"].items(), key=lambda kv: kv[1]["worst_loss"]):
+            per = ", ".join(f"{esc(t)} {x:+.1f}" for t, x in g["loss_points"].items())
+            sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{esc(g['method'])}</td><td>{g['lambda']:g}</td>"
+                       f"<td>{g['worst_loss']:.1f}</td><td>{per}</td></tr>")
+    sec.append("</table>")
+    sec.append('<h2 id="specs">Merge specs of the planned groups</h2>')
+    for v, d in data["variants"].items():
+        for s in d["plan"]["stages"]:
+            spec = MergeSpec.from_dict(s["spec"])
+            mk = (to_mergekit_yaml(spec) if has_mergekit_equivalent(spec.method)
+                  else f"# {no_equivalent_message(spec.method)}")
+            sec.append(f"<h3>{esc(v)}: {esc(' + '.join(s['tasks']))}</h3><p>sammerge YAML</p><pre>{esc(spec.to_yaml())}"
+                       f"</pre><p>mergekit YAML</p><pre>{esc(mk)}</pre>")
+    sec.append('<h2 id="reproduce">Settings and hashes</h2><pre>'
+               + esc(json.dumps({"settings": data["settings"], "checkpoints": data["checkpoints"]}, indent=1))
+               + "</pre>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>sammerge plan</title><style>{style}</style>"
+            f"</head><body>{''.join(sec)}</body></html>")

@@ -1,0 +1,115 @@
+"""The merge planner: the plan against an exhaustive brute force, the measured groups against independent
+computations (the explorer's validation numbers, a plain forward on test), the CLI's JSON against its HTML report,
+and the report opened offline in Chromium."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+
+import pytest
+import torch
+
+from sammerge.planner.compat import GroupResult, all_subsets, measure_groups
+from sammerge.planner.plan import plan_groups
+from sammerge.zoo import open_zoo
+
+
+def _synthetic(tasks, seed):
+    rng = random.Random(seed)
+    out = {(t,): GroupResult((t,), None, None, None, {t: 0.5}, {t: 0.5}, {t: 0.0}) for t in tasks}
+    for g in all_subsets(tasks):
+        losses = {t: round(rng.uniform(-1, 4 + len(g)), 2) for t in g}
+        out[g] = GroupResult(g, "task_arithmetic", 0.3, 0.4, {t: 0.4 for t in g}, {t: 0.5 for t in g}, losses)
+    return out
+
+
+def _brute_force(results, tasks, tol):
+    """Every labelling of tasks with group numbers, canonicalized: the fewest groups, then least total, worst loss."""
+    best = None
+    for labels in itertools.product(range(len(tasks)), repeat=len(tasks)):
+        blocks = {}
+        for t, lab in zip(tasks, labels):
+            blocks.setdefault(lab, []).append(t)
+        part = [tuple(b) for b in blocks.values()]
+        if any(len(b) > 1 and max(results[b].loss_points.values()) > tol for b in part):
+            continue
+        losses = [x for b in part for x in results[b].loss_points.values()]
+        key = (len(part), round(sum(losses), 9), round(max(losses), 9))
+        if best is None or key < best[0]:
+            best = (key, sorted(part))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tol", [0.0, 2.0, 4.5])
+def test_plan_equals_an_exhaustive_brute_force(seed, tol):
+    tasks = ["a", "b", "c", "d", "e"]
+    results = _synthetic(tasks, seed)
+    plan = plan_groups(results, tasks, tol)
+    key, part = _brute_force(results, tasks, tol)
+    losses = [x for g in plan.groups for x in g.loss_points.values()]
+    assert (len(plan.groups), round(sum(losses), 9), round(max(losses), 9)) == key
+    assert sorted(g.tasks for g in plan.groups) == part
+    assert all(g.worst_loss <= tol + 1e-9 for g in plan.stages)
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_zoo):
+    return open_zoo(tiny_zoo)
+
+
+def test_measured_pairs_equal_the_explorer_and_a_plain_forward(zoo):
+    from sammerge.evaluation.evaluator import Evaluator
+    from sammerge.explorer.service import Explorer
+    from sammerge.merging import MergeSpec, get_method
+    pair = tuple(zoo.tasks[:2])
+    res = measure_groups(zoo, "plain", [pair], ["task_arithmetic"], use_cache=False)[pair]
+    ex = Explorer(zoo)
+    grid = get_method("task_arithmetic").lambda_grid()
+    val_means = []
+    for lam in grid:  # the explorer's numbers for the same merge, averaged over the pair's tasks
+        got = ex.evaluate(MergeSpec.for_zoo(zoo, "task_arithmetic", {"lambda": lam}, "plain", tasks=list(pair)))
+        val_means.append(sum(got[t].accuracy for t in pair) / 2)
+    best = max(range(len(grid)), key=lambda i: (round(val_means[i], 12), -i))
+    assert res.lam == grid[best] and res.val_mean == pytest.approx(val_means[best], abs=1e-12)
+    theta0 = zoo.pretrained()
+    merged = {k: v + res.lam * (zoo.task_vector(pair[0], "plain")[k] + zoo.task_vector(pair[1], "plain")[k])
+              if v.is_floating_point() else v for k, v in theta0.items()}
+    test = Evaluator.from_zoo(zoo, split="test", n_per_task=None, tasks=list(pair))
+    want = test.evaluate(merged)
+    for t in pair:
+        assert res.merged[t] == pytest.approx(want[t].accuracy, abs=1e-12)
+        own = test.evaluate(zoo.finetuned(t, "plain"))[t].accuracy
+        assert res.loss_points[t] == pytest.approx(100 * (own - want[t].accuracy), abs=1e-9)
+    ex.close()
+
+
+def test_cli_json_and_report_agree_and_the_report_opens_offline(zoo, tmp_path, capsys):
+    from sammerge.cli import main
+    js, page = tmp_path / "plan.json", tmp_path / "plan.html"
+    assert main(["plan", str(zoo.path), "--tolerance", "3", "--methods", "task_arithmetic", "--variants", "plain",
+                 "sam", "--json", str(js), "--out", str(page), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(js.read_text())
+    text = page.read_text()
+    for v, d in data["variants"].items():
+        assert f"{v}: {d['plan']['models']} model(s) for {len(zoo.tasks)} tasks" in out
+        for s in d["plan"]["stages"]:
+            assert all(x <= 3 + 1e-9 for x in d["groups"]["+".join(s["tasks"])]["loss_points"].values())
+            assert f"worst loss {s['worst_loss']:.1f} pts" in text
+        for name, g in d["groups"].items():
+            assert f"<td>{name}</td>" in text and f"<td>{g['worst_loss']:.1f}</td>" in text
+        assert sorted([t for s in d["plan"]["stages"] for t in s["tasks"]] + d["plan"]["separate"]) == sorted(zoo.tasks)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?https?:|<script|<link", text)  # nothing to fetch
+    from sammerge.webapp.browser import chromium_available, chromium_page
+    if not chromium_available():
+        pytest.skip("Debian chromium not installed (./dev test installs it)")
+    with chromium_page() as browser_page:
+        browser_page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:")
+                           else route.continue_())
+        browser_page.goto(page.as_uri())
+        for section in ("plans", "models", "matrix", "groups", "specs", "reproduce"):
+            assert browser_page.locator(f"#{section}").is_visible()
+        assert browser_page.locator("svg[aria-label='pairwise loss matrix']").count() == 2

@@ -110,6 +110,20 @@ def test_cli_json_and_report_agree_and_the_report_opens_offline(zoo, tmp_path, c
         browser_page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:")
                            else route.continue_())
         browser_page.goto(page.as_uri())
-        for section in ("plans", "models", "matrix", "groups", "specs", "reproduce"):
+        for section in ("plans", "models", "matrix", "groups", "predictors", "specs", "reproduce"):
             assert browser_page.locator(f"#{section}").is_visible()
         assert browser_page.locator("svg[aria-label='pairwise loss matrix']").count() == 2
+
+
+def test_rank_correlation_and_permutation_p_against_scipy_and_enumeration():
+    stats = pytest.importorskip("scipy.stats")
+    from sammerge.planner.predictors import permutation_p, spearman
+    rng = random.Random(3)
+    for n in (4, 6, 11):
+        x = [round(rng.random(), 1) for _ in range(n)]  # ties included
+        y = [xi + rng.random() for xi in x]
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    x, y = [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 4.0, 3.0]
+    rho = spearman(x, y)
+    every = [spearman(x, list(p)) for p in itertools.permutations(y)]
+    assert permutation_p(x, y) == pytest.approx(sum(abs(r) >= abs(rho) - 1e-12 for r in every) / 24)

@@ -50,6 +50,9 @@ def run_plan(args: argparse.Namespace) -> int:
                            for g in p.stages) or "none"
         print(f"{v}: {p.n_models} model(s) for {len(zoo.tasks)} tasks at ≤ {args.tolerance:g} points — merge: {stages}"
               + (f"; separate: {', '.join(p.separate)}" if p.separate else ""))
+        signals = data["variants"][v]["predictors"]["signals"]
+        print("    predicting the pairwise loss from the weights (Spearman ρ, permutation p): " + "; ".join(
+            f"{name} {r['rho']:+.2f} (p {r['p']:.2f})" for name, r in signals.items()))
     return 0
 
 

@@ -10,6 +10,7 @@ from sammerge.merging import MergeSpec, to_mergekit_yaml
 from sammerge.merging.mergekit import has_mergekit_equivalent, no_equivalent_message
 from sammerge.planner.compat import GroupResult
 from sammerge.planner.plan import Plan
+from sammerge.planner.predictors import predictor_table
 
 __all__ = ["plan_json", "plan_html", "group_spec"]
 
@@ -23,7 +24,8 @@ def group_spec(zoo, variant: str, group: GroupResult) -> MergeSpec:
 
 def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tuple, GroupResult]],
               settings: Mapping) -> dict:
-    """Everything the report shows, per variant: individual accuracy, every measured group, the plan and its specs."""
+    """Everything the report shows, per variant: individual accuracy, every measured group, the plan and its specs,
+    and how well each cheap signal of the weights predicts the measured pairwise loss."""
     out = {"zoo": str(zoo.path), "checkpoints": zoo.checkpoint_hashes(), "settings": dict(settings), "variants": {}}
     for variant, plan in plans.items():
         res = results[variant]
@@ -36,7 +38,8 @@ def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tupl
                      "stages": [{"tasks": list(g.tasks), "method": g.method, "lambda": g.lam,
                                  "worst_loss": g.worst_loss,
                                  "spec": group_spec(zoo, variant, g).to_dict()} for g in plan.stages],
-                     "separate": plan.separate}}
+                     "separate": plan.separate},
+            "predictors": predictor_table(zoo, variant, res)}
     return out
 
 
@@ -98,6 +101,15 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
             per = ", ".join(f"{esc(t)} {x:+.1f}" for t, x in g["loss_points"].items())
             sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{esc(g['method'])}</td><td>{g['lambda']:g}</td>"
                        f"<td>{g['worst_loss']:.1f}</td><td>{per}</td></tr>")
+    sec.append("</table>")
+    sec.append('<h2 id="predictors">Can it be predicted from the weights?</h2><p>Spearman rank correlation of each '
+               "signal of a pair of task vectors with the pair's measured mean loss, and a permutation p-value (small "
+               "numbers of pairs rarely show anything: read the p-value).</p><table><tr><th>variant</th><th>signal</th>"
+               "<th>ρ</th><th>p</th><th>pairs</th></tr>")
+    for v, d in data["variants"].items():
+        for name, r in d["predictors"]["signals"].items():
+            sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{r['rho']:+.2f}</td><td>{r['p']:.3f}</td>"
+                       f"<td>{r['n']}</td></tr>")
     sec.append("</table>")
     sec.append('<h2 id="specs">Merge specs of the planned groups</h2>')
     for v, d in data["variants"].items():

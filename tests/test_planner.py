@@ -90,7 +90,8 @@ def test_cli_json_and_report_agree_and_the_report_opens_offline(zoo, tmp_path, c
     from sammerge.cli import main
     js, page = tmp_path / "plan.json", tmp_path / "plan.html"
     assert main(["plan", str(zoo.path), "--tolerance", "3", "--methods", "task_arithmetic", "--variants", "plain",
-                 "sam", "--json", str(js), "--out", str(page), "--quiet"]) == 0
+                 "sam", "--json", str(js), "--out", str(page), "--quiet", "--requests-per-day", "1e6",
+                 "--gpu-hour-cost", "2"]) == 0
     out = capsys.readouterr().out
     data = json.loads(js.read_text())
     text = page.read_text()
@@ -102,6 +103,13 @@ def test_cli_json_and_report_agree_and_the_report_opens_offline(zoo, tmp_path, c
         for name, g in d["groups"].items():
             assert f"<td>{name}</td>" in text and f"<td>{g['worst_loss']:.1f}</td>" in text
         assert sorted([t for s in d["plan"]["stages"] for t in s["tasks"]] + d["plan"]["separate"]) == sorted(zoo.tasks)
+    assert data["training"]["sam"]["forward_backward_passes"] == 2 * data["training"]["sam"]["steps"]
+    assert data["training"]["plain"]["forward_backward_passes"] == data["training"]["plain"]["steps"]
+    serving = data["variants"]["plain"]["serving"]["options"]
+    assert serving["separate"]["encoders"] == len(zoo.tasks) and serving["one merged model"]["encoders"] == 1
+    assert serving["plan"]["encoders"] == data["variants"]["plain"]["plan"]["models"]
+    for o in serving.values():  # cost per day = images / (images per second) / 3600 × price
+        assert o["cost_per_day"] == pytest.approx(1e6 / o["images_per_s"] / 3600 * 2)
     assert not re.search(r"(src|href)\s*=\s*[\"']?https?:|<script|<link", text)  # nothing to fetch
     from sammerge.webapp.browser import chromium_available, chromium_page
     if not chromium_available():
@@ -110,7 +118,7 @@ def test_cli_json_and_report_agree_and_the_report_opens_offline(zoo, tmp_path, c
         browser_page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:")
                            else route.continue_())
         browser_page.goto(page.as_uri())
-        for section in ("plans", "models", "matrix", "groups", "predictors", "specs", "reproduce"):
+        for section in ("plans", "models", "matrix", "groups", "predictors", "cost", "specs", "reproduce"):
             assert browser_page.locator(f"#{section}").is_visible()
         assert browser_page.locator("svg[aria-label='pairwise loss matrix']").count() == 2
 

@@ -38,6 +38,7 @@ def run_plan(args: argparse.Namespace) -> int:
             results[v] = measure_groups(zoo, v, groups, args.methods, progress=progress)
             plans[v] = plan_groups(results[v], zoo.tasks, args.tolerance)
     settings = {"tolerance": args.tolerance, "methods": list(args.methods), "variants": list(variants),
+                "requests_per_day": args.requests_per_day, "gpu_hour_cost": args.gpu_hour_cost,
                 "groups": "pairs" if subsets else "every subset", "validation": "val, 256 images per task, seed 0",
                 "test": "every test image"}
     data = plan_json(zoo, plans, results, settings)
@@ -69,5 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--pairs-only", action="store_true", help="measure pairs only (groups of at most two)")
     p.add_argument("--json", default=None, help="write every number as JSON")
     p.add_argument("--out", default=None, help="write the self-contained HTML report")
+    p.add_argument("--requests-per-day", type=float, default=None, help="images a day, every task predicted on each")
+    p.add_argument("--gpu-hour-cost", type=float, default=None, help="price of one hour of the serving device")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_plan)

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 from sammerge.merging import MergeSpec, to_mergekit_yaml
 from sammerge.merging.mergekit import has_mergekit_equivalent, no_equivalent_message
 from sammerge.planner.compat import GroupResult
+from sammerge.planner.cost import serving_cost, training_cost
 from sammerge.planner.plan import Plan
 from sammerge.planner.predictors import predictor_table
 
@@ -23,7 +24,7 @@ def group_spec(zoo, variant: str, group: GroupResult) -> MergeSpec:
 
 
 def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tuple, GroupResult]],
-              settings: Mapping) -> dict:
+              settings: Mapping, costs: bool = True) -> dict:
     """Everything the report shows, per variant: individual accuracy, every measured group, the plan and its specs,
     and how well each cheap signal of the weights predicts the measured pairwise loss."""
     out = {"zoo": str(zoo.path), "checkpoints": zoo.checkpoint_hashes(), "settings": dict(settings), "variants": {}}
@@ -40,7 +41,25 @@ def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tupl
                                  "spec": group_spec(zoo, variant, g).to_dict()} for g in plan.stages],
                      "separate": plan.separate},
             "predictors": predictor_table(zoo, variant, res)}
+        if costs:
+            out["variants"][variant]["serving"] = serving_cost(zoo, plan, requests_per_day=settings.get(
+                "requests_per_day"), gpu_hour_cost=settings.get("gpu_hour_cost"))
+    if costs:
+        out["training"] = training_cost(zoo)
+        out["break_even"] = break_even(out, settings)
     return out
+
+
+def break_even(data: Mapping, settings: Mapping) -> dict | None:
+    """Days until SAM's extra training cost (measured wall time here × price) is paid back by the cheaper serving of
+    its plan (fewer forwards per image than plain's), when both are planned and prices are given; else None."""
+    price, v = settings.get("gpu_hour_cost"), data["variants"]
+    if not price or not settings.get("requests_per_day") or not {"plain", "sam"} <= set(v):
+        return None
+    extra = (data["training"]["sam"]["wall_time_s"] - data["training"]["plain"]["wall_time_s"]) / 3600 * price
+    saving = v["plain"]["serving"]["options"]["plan"]["cost_per_day"] - v["sam"]["serving"]["options"]["plan"]["cost_per_day"]
+    return {"extra_training_cost": extra, "daily_saving": saving,
+            "days": extra / saving if saving > 0 else None}
 
 
 def _matrix_svg(tasks: Sequence[str], res: Mapping[tuple, GroupResult], tolerance: float) -> str:
@@ -111,6 +130,29 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
             sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{r['rho']:+.2f}</td><td>{r['p']:.3f}</td>"
                        f"<td>{r['n']}</td></tr>")
     sec.append("</table>")
+    if "training" in data:
+        sec.append('<h2 id="cost">Cost</h2><p>Training, per variant (this zoo\'s records: wall time on the machine '
+                   "that built it, steps, forward-backward passes — SAM takes two per step):</p><table><tr><th>variant"
+                   "</th><th>wall time (s)</th><th>steps</th><th>passes</th></tr>")
+        for v, c in data["training"].items():
+            sec.append(f"<tr><td>{esc(v)}</td><td>{c['wall_time_s']:.0f}</td><td>{c['steps']}</td>"
+                       f"<td>{c['forward_backward_passes']}</td></tr>")
+        sec.append("</table><p>Serving every task on each image (measured on this machine): separate models need one "
+                   "forward per task, the plan one per group, a single merged model one forward for all heads."
+                   "</p><table><tr><th>variant</th><th>option</th><th>encoders</th><th>weights (MB)</th>"
+                   "<th>images/s</th><th>cost per day</th></tr>")
+        for v, d in data["variants"].items():
+            for name, o in d["serving"]["options"].items():
+                cost = f"{o['cost_per_day']:.2f}" if "cost_per_day" in o else "— (give --requests-per-day and --gpu-hour-cost)"
+                sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{o['encoders']}</td>"
+                           f"<td>{o['weights_bytes'] / 1e6:.2f}</td><td>{o['images_per_s']:.0f}</td><td>{cost}</td></tr>")
+        sec.append("</table>")
+        be = data.get("break_even")
+        if be:
+            sec.append(f"<p>Break-even of SAM's extra training ({be['extra_training_cost']:.2f}) against its plan's "
+                       f"serving saving ({be['daily_saving']:+.2f} per day): "
+                       + (f"<b>{be['days']:.1f} days</b>.</p>" if be["days"] is not None else
+                          "<b>never</b> — SAM's plan serves no cheaper than plain's.</p>"))
     sec.append('<h2 id="specs">Merge specs of the planned groups</h2>')
     for v, d in data["variants"].items():
         for s in d["plan"]["stages"]:

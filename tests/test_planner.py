@@ -9,7 +9,6 @@ import random
 import re
 
 import pytest
-import torch
 
 from sammerge.planner.compat import GroupResult, all_subsets, measure_groups
 from sammerge.planner.plan import plan_groups

@@ -8,50 +8,26 @@ from pathlib import Path
 
 from sammerge.cli._progress import progress_bar
 
-MAX_SUBSET_TASKS = 8  # every subset up to here (255 for 8 tasks); beyond: pairs only
-
-
 def run_plan(args: argparse.Namespace) -> int:
-    from sammerge.errors import ConfigError
     from sammerge.io import atomic_write_text
-    from sammerge.merging import get_method
-    from sammerge.planner.compat import all_subsets, measure_groups, pairs
-    from sammerge.planner.plan import plan_groups
-    from sammerge.planner.report import plan_html, plan_json
+    from sammerge.planner import run as planner
     from sammerge.zoo import open_zoo
 
     zoo = open_zoo(args.zoo)
-    for m in args.methods:
-        if not get_method(m).is_static:
-            raise ConfigError(f"plan: method '{m}' is task-routed (one model per task); the planner merges groups")
-    variants = args.variants or zoo.variants
-    unknown = [v for v in variants if v not in zoo.variants]
-    if unknown:
-        raise ConfigError(f"plan: unknown variant(s) {', '.join(unknown)} (zoo has: {', '.join(zoo.variants)})")
-    if args.tolerance < 0:
-        raise ConfigError(f"plan: --tolerance must be ≥ 0 points, got {args.tolerance}")
-    subsets = args.pairs_only or len(zoo.tasks) > MAX_SUBSET_TASKS
-    groups = pairs(zoo.tasks) if subsets else all_subsets(zoo.tasks)
-    plans, results = {}, {}
+    settings = planner.PlanSettings(args.tolerance, tuple(args.methods), tuple(args.variants) if args.variants else None,
+                                    args.pairs_only, args.requests_per_day, args.gpu_hour_cost)
     with progress_bar(not args.quiet) as progress:
-        for v in variants:
-            results[v] = measure_groups(zoo, v, groups, args.methods, progress=progress)
-            plans[v] = plan_groups(results[v], zoo.tasks, args.tolerance)
-    settings = {"tolerance": args.tolerance, "methods": list(args.methods), "variants": list(variants),
-                "requests_per_day": args.requests_per_day, "gpu_hour_cost": args.gpu_hour_cost,
-                "groups": "pairs" if subsets else "every subset", "validation": "val, 256 images per task, seed 0",
-                "test": "every test image"}
-    data = plan_json(zoo, plans, results, settings)
+        result = planner.run_plan(zoo, settings, progress)
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps(data, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(result.data, indent=1))
     if args.out:
-        atomic_write_text(Path(args.out), plan_html(zoo, data, results))
-    for v, p in plans.items():
+        atomic_write_text(Path(args.out), result.html)
+    for v, p in result.plans.items():
         stages = "; ".join(f"{'+'.join(g.tasks)} ({g.method}, λ {g.lam:g}, worst {g.worst_loss:.1f} pts)"
                            for g in p.stages) or "none"
         print(f"{v}: {p.n_models} model(s) for {len(zoo.tasks)} tasks at ≤ {args.tolerance:g} points — merge: {stages}"
               + (f"; separate: {', '.join(p.separate)}" if p.separate else ""))
-        signals = data["variants"][v]["predictors"]["signals"]
+        signals = result.data["variants"][v]["predictors"]["signals"]
         print("    predicting the pairwise loss from the weights (Spearman ρ, permutation p): " + "; ".join(
             f"{name} {r['rho']:+.2f} (p {r['p']:.2f})" for name, r in signals.items()))
     return 0

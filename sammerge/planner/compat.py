@@ -17,6 +17,7 @@ from sammerge.cache import cached
 from sammerge.evaluation.protocol import individual_results
 from sammerge.evaluation.search import sweep_shared_lambda
 from sammerge.evaluation.subset import EXPLORER_SUBSET, EvalSubset
+from sammerge.jobs.runner import JobCancelled
 from sammerge.merging import get_method, task_id, variant_statistics
 from sammerge.progress import Progress
 
@@ -74,8 +75,9 @@ def _measure(zoo, variant: str, group: tuple[str, ...], methods: Sequence[str], 
 
 def measure_groups(zoo, variant: str, groups: Sequence[Sequence[str]], methods: Sequence[str] = DEFAULT_METHODS,
                    val_subset: EvalSubset = EXPLORER_SUBSET, progress: Progress | None = None,
-                   use_cache: bool = True) -> dict[tuple[str, ...], GroupResult]:
-    """Every group (plus each single task) measured as the module doc says; cached with the zoo."""
+                   use_cache: bool = True, should_stop=None) -> dict[tuple[str, ...], GroupResult]:
+    """Every group (plus each single task) measured as the module doc says; cached with the zoo (written only when
+    every group is done). ``should_stop()`` is asked before each group: True raises ``JobCancelled``."""
     groups = [tuple(sorted(g, key=zoo.tasks.index)) for g in groups]
     inputs = {"variant": variant, "methods": list(methods), "groups": [list(g) for g in groups],
               "val": val_subset.as_dict(), "test": TEST.as_dict()}
@@ -85,6 +87,8 @@ def measure_groups(zoo, variant: str, groups: Sequence[Sequence[str]], methods: 
         individual = {t: r.accuracy for t, r in ind.items()}
         out = {}
         for i, g in enumerate(groups):
+            if should_stop is not None and should_stop():
+                raise JobCancelled(f"planner: cancelled after {i} of {len(groups)} groups ({variant})")
             if progress:
                 progress(i, len(groups), f"planner: {variant} {'+'.join(g)}")
             out["+".join(g)] = asdict(_measure(zoo, variant, g, methods, val_subset, individual))

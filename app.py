@@ -12,6 +12,7 @@ PAGES = [
     st.Page("pages/4_Paper_table.py", title="Paper table", icon=":material/table:", url_path="Paper_table"),
     st.Page("pages/5_Layer_coefficients.py", title="Layer coefficients", icon=":material/grid_on:", url_path="Layer_coefficients"),
     st.Page("pages/6_Zoo_builder.py", title="Zoo builder", icon=":material/construction:", url_path="Zoo_builder"),
+    st.Page("pages/7_Merge_planner.py", title="Merge planner", icon=":material/account_tree:", url_path="Merge_planner"),
 ]
 
 st.navigation(PAGES).run()

@@ -134,3 +134,42 @@ def test_rank_correlation_and_permutation_p_against_scipy_and_enumeration():
     rho = spearman(x, y)
     every = [spearman(x, list(p)) for p in itertools.permutations(y)]
     assert permutation_p(x, y) == pytest.approx(sum(abs(r) >= abs(rho) - 1e-12 for r in every) / 24)
+
+
+def test_the_planner_page_runs_one_shared_job_and_shows_the_clis_plan(monkeypatch, tiny_zoo, tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from sammerge.cli import main
+    from sammerge.planner.run import PlanSettings
+    from sammerge.webapp.plan_jobs import plan_task
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("SAMMERGE_ZOO", str(tiny_zoo))
+    monkeypatch.chdir(root)
+    at = AppTest.from_file(str(root / "pages" / "7_Merge_planner.py"), default_timeout=120).run()
+    assert not at.exception and not at.error
+    at.multiselect(key="plan_methods").set_value(["task_arithmetic"])
+    at.toggle(key="plan_pairs").set_value(True).run()
+    at.button(key="plan_go").click().run()
+    zoo = open_zoo(tiny_zoo)
+    settings = PlanSettings(2.0, ("task_arithmetic",), tuple(zoo.variants), True, 1e6, 2.0)
+    task = plan_task(zoo, settings)
+    assert task is not None
+    task.wait(300)
+    second = AppTest.from_file(str(root / "pages" / "7_Merge_planner.py"), default_timeout=120)
+    second.session_state["plan_methods"] = ["task_arithmetic"]
+    second.session_state["plan_pairs"] = True
+    second.run()  # another session, same settings: the same finished job, no new one
+    assert not second.exception and plan_task(zoo, settings) is task
+    js = tmp_path / "cli.json"
+    assert main(["plan", str(tiny_zoo), "--tolerance", "2", "--methods", "task_arithmetic", "--pairs-only",
+                 "--json", str(js), "--quiet", "--requests-per-day", "1e6", "--gpu-hour-cost", "2"]) == 0
+    cli = json.loads(js.read_text())
+    frame = second.dataframe[0].value
+    for _, row in frame.iterrows():
+        assert row["models needed"] == cli["variants"][row["variant"]]["plan"]["models"]
+        assert row["merge"] == ("; ".join(" + ".join(s["tasks"]) for s in cli["variants"][row["variant"]]["plan"]["stages"])
+                                or "—")
+    assert len(frame) == len(zoo.variants)
+    assert any("Report (.html" in str(b.proto) for b in second.get("download_button"))

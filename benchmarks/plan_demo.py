@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -58,6 +59,7 @@ def main() -> int:
             "all_tasks": {"method": res[tuple(zoo.tasks)].method,
                           "worst_loss": res[tuple(zoo.tasks)].worst_loss},
             "predictors": predictor_table(zoo, v, res)["signals"]}
+    out["load_average_1min"] = os.getloadavg()[0]
     shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
@@ -70,13 +72,16 @@ def markdown(r: dict) -> str:
     lines = [f"Demo zoo ({len(r['tasks'])} tasks), methods {', '.join(r['methods'])} (each at its best validation λ), "
              f"{r['threads']} torch threads: the pairwise matrix of one variant {t['pairs_one_variant']:.0f} s; every "
              f"subset ({2 ** len(r['tasks']) - len(r['tasks']) - 1}) of every variant "
-             f"{t['every_subset_every_variant']:.0f} s; a second open {t['second_open']:.1f} s (from the zoo's cache).",
+             f"{t['every_subset_every_variant']:.0f} s; a second open {t['second_open']:.1f} s (from the zoo's cache); "
+             f"machine load average {r.get('load_average_1min', float('nan')):.1f} at the end.",
              "", "| variant | all tasks in one model: worst loss (pts) | "
-             + " | ".join(f"models needed at ≤ {tol:g} pts" for tol in TOLERANCES) + " | plan at ≤ 2 pts |",
+             + " | ".join(f"models needed at ≤ {tol:g} pts" for tol in TOLERANCES) + f" | plan at ≤ {TOLERANCES[-1]:g} pts |",
              "|---|---|" + "---|" * len(TOLERANCES) + "---|"]
+    shown = str(TOLERANCES[-1])
     for v, d in r["variants"].items():
-        p2 = d["plans"]["2.0"]
-        stages = "; ".join("+".join(s["tasks"]) for s in p2["stages"]) or "—"
+        p2 = d["plans"][shown]
+        stages = "; ".join(f"{'+'.join(s['tasks'])} ({s['method']}, λ {s['lambda']:g}, worst {s['worst_loss']:.1f} pts)"
+                           for s in p2["stages"]) or "—"
         lines.append(f"| {v} | {d['all_tasks']['worst_loss']:.1f} | "
                      + " | ".join(str(d["plans"][str(tol)]["models"]) for tol in TOLERANCES)
                      + f" | merge {stages}" + (f"; separate {', '.join(p2['separate'])}" if p2["separate"] else "")

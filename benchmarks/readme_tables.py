@@ -19,6 +19,7 @@ from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
 from demo_regime import search_markdown
 from method_cost import markdown as method_cost_markdown
+from plan_demo import markdown as plan_demo_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -287,7 +288,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
-          "method_cost.json": method_cost_markdown, "browser_latency_methods.json": browser_methods}
+          "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods}
 
 
 def render(readme: str) -> str:

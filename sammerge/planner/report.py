@@ -86,6 +86,19 @@ def _matrix_svg(tasks: Sequence[str], res: Mapping[tuple, GroupResult], toleranc
     return "".join(parts) + "</svg>"
 
 
+def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """An HTML table; cells are escaped unless given as ``Markup`` (already HTML)."""
+    def cell(x):
+        return x if isinstance(x, Markup) else html.escape(str(x))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class Markup(str):
+    """Text that is HTML already (not escaped again by :func:`_table`)."""
+
+
 def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResult]]) -> str:
     """The report (``data`` = :func:`plan_json`): models, the loss matrix, every group, the plans side by side, the
     specs of each planned group (our YAML and mergekit YAML), the settings and hashes that reproduce it."""
@@ -113,40 +126,31 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
                "column task (red: above the tolerance).</p>")
     for v in data["variants"]:
         sec.append(f"<h3>{esc(v)}</h3>" + _matrix_svg(list(zoo.tasks), results[v], tol))
-    sec.append('<h2 id="groups">Every measured group</h2><table><tr><th>variant</th><th>tasks</th><th>method</th>'
-               "<th>λ</th><th>worst loss (pts)</th><th>loss per task (pts)</th></tr>")
-    for v, d in data["variants"].items():
-        for name, g in sorted(d["groups"].items(), key=lambda kv: kv[1]["worst_loss"]):
-            per = ", ".join(f"{esc(t)} {x:+.1f}" for t, x in g["loss_points"].items())
-            sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{esc(g['method'])}</td><td>{g['lambda']:g}</td>"
-                       f"<td>{g['worst_loss']:.1f}</td><td>{per}</td></tr>")
-    sec.append("</table>")
+    sec.append('<h2 id="groups">Every measured group</h2>' + _table(
+        ["variant", "tasks", "method", "λ", "worst loss (pts)", "loss per task (pts)"],
+        [[v, name, g["method"], f"{g['lambda']:g}", f"{g['worst_loss']:.1f}",
+          ", ".join(f"{t} {x:+.1f}" for t, x in g["loss_points"].items())]
+         for v, d in data["variants"].items()
+         for name, g in sorted(d["groups"].items(), key=lambda kv: kv[1]["worst_loss"])]))
     sec.append('<h2 id="predictors">Can it be predicted from the weights?</h2><p>Spearman rank correlation of each '
                "signal of a pair of task vectors with the pair's measured mean loss, and a permutation p-value (small "
-               "numbers of pairs rarely show anything: read the p-value).</p><table><tr><th>variant</th><th>signal</th>"
-               "<th>ρ</th><th>p</th><th>pairs</th></tr>")
-    for v, d in data["variants"].items():
-        for name, r in d["predictors"]["signals"].items():
-            sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{r['rho']:+.2f}</td><td>{r['p']:.3f}</td>"
-                       f"<td>{r['n']}</td></tr>")
-    sec.append("</table>")
+               "numbers of pairs rarely show anything: read the p-value).</p>" + _table(
+                   ["variant", "signal", "ρ", "p", "pairs"],
+                   [[v, name, f"{r['rho']:+.2f}", f"{r['p']:.3f}", r["n"]]
+                    for v, d in data["variants"].items() for name, r in d["predictors"]["signals"].items()]))
     if "training" in data:
         sec.append('<h2 id="cost">Cost</h2><p>Training, per variant (this zoo\'s records: wall time on the machine '
-                   "that built it, steps, forward-backward passes — SAM takes two per step):</p><table><tr><th>variant"
-                   "</th><th>wall time (s)</th><th>steps</th><th>passes</th></tr>")
-        for v, c in data["training"].items():
-            sec.append(f"<tr><td>{esc(v)}</td><td>{c['wall_time_s']:.0f}</td><td>{c['steps']}</td>"
-                       f"<td>{c['forward_backward_passes']}</td></tr>")
-        sec.append("</table><p>Serving every task on each image (measured on this machine): separate models need one "
-                   "forward per task, the plan one per group, a single merged model one forward for all heads."
-                   "</p><table><tr><th>variant</th><th>option</th><th>encoders</th><th>weights (MB)</th>"
-                   "<th>images/s</th><th>cost per day</th></tr>")
-        for v, d in data["variants"].items():
-            for name, o in d["serving"]["options"].items():
-                cost = f"{o['cost_per_day']:.2f}" if "cost_per_day" in o else "— (give --requests-per-day and --gpu-hour-cost)"
-                sec.append(f"<tr><td>{esc(v)}</td><td>{esc(name)}</td><td>{o['encoders']}</td>"
-                           f"<td>{o['weights_bytes'] / 1e6:.2f}</td><td>{o['images_per_s']:.0f}</td><td>{cost}</td></tr>")
-        sec.append("</table>")
+                   "that built it, steps, forward-backward passes — SAM takes two per step):</p>" + _table(
+                       ["variant", "wall time (s)", "steps", "passes"],
+                       [[v, f"{c['wall_time_s']:.0f}", c["steps"], c["forward_backward_passes"]]
+                        for v, c in data["training"].items()]))
+        sec.append("<p>Serving every task on each image (measured on this machine): separate models need one forward "
+                   "per task, the plan one per group, a single merged model one forward for all heads.</p>" + _table(
+                       ["variant", "option", "encoders", "weights (MB)", "images/s", "cost per day"],
+                       [[v, name, o["encoders"], f"{o['weights_bytes'] / 1e6:.2f}", f"{o['images_per_s']:.0f}",
+                         f"{o['cost_per_day']:.2f}" if "cost_per_day" in o
+                         else "— (give --requests-per-day and --gpu-hour-cost)"]
+                        for v, d in data["variants"].items() for name, o in d["serving"]["options"].items()]))
         be = data.get("break_even")
         if be:
             sec.append(f"<p>Break-even of SAM's extra training ({be['extra_training_cost']:.2f}) against its plan's "

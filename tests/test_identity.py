@@ -25,13 +25,20 @@ GROUPS = ["stem", "stages.0", "stages.1"]
 def _tensors() -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(0)
     theta0 = {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
-    tvs = {(t, v): {k: 0.1 * torch.randn(s, generator=g) for k, s in SHAPES.items()} for t in TASKS for v in VARIANTS}
+    # task vectors share a common part (cosines ≈ 0.5, as fine-tuned task vectors do): with independent random ones
+    # Model Stock's angle rule gives θ0 for any task set, and merges that differ do not differ in their weights
+    common = {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
+    tvs = {(t, v): {k: 0.1 * (common[k] + torch.randn(s, generator=g)) for k, s in SHAPES.items()}
+           for t in TASKS for v in VARIANTS}
     return theta0, tvs
 
 
 THETA0, TVS = _tensors()
 # methods with λ, per-task weights, densities and per-layer coefficients, and one without any of them
-METHODS = {"task_arithmetic": {"lambda": [0.3, 0.5]}, "ties": {"lambda": [0.7, 1.0], "density": [0.2, 0.5]},
+# (TIES keeps ≥ half of every task vector here: with fewer kept entries two tasks' trimmed vectors can be disjoint on
+# a layer, and then TIES' weight-normalized mean gives every entry its one task's value whatever the weights — equal
+# weights under different keys, a true coincidence of those tensors, not a key defect)
+METHODS = {"task_arithmetic": {"lambda": [0.3, 0.5]}, "ties": {"lambda": [0.7, 1.0], "density": [0.5, 0.8]},
            "dare_linear": {"lambda": [0.4, 0.6], "density": [0.5, 0.8], "seed": [0, 1]}, "model_stock": {}}
 
 
@@ -64,7 +71,7 @@ def base_specs(draw):
             if draw(st.booleans()):
                 row["layer_weights"] = {draw(st.sampled_from(GROUPS)): draw(st.sampled_from([0.25, 2.0]))}
         if method in ("ties", "dare_linear") and draw(st.booleans()):
-            row["density"] = draw(st.sampled_from([0.3, 0.9]))
+            row["density"] = draw(st.sampled_from([0.5, 0.9] if method == "ties" else [0.3, 0.9]))
         rows.append(row)
     return method, params, rows
 
@@ -108,7 +115,7 @@ def spec_pairs(draw):
     return spec_of(method, params, rows), spec_of(m2, p2, r2, **prov), edit
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(spec_pairs())
 def test_two_specs_share_a_key_iff_they_merge_to_the_same_weights(pair):
     a, b, edit = pair

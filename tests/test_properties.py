@@ -15,7 +15,7 @@ from sammerge.merging import (MergeSpec, from_mergekit_yaml, get_method, is_merg
                               merge_zoo)
 from sammerge.zoo import open_zoo
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 @pytest.fixture(scope="module")

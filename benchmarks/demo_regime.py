@@ -37,7 +37,8 @@ LAMBDAS = lambda_grid("task_arithmetic")
 MARKS = ("1/T", "0.3", "0.5", "1.0")
 
 
-def measure_methods(zoo, val, test, variant: str, methods: list[str], pre_mean: float, indiv_mean: float) -> dict:
+def measure_methods(zoo, val, test, variant: str, methods: list[str], pre_mean: float, indiv_mean: float,
+                    routed_evaluators: dict) -> dict:
     """Every method on one variant: best λ on validation (the method's grid), test accuracy there, gap closed;
     task-routed methods (EMR) evaluate each task with its own model."""
     theta0, tvs = zoo.pretrained(), [zoo.task_vector(t, variant) for t in zoo.tasks]
@@ -47,7 +48,8 @@ def measure_methods(zoo, val, test, variant: str, methods: list[str], pre_mean: 
         t0 = time.perf_counter()
         if not get_method(name).is_static:
             models = get_method(name)(theta0, tvs, task_ids=ids)
-            per_task = {t: r.accuracy for t, r in evaluate_routed(zoo, dict(zip(zoo.tasks, models)), "test").items()}
+            per_task = {t: r.accuracy for t, r in evaluate_routed(zoo, dict(zip(zoo.tasks, models)), "test",
+                                                                        evaluators=routed_evaluators).items()}
             best = None
         else:
             sweep = sweep_shared_lambda(val, name, theta0, tvs, test_evaluator=test, task_ids=ids,
@@ -65,6 +67,7 @@ def measure(zoo, n_val: int | None = 256, ties: bool = True, methods: list[str] 
     theta0 = zoo.pretrained()
     pre = test.evaluate(theta0)
     pre_mean = statistics.mean(r.accuracy for r in pre.values())
+    routed: dict = {}  # task → its own test evaluator, for task-routed methods (kept across variants)
     out = {"pretrained_test": pre_mean, "n_val_per_task": n_val, "pretrained_per_task": {t: r.accuracy for t, r in pre.items()},
            "linearized": zoo.manifest.linearized, "variants": {}}
     for variant in zoo.variants:
@@ -94,7 +97,7 @@ def measure(zoo, n_val: int | None = 256, ties: bool = True, methods: list[str] 
             row.update(ties_best_lambda_val=tsweep.best_lambda, ties_merged_test=tsweep.test_mean,
                        ties_gap_closed=gap_closed(tsweep.test_mean, pre_mean, indiv_mean))
         if methods:
-            row["methods"] = measure_methods(zoo, val, test, variant, methods, pre_mean, indiv_mean)
+            row["methods"] = measure_methods(zoo, val, test, variant, methods, pre_mean, indiv_mean, routed)
         out["variants"][variant] = row
     out["fair"] = fair_comparisons(out["variants"])
     if methods:

@@ -34,8 +34,8 @@ def diagonal_fisher(zoo, task: str, variant: str, params: Mapping) -> dict[str, 
     images = task_images(zoo, task, params)
     fisher = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in encoder.named_parameters() if n in names}
     parts = batches(images, int(params["batch_size"]) if params["estimator"] == "batch" else 8, device)
-    buffers = dict(encoder.named_buffers())
-    weights = {n: p.detach() for n, p in encoder.named_parameters()}
+    buffers = dict(encoder.named_buffers()) if params["estimator"] == "exact" else {}
+    weights = {n: p.detach() for n, p in encoder.named_parameters()} if params["estimator"] == "exact" else {}
     for i, batch in enumerate(parts):
         report(i, len(parts), f"Fisher information: {task}")
         if params["estimator"] == "batch":

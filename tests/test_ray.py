@@ -115,3 +115,19 @@ def test_cancel_on_ray_then_resume_locally(tmp_path, smoke_zoo):
     assert zoo.checkpoint_hashes() == open_zoo(smoke_zoo).checkpoint_hashes()
     after = {r.name: r for r in list_records(out)}
     assert after["pretrain θ0"].backend == "ray" and after["pretrain θ0"].runs == 1
+
+
+def test_planner_groups_on_ray_equal_the_local_ones(tmp_path, tiny_zoo):
+    import shutil
+
+    from sammerge.planner.compat import measure_groups, pairs, planner_dir
+    here, there = (shutil.copytree(tiny_zoo, tmp_path / name, ignore=shutil.ignore_patterns("analysis"))
+                   for name in ("local", "ray"))
+    local_zoo, ray_zoo = open_zoo(here), open_zoo(there)
+    groups = pairs(local_zoo.tasks)
+    local = measure_groups(local_zoo, "plain", groups, ["task_arithmetic"])
+    on_ray = measure_groups(ray_zoo, "plain", groups, ["task_arithmetic"], backend="ray")
+    assert on_ray == local and len(on_ray) == len(groups) + len(local_zoo.tasks)
+    records = list_records(planner_dir(ray_zoo))
+    assert len(records) == len(groups) + 1 and {r.backend for r in records} == {"ray"}
+    assert {r.status for r in records} == {"done"}

@@ -1,5 +1,5 @@
 """The planner's results as data (:func:`plan_json`) and as one self-contained HTML page to take to a meeting
-(:func:`plan_html`: inline CSS, the loss matrix drawn as inline SVG, no network)."""
+(:func:`plan_html`: inline CSS, the loss matrix and the predictor scatters drawn as inline SVG, no network)."""
 from __future__ import annotations
 
 import html
@@ -10,6 +10,7 @@ from sammerge.merging import MergeSpec, to_mergekit_yaml
 from sammerge.merging.mergekit import has_mergekit_equivalent, no_equivalent_message
 from sammerge.planner.compat import GroupResult
 from sammerge.planner.cost import serving_cost, training_cost
+from sammerge.planner.figures import matrix_svg, scatter_svg
 from sammerge.planner.plan import Plan
 from sammerge.planner.predictors import predictor_table
 
@@ -24,7 +25,7 @@ def group_spec(zoo, variant: str, group: GroupResult) -> MergeSpec:
 
 
 def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tuple, GroupResult]],
-              settings: Mapping, costs: bool = True) -> dict:
+              settings: Mapping, costs: bool = True, progress=None) -> dict:
     """Everything the report shows, per variant: individual accuracy, every measured group, the plan and its specs,
     and how well each cheap signal of the weights predicts the measured pairwise loss."""
     out = {"zoo": str(zoo.path), "checkpoints": zoo.checkpoint_hashes(), "settings": dict(settings), "variants": {}}
@@ -35,12 +36,13 @@ def plan_json(zoo, plans: Mapping[str, Plan], results: Mapping[str, Mapping[tupl
             "groups": {"+".join(g): {"method": r.method, "lambda": r.lam, "merged": r.merged,
                                      "loss_points": r.loss_points, "worst_loss": r.worst_loss}
                        for g, r in res.items() if len(g) > 1},
-            "plan": {"tolerance": plan.tolerance, "models": plan.n_models,
+            "plan": {"tolerance": plan.tolerance, "floors": dict(plan.floors), "search": plan.search,
+                     "models": plan.n_models, "below_floor": plan.below_floor,
                      "stages": [{"tasks": list(g.tasks), "method": g.method, "lambda": g.lam,
                                  "worst_loss": g.worst_loss,
                                  "spec": group_spec(zoo, variant, g).to_dict()} for g in plan.stages],
                      "separate": plan.separate},
-            "predictors": predictor_table(zoo, variant, res)}
+            "predictors": predictor_table(zoo, variant, res, progress)}
         if costs:
             out["variants"][variant]["serving"] = serving_cost(zoo, plan, requests_per_day=settings.get(
                 "requests_per_day"), gpu_hour_cost=settings.get("gpu_hour_cost"))
@@ -62,30 +64,6 @@ def break_even(data: Mapping, settings: Mapping) -> dict | None:
             "days": extra / saving if saving > 0 else None}
 
 
-def _matrix_svg(tasks: Sequence[str], res: Mapping[tuple, GroupResult], tolerance: float) -> str:
-    """Pairwise loss (points) of the row task merged with the column task; red above the tolerance."""
-    cell, pad = 64, 110
-    n = len(tasks)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{pad + n * cell}" height="{pad + n * cell}" '
-             f'role="img" aria-label="pairwise loss matrix">']
-    for j, t in enumerate(tasks):
-        parts.append(f'<text x="{pad + j * cell + cell / 2}" y="{pad - 8}" text-anchor="middle" '
-                     f'font-size="11">{html.escape(t)}</text>')
-    for i, a in enumerate(tasks):
-        parts.append(f'<text x="{pad - 6}" y="{pad + i * cell + cell / 2 + 4}" text-anchor="end" '
-                     f'font-size="11">{html.escape(a)}</text>')
-        for j, b in enumerate(tasks):
-            key = tuple(sorted((a, b), key=tasks.index))
-            value = 0.0 if a == b else (res[key].loss_points[a] if key in res else None)
-            shade = "#eee" if value is None else ("#d9534f" if value > tolerance else
-                                                 f"rgba(66,139,202,{min(1.0, max(0.08, value / max(tolerance, 1e-9)))})")
-            label = "—" if value is None else f"{value:+.1f}"
-            parts.append(f'<rect x="{pad + j * cell}" y="{pad + i * cell}" width="{cell - 2}" height="{cell - 2}" '
-                         f'fill="{shade}"/><text x="{pad + j * cell + cell / 2}" y="{pad + i * cell + cell / 2 + 4}" '
-                         f'text-anchor="middle" font-size="12">{label}</text>')
-    return "".join(parts) + "</svg>"
-
-
 def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     """An HTML table; cells are escaped unless given as ``Markup`` (already HTML)."""
     def cell(x):
@@ -93,6 +71,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def fmt(x, spec: str) -> str:
+    """``x`` formatted, or "—" when there is no number (a constant signal has no rank correlation)."""
+    return "—" if x is None else format(x, spec)
 
 
 class Markup(str):
@@ -104,10 +87,17 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
     specs of each planned group (our YAML and mergekit YAML), the settings and hashes that reproduce it."""
     esc = html.escape
     tol = data["settings"]["tolerance"]
+    floors = data["settings"].get("floors") or {}
+    floor_text = ("; and these tasks keep at least: " + ", ".join(f"{esc(t)} {v:g} %" for t, v in floors.items())
+                  if floors else "")
+    search = {"every subset": "every subset of tasks measured, the plan an exact search over them",
+              "pairs": "pairs measured, the plan an exact search over pairs",
+              "greedy": "a greedy search (pairs, then groups grown one task at a time; may need more models than "
+                        "an exact plan)"}[data["settings"]["groups"]]
     sec = [f"<h1>Merge plan for {esc(zoo.manifest.name)}</h1>",
            f"<p>Tolerance: no task loses more than <b>{tol:g} points</b> of test accuracy against its own "
-           f"fine-tuned model. Methods tried per group: {esc(', '.join(data['settings']['methods']))}, each at its "
-           "best shared λ on the validation images of the group's tasks.</p>",
+           f"fine-tuned model{floor_text}. Methods tried per group: {esc(', '.join(data['settings']['methods']))}, "
+           f"each at its best shared λ on the validation images of the group's tasks. Groups: {esc(search)}.</p>",
            '<h2 id="plans">Plans</h2><table><tr><th>variant</th><th>models needed</th><th>stages (merged groups)</th>'
            "<th>kept separate</th></tr>"]
     for v, d in data["variants"].items():
@@ -116,6 +106,10 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
         sec.append(f"<tr><td>{esc(v)}</td><td>{d['plan']['models']} of {len(zoo.tasks)}</td><td>{stages or '—'}</td>"
                    f"<td>{esc(', '.join(d['plan']['separate'])) or '—'}</td></tr>")
     sec.append("</table>")
+    for v, d in data["variants"].items():
+        if d["plan"].get("below_floor"):
+            sec.append(f"<p><b>{esc(v)}</b>: the own model of {esc(', '.join(d['plan']['below_floor']))} is already "
+                       "below its floor; it stays separate and misses the floor.</p>")
     sec.append('<h2 id="models">Models</h2><table><tr><th>task</th>'
                + "".join(f"<th>{esc(v)} individual</th>" for v in data["variants"]) + "</tr>")
     for t in zoo.tasks:
@@ -125,7 +119,7 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
     sec.append('<h2 id="matrix">Pairwise compatibility</h2><p>Loss in points of the row task when merged with the '
                "column task (red: above the tolerance).</p>")
     for v in data["variants"]:
-        sec.append(f"<h3>{esc(v)}</h3>" + _matrix_svg(list(zoo.tasks), results[v], tol))
+        sec.append(f"<h3>{esc(v)}</h3>" + matrix_svg(list(zoo.tasks), results[v], tol))
     sec.append('<h2 id="groups">Every measured group</h2>' + _table(
         ["variant", "tasks", "method", "λ", "worst loss (pts)", "loss per task (pts)"],
         [[v, name, g["method"], f"{g['lambda']:g}", f"{g['worst_loss']:.1f}",
@@ -136,8 +130,15 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
                "signal of a pair of task vectors with the pair's measured mean loss, and a permutation p-value (small "
                "numbers of pairs rarely show anything: read the p-value).</p>" + _table(
                    ["variant", "signal", "ρ", "p", "pairs"],
-                   [[v, name, f"{r['rho']:+.2f}", f"{r['p']:.3f}", r["n"]]
+                   [[v, name, fmt(r["rho"], "+.2f"), fmt(r["p"], ".3f"), r["n"]]
                     for v, d in data["variants"].items() for name, r in d["predictors"]["signals"].items()]))
+    for v, d in data["variants"].items():
+        pts = d["predictors"]["pairs"]
+        figs = [scatter_svg([q[name] for q in pts], [q["loss"] for q in pts], ["+".join(q["tasks"]) for q in pts],
+                            name, "mean loss of the pair (pts)",
+                            f"{v}: ρ {fmt(r['rho'], '+.2f')}, p {fmt(r['p'], '.3f')}")
+                for name, r in d["predictors"]["signals"].items()]
+        sec.append(f"<h3>{esc(v)}: each signal against the measured loss</h3><div>{''.join(figs)}</div>")
     if "training" in data:
         sec.append('<h2 id="cost">Cost</h2><p>Training, per variant (this zoo\'s records: wall time on the machine '
                    "that built it, steps, forward-backward passes — SAM takes two per step):</p>" + _table(

@@ -31,7 +31,7 @@ def submit_plan(zoo, settings: PlanSettings, owner: str | None = None, worker: W
     worker = worker if worker is not None else get_worker()
 
     def run(progress, cancel_event):
-        return run_plan(zoo, settings, progress=progress, should_stop=cancel_event.is_set)
+        return run_plan(zoo, settings, progress=progress, cancel_event=cancel_event)
 
     task, _ = worker.submit(plan_job_key(zoo, settings), run, label=f"merge plan of {Path(zoo.path).name}",
                             owner=owner)

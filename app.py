@@ -1,7 +1,13 @@
 """sammerge — the explorer app: `streamlit run app.py`. Routes to the pages (titles, icons, URLs)."""
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
+
+if "torch" not in sys.modules:  # the first page since the server started: say what it waits for (not a blank page)
+    with st.spinner("Starting sammerge: loading PyTorch and the merge library (once per server)…"):
+        import sammerge.merging  # noqa: F401  (imports torch)
 
 PAGES = [
     st.Page("pages/0_Zoo.py", title="Zoo", icon=":material/science:", default=True),

@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from sammerge.webapp.browser import LAMBDA_SLIDER, zoo_or_demo, CHROMIUM, CHROMIUM_ARGS, IDLE_JS, PAGES, streamlit_server
+from sammerge.webapp.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server, zoo_or_demo
 
-SLIDER = LAMBDA_SLIDER
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sessions import own_values, run_sessions  # noqa: E402  (benchmarks/sessions.py: the sessions themselves)
 
 
 def rss_mb(pid: int) -> float:
@@ -32,96 +33,19 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def label(lam: float) -> str:
-    return f"λ = {lam:.2f}".rstrip("0").rstrip(".") + " ·"
-
-
-async def page_state(page, index: int) -> dict:
-    """What the page showed when a session failed: its address, visible text and a screenshot (for diagnosis)."""
-    state: dict = {"url": page.url}
-    try:
-        state["text"] = (await page.inner_text("body", timeout=5_000))[-3000:]
-        shot = Path(os.environ.get("SAMMERGE_LOAD_SHOTS", "/tmp")) / f"load-session-{index}.png"
-        await page.screenshot(path=str(shot), full_page=True, timeout=10_000)
-        state["screenshot"] = str(shot)
-    except Exception as exc:  # noqa: BLE001
-        state["unavailable"] = f"{type(exc).__name__}: {exc}"
-    return state
-
-
-async def session(browser, url: str, index: int, moves: int, loaded: asyncio.Queue, start: asyncio.Event,
-                  out: dict) -> None:
-    import re
-
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    page = await context.new_page()
-    errors, times = [], []
-    try:
-        path, marker = PAGES["merge_explorer"]
-        await page.goto(f"{url}/{path}")
-        await page.get_by_text(re.compile(marker)).first.wait_for(timeout=300_000)
-        await page.wait_for_function(f"() => {IDLE_JS}", timeout=300_000)
-        slider = page.locator(SLIDER)
-        # λ as the page shows it: under load the slider's value attribute can briefly read its minimum (0) while
-        # the widget mounts (seen with 8 sessions on 2 cores), so read the result line instead
-        shown = await page.get_by_text(re.compile(r"λ = -?[0-9.]+ ·")).first.text_content()
-        lam = float(re.search(r"λ = (-?[0-9.]+) ·", shown).group(1))
-        for _ in range(index % 5):  # a different starting λ per session (0.3, 0.25, …, 0.1)
-            lam = round(lam - 0.05, 2)
-            await slider.focus()
-            await page.keyboard.press("ArrowLeft")
-            await page.get_by_text(label(lam)).first.wait_for(timeout=120_000)
-        await page.wait_for_function(f"() => {IDLE_JS}", timeout=120_000)
-        loaded.put_nowait(index)
-        await start.wait()
-        for _ in range(moves):
-            lam = round(lam + 0.05 * (1 + index % 2), 2)  # odd sessions take two steps per move
-            await slider.focus()
-            t0 = time.perf_counter()
-            await page.keyboard.press("ArrowRight")
-            if index % 2:
-                await page.keyboard.press("ArrowRight")
-            try:
-                await page.get_by_text(label(lam)).first.wait_for(timeout=120_000)
-                times.append(time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(f"timeout waiting for {label(lam)}: {type(exc).__name__}")
-            await page.wait_for_function(f"() => {IDLE_JS}", timeout=120_000)
-        if await page.locator("[data-testid=stException]").count():
-            errors.append("exception shown on the page")
-        url_lambda = float(re.search(r"p\.lambda=([0-9.]+)", page.url).group(1))
-        await page.get_by_role("tab", name="Downloads").click()
-        async with page.expect_download(timeout=120_000) as info:
-            await page.get_by_role("button", name="Config (JSON)").click()
-        download = await info.value
-        config = json.loads(Path(await download.path()).read_text())
-        out[index] = {"expected_lambda": lam, "url_lambda": url_lambda, "export_lambda": config["params"]["lambda"],
-                      "times_s": times, "errors": errors}
-    except Exception as exc:  # noqa: BLE001
-        out[index] = {"expected_lambda": None, "times_s": times, "errors": errors + [f"{type(exc).__name__}: {exc}"],
-                      "page_at_failure": await page_state(page, index)}
-        loaded.put_nowait(index)  # a session that failed to load does not hold the others back
-    finally:
-        await context.close()
-
-
 async def run(url: str, sessions: int, moves: int, pid: int) -> dict:
     from playwright.async_api import async_playwright
 
-    out: dict = {}
     memory = {"before_mb": rss_mb(pid)}
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        start, loaded = asyncio.Event(), asyncio.Queue()
-        tasks = [asyncio.create_task(session(browser, url, i, moves, loaded, start, out)) for i in range(sessions)]
-        for _ in range(sessions):  # all sessions start moving together, once every page has loaded
-            await loaded.get()
-        start.set()
+        work = asyncio.create_task(run_sessions(browser, url, sessions, moves))
         t0 = time.perf_counter()
         peak = memory["before_mb"]
-        while not all(t.done() for t in tasks):
+        while not work.done():
             peak = max(peak, rss_mb(pid))
             await asyncio.sleep(0.25)
+        out = work.result()
         memory["peak_mb"] = peak
         memory["wall_s"] = time.perf_counter() - t0
         await browser.close()
@@ -142,10 +66,11 @@ def main() -> int:
     with streamlit_server({"SAMMERGE_ZOO": str(zoo)}, info=info) as url:
         result = asyncio.run(run(url, args.sessions, args.moves, info["pid"]))
     sessions = result["sessions"]
+    for s in sessions.values():
+        s["times_s"] = [m["s"] for m in s.pop("moves") if m["s"] is not None]
     times = [t for s in sessions.values() for t in s["times_s"]]
     errors = [f"session {i}: {e}" for i, s in sessions.items() for e in s["errors"]]
-    own = [i for i, s in sessions.items() if s.get("expected_lambda") is not None
-           and abs(s["url_lambda"] - s["expected_lambda"]) < 1e-9 and abs(s["export_lambda"] - s["expected_lambda"]) < 1e-9]
+    own = [i for i, s in sessions.items() if own_values(s)]
     report = {"zoo": zoo.name, "sessions": args.sessions, "moves_per_session": args.moves, "errors": errors,
               "sessions_with_own_values": len(own), "latency": {
                   "moves": len(times), "median_ms": 1e3 * statistics.median(times) if times else None,

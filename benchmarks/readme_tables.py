@@ -18,6 +18,7 @@ from pathlib import Path
 from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
 from demo_regime import search_markdown
+from soak import table as soak_table
 from method_cost import markdown as method_cost_markdown
 from plan_demo import markdown as plan_demo_markdown
 
@@ -282,13 +283,35 @@ def demo_methods(data: dict) -> str:
     return "\n".join(lines + ["", method_reading(study)])
 
 
+def soak(r: dict) -> str:
+    """benchmarks/soak.py: one row per run and the pooled row (the harness's own table)."""
+    rows = [run["summary"] for run in r["runs"]] + ([r["total"]] if "total" in r else [])
+    goal = r.get("total", {})
+    verdict = (f"Pooled over {len(r['runs'])} runs of {r['sessions']} sessions × {r['moves']} moves, {r['hogs']} CPU "
+               f"hog(s) beside the server on {r['cpus']} cores: {goal.get('over_slow', '?')} moves over 10 s, "
+               f"p95 {goal.get('p95_s', float('nan')):.2f} s, "
+               f"{goal.get('wrong_values', '?')} sessions that did not end with their own values.")
+    return soak_table(rows) + "\n\n" + verdict
+
+
+def soak_startup(r: dict) -> str:
+    """benchmarks/soak.py --startup: health check and first drawn explorer per launch, and what the page said."""
+    lines = ["| launch | health check answered | explorer drawn | what the page said meanwhile |", "|---|---|---|---|"]
+    for i, p in enumerate(r["startup"]):
+        said = " → ".join(dict.fromkeys(s["text"][:70].strip() for s in p["page"] if s["text"].strip()))
+        lines.append(f"| {i + 1} | {p.get('health_s', float('nan')):.1f} s | {p.get('explorer_s', float('nan')):.1f} s | "
+                     f"{said.replace('|', '/') or '—'} |")
+    return "\n".join(lines) + f"\n\n{r['hogs']} CPU hogs beside the server on {r['cpus']} cores (both cores busy)."
+
+
 BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_methods, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
           "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
-          "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods}
+          "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods,
+          "soak.json": soak, "soak_startup.json": soak_startup}
 
 
 def render(readme: str) -> str:

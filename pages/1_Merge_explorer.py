@@ -8,6 +8,7 @@ from sammerge.explorer.service import EXPLORER_N_PER_TASK
 from sammerge.merging import LAMBDA, MergeSpec
 from sammerge.webapp import ui
 from sammerge.webapp.explorer_panels import ExplorerPanels
+from sammerge.webapp.reruns import give_way
 from sammerge.webapp.explorer_state import W, controls_spec, k_param, push_state
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
@@ -108,6 +109,7 @@ def explorer() -> None:
         query = {**state.to_query(), "tasks": "-"}
     if dict(st.query_params) != query:
         st.query_params.from_dict(query)
+    give_way()  # a newer move waits: skip the exports of this one
     panels.export(spec)
 
 

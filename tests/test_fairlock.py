@@ -1,12 +1,13 @@
-"""FairRLock: first come, first served; re-entrant; timeouts give up their place."""
+"""FairRLock: first come, first served, foreground before background; re-entrant; timeouts give up their place."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import pytest
 
-from sammerge.explorer.fairlock import FairRLock
+from sammerge.explorer.fairlock import FairRLock, background
 
 
 def wait_until(cond, timeout=10.0):
@@ -63,3 +64,54 @@ def test_a_timed_out_waiter_leaves_the_queue_and_does_not_block_the_next():
     lock.release()
     t2.join(5)
     assert results[-1] == ("t2", True)
+
+
+def _queue_thread(lock, order, name, background_work=False):
+    """Start a thread that takes ``lock`` once (inside ``background()`` if asked) and wait until it is queued."""
+    def work():
+        ctx = background() if background_work else contextlib.nullcontext()
+        with ctx, lock:
+            order.append(name)
+    before = len(lock._queue)
+    t = threading.Thread(target=work)
+    t.start()
+    wait_until(lambda: len(lock._queue) == before + 1)
+    return t
+
+
+def test_foreground_waiters_go_before_background_ones_fifo_within_each():
+    lock, order = FairRLock(), []
+    lock.acquire()
+    threads = [_queue_thread(lock, order, "prefetch 1", background_work=True),
+               _queue_thread(lock, order, "move A"),
+               _queue_thread(lock, order, "prefetch 2", background_work=True),
+               _queue_thread(lock, order, "move B")]
+    lock.release()
+    for t in threads:
+        t.join(10)
+    assert order == ["move A", "move B", "prefetch 1", "prefetch 2"]
+
+
+def test_background_is_per_thread_and_restored():
+    from sammerge.explorer import fairlock
+    seen = []
+    with background():
+        seen.append(fairlock._priority.level)
+        t = threading.Thread(target=lambda: seen.append(getattr(fairlock._priority, "level", 0)))
+        t.start(); t.join()
+        with background():
+            pass
+        seen.append(fairlock._priority.level)
+    seen.append(fairlock._priority.level)
+    assert seen == [1, 0, 1, 0]
+
+
+def test_the_explorers_background_items_run_as_background():
+    from types import SimpleNamespace
+
+    from sammerge.explorer import fairlock
+    from sammerge.explorer.service import Explorer
+    seen = []
+    fake = SimpleNamespace(_run_background_item=lambda kind, spec: seen.append((kind, fairlock._priority.level)))
+    Explorer._run_background(fake, "exact", None)
+    assert seen == [("exact", 1)] and getattr(fairlock._priority, "level", 0) == 0

@@ -1,23 +1,42 @@
-"""A re-entrant lock that serves waiting threads in arrival order.
+"""A re-entrant lock that serves waiting threads in arrival order, foreground before background.
 
 The explorer evaluates one merge at a time for all sessions of a server. ``threading.RLock`` makes no promise
 about which waiter goes next, so under load one browser session could wait for many others' merges in a row (seen
 as 30 s stalls with 8 sessions on 2 cores); with first come, first served a session waits at most one round.
+Work a thread does inside :func:`background` (the explorer's prefetch and refinement queue) waits behind every
+foreground waiter: a slider move never queues behind a guess at some session's next move, only behind the one
+item already running (soak: benchmarks/soak.py).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import deque
+
+__all__ = ["FairRLock", "background"]
+
+_priority = threading.local()  # .level: 0 foreground (default), 1 background
+
+
+@contextlib.contextmanager
+def background():
+    """Within this block the calling thread's acquisitions wait behind every foreground waiter."""
+    before = getattr(_priority, "level", 0)
+    _priority.level = 1
+    try:
+        yield
+    finally:
+        _priority.level = before
 
 
 class FairRLock:
-    """Re-entrant; ``acquire``/``release`` and ``with`` like ``threading.RLock``, waiters woken in FIFO order."""
+    """Re-entrant; ``acquire``/``release`` and ``with`` like ``threading.RLock``; waiters woken in FIFO order,
+    every foreground waiter before any background one (:func:`background`)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
-        self._queue: deque[int] = deque()  # waiting threads' tickets, oldest first
+        self._queue: list[tuple[int, int]] = []  # waiting threads' (priority, ticket); the smallest goes next
         self._next_ticket = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -31,16 +50,15 @@ class FairRLock:
                 return True
             if not blocking:
                 return False
-            ticket = self._next_ticket
+            place = (getattr(_priority, "level", 0), self._next_ticket)
             self._next_ticket += 1
-            self._queue.append(ticket)
-            ok = self._cond.wait_for(lambda: self._owner is None and self._queue[0] == ticket,
+            self._queue.append(place)
+            ok = self._cond.wait_for(lambda: self._owner is None and min(self._queue) == place,
                                      None if timeout < 0 else timeout)
+            self._queue.remove(place)
             if not ok:
-                self._queue.remove(ticket)
                 self._cond.notify_all()  # the next in line may be free to go now
                 return False
-            self._queue.popleft()
             self._owner, self._depth = me, 1
             return True
 

@@ -27,7 +27,7 @@ from sammerge.explorer.instant_preview import InstantPreview
 from sammerge.evaluation.protocol import Summary
 from sammerge.evaluation.search import SweepResult
 from sammerge.evaluation.subset import EvalSubset
-from sammerge.explorer import scorers
+from sammerge.explorer import fairlock, scorers
 from sammerge.explorer.background import BackgroundQueue
 from sammerge.explorer.comparison import Comparison, FirstLook
 from sammerge.explorer.estimates import SubsetEstimates
@@ -132,6 +132,10 @@ class Explorer:
         """(θ0 on every task, every individual fine-tuned model on its task), on the explorer's images."""
         return self.exact_results.references()
 
+    def has_references(self) -> bool:
+        """Whether θ0 and every fine-tuned model have been measured on the explorer's images (once per explorer)."""
+        return self.exact_results.refs is not None
+
     def twins(self, spec: MergeSpec) -> dict[str, MergeSpec]:
         """``"current"`` plus the same merge with every task on each variant (built once per spec)."""
         return self.family.twins(spec)
@@ -207,6 +211,10 @@ class Explorer:
         self.background.prefetch([(kind, t) for t in order if not done(t)])
 
     def _run_background(self, kind: str, spec) -> None:
+        with fairlock.background():  # behind every session's own move (explorer.fairlock)
+            self._run_background_item(kind, spec)
+
+    def _run_background_item(self, kind: str, spec) -> None:
         if kind == "references":
             self.references()
         elif kind == "direction":

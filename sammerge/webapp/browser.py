@@ -23,18 +23,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# `python -m streamlit` with faulthandler on SIGUSR1: `kill -USR1 PID` writes every thread's stack to the log
+_STREAMLIT_WITH_DUMPS = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+                         "sys.argv[0] = 'streamlit'; from streamlit.web.cli import main; main(prog_name='streamlit')")
+
+
 @contextlib.contextmanager
 def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0, info: dict | None = None,
-                     script: str = "app.py"):
+                     script: str = "app.py", thread_dumps: bool = False):
     """Start `streamlit run app.py` (or another ``script``, relative to the checkout) on 127.0.0.1; yield its URL;
-    stop it afterwards. ``info`` (optional) receives the server's ``pid`` and ``log`` path."""
+    stop it afterwards. ``info`` (optional) receives the server's ``pid``, ``log`` path and ``health_s`` (seconds
+    from launch to its first healthy /_stcore/health); ``thread_dumps``: SIGUSR1 dumps its threads to the log."""
     port = free_port()
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     log_path = ARTIFACTS / f"streamlit-{port}.log"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    launch = ["-c", _STREAMLIT_WITH_DUMPS] if thread_dumps else ["-m", "streamlit"]
     with open(log_path, "w") as log:
+        launched = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
+            [sys.executable, *launch, "run", script, "--server.headless", "true",
              "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -47,12 +55,14 @@ def streamlit_server(env_extra: dict[str, str], timeout: float = 120.0, info: di
                 try:
                     with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
                         if resp.status == 200:
+                            if info is not None:
+                                info["health_s"] = time.monotonic() - launched
                             break
                 except OSError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"streamlit did not start; log: {log_path.read_text()[-2000:]}")
-                time.sleep(0.5)
+                time.sleep(0.25)
             yield url
         finally:
             proc.terminate()

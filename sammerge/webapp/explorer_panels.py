@@ -5,6 +5,7 @@ The page (``pages/1_Merge_explorer.py``) arranges them; the controls ⇄ spec co
 """
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -17,6 +18,7 @@ from sammerge.merging import LAMBDA, WEIGHTS, MergeSpec, get_method, to_mergekit
 from sammerge.merging.mergekit import no_equivalent_message
 from sammerge.progress import reporting
 from sammerge.webapp import ui
+from sammerge.webapp.reruns import give_way
 from sammerge.webapp.explorer_state import (W, coerce, import_config, k_d, k_inc, k_on, k_param, k_var, k_w,
                                             optional_per_task)
 
@@ -107,7 +109,10 @@ class ExplorerPanels:
         # the merge the user just changed first (streamed to the page), then its all-plain / all-SAM twins; on a slow
         # encoder an estimate from the first images per task first, refined in the background
         bar = None if self.ex.has_direction(state) else st.progress(0.0, text=f"{state.spec.label}: merged direction")
-        with ui.friendly_errors("merge"), reporting(bar and ui.progress_callback(bar, f"{state.spec.label}")):
+        waiting = (st.spinner("Measuring the pretrained encoder and every fine-tuned model on the evaluation images "
+                              "(once per server)…") if not self.ex.has_references() and not (self.allow_estimate and self.ex.estimating())
+                   else contextlib.nullcontext())
+        with ui.friendly_errors("merge"), waiting, reporting(bar and ui.progress_callback(bar, f"{state.spec.label}")):
             look = self.ex.first_look(state, allow_estimate=self.allow_estimate)  # the direction once per parameter set
         if bar is not None:
             bar.empty()
@@ -117,6 +122,7 @@ class ExplorerPanels:
         showing.caption(f"Showing: {describe(state)}")
         if not look.exact:
             estimate_note.caption(f"Mean accuracy {look.text()} — refining…")
+        give_way()  # the slider moved again meanwhile: its run starts now, not after this one's twins and figures
         if state.has_layer_weights:
             c1, c2 = st.columns([4, 1], vertical_alignment="center")
             c1.info("This merge carries per-layer coefficients λ_{t,g} (from a link or the **Layer coefficients** page) for "
@@ -127,6 +133,7 @@ class ExplorerPanels:
             cmp = self.ex.compare(state, allow_estimate=self.allow_estimate)
             table = cmp.table()
             summaries = cmp.summaries()
+        give_way()
         # the next slider step, merged and evaluated while the user looks (on a slow encoder: its estimate)
         self.ex.prefetch(self.ex.neighbours(state), estimate=self.allow_estimate and self.ex.estimating())
         if not (look.exact and cmp.exact):  # (the refinement may finish in between: the next poll redraws the page)

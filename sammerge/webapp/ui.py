@@ -194,7 +194,8 @@ def compile_by_default() -> bool:
     return os.environ.get("SAMMERGE_COMPILE", "1") != "0"
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner="Preparing the merge explorer for this zoo (once per server): loading its checkpoints "
+                                "and evaluation images…", max_entries=4)
 def _explorer_cached(path: str, manifest_mtime: float, n_per_task: int):
     from sammerge.evaluation.compiled import default_workers
     from sammerge.explorer import service

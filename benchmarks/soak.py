@@ -64,7 +64,11 @@ class ThreadDumps:
             self._last = time.monotonic()
             await asyncio.sleep(1.0)
             text = self.log.read_bytes()[offset:].decode("utf-8", "replace")
-            self.dumps.append({"at": time.time(), "threads": summarize_dump(text), "text": text[:60_000]})
+            # the report keeps the busy threads' innermost frames; the whole dump stays beside the server's log
+            raw = self.log.with_name(f"{self.log.stem}-dump{len(self.dumps) + 1}.txt")
+            raw.write_text(text)
+            self.dumps.append({"at": time.time(), "threads": [t for t in summarize_dump(text) if not idle(t)],
+                               "file": str(raw)})
             return len(self.dumps) - 1
 
 
@@ -80,6 +84,15 @@ def summarize_dump(text: str, frames: int = 8) -> list[dict]:
         threads.append({"thread": head.group(2), "current": head.group(1).startswith("Current"),
                         "frames": stack[:frames]})
     return threads
+
+
+IDLE_FRAMES = ("queue.py:", "selectors.py:", "_monitor.py:", "polling_path_watcher.py:", "thread.py:81 _worker")
+
+
+def idle(thread: dict) -> bool:
+    """A thread parked in a queue, a selector, a watcher or an idle pool worker (nothing of the server's work)."""
+    top = thread["frames"][:2]
+    return bool(top) and any(mark in frame for frame in top for mark in IDLE_FRAMES) and not thread["current"]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -261,3 +261,26 @@ def test_png_export_when_kaleido_is_installed():
     import plotly.graph_objects as go
 
     assert figure_png(go.Figure(go.Bar(x=[1, 2], y=[3, 4])))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_evaluation_error_keeps_the_controls(monkeypatch, tiny_zoo, lib):
+    """An error while evaluating (soak: a NameError from a compile racing a forward) is shown in place of the
+    numbers; the λ slider stays, so the next move recovers without reloading the page."""
+    from sammerge.explorer.service import Explorer
+
+    at = open_page(monkeypatch, tiny_zoo)
+    assert_clean(at)
+    real = Explorer.first_look
+
+    def failing(self, *a, **k):
+        raise NameError("module is not installed as a submodule")
+
+    monkeypatch.setattr(Explorer, "first_look", failing)
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.6).run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["merge: unexpected error (NameError: module is not installed as a submodule)"]
+    assert "ex_p_task_arithmetic_lambda" in {s.key for s in at.slider}
+    monkeypatch.setattr(Explorer, "first_look", real)
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.7).run()
+    assert_clean(at)
+    assert shown(at) == expected(lib, **{"lambda": 0.7})

@@ -51,12 +51,79 @@ def test_compiled_forward_equals_a_plain_forward_pass_on_padded_chunks(zoo):
     assert ev.compiled(extra, ev.images) is None
 
 
+class TraceLog:
+    """Every torch.fx trace in this process (AOT autograd's make_fx among them), and whether it ran inside the
+    compiled forward's ``exclusive()``."""
+
+    def __init__(self, monkeypatch):
+        import contextlib
+        import torch.fx._symbolic_trace as fx_trace
+        self.traces, self.inside = [], False
+        real = fx_trace.Tracer.trace
+
+        def trace(tracer, *args, **kwargs):
+            self.traces.append(self.inside)
+            return real(tracer, *args, **kwargs)
+        monkeypatch.setattr(fx_trace.Tracer, "trace", trace)
+
+        @contextlib.contextmanager
+        def exclusive():
+            self.inside = True
+            try:
+                yield
+            finally:
+                self.inside = False
+        self.exclusive = exclusive
+
+
+@pytest.mark.skipif(compiled_mod.compiler_missing() is not None, reason="no C++ compiler for inductor")
+def test_the_server_process_never_traces_beside_its_forwards(zoo, monkeypatch, tmp_path):
+    """Tracing patches nn.Module.__call__ for the whole process (a forward in another thread then fails): the cold
+    compile runs in a child process, and this process compiles from its caches without a single fx trace."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # cold: nothing compiled before
+    log = TraceLog(monkeypatch)
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=12, chunk_size=24, compile=True, device="cpu", workers=2)
+    ev.compiled.exclusive = log.exclusive
+    params = merged(zoo, 0.4)
+    ev.features(params)
+    assert ev.compiled.wait(600), ev.compiled.status
+    assert log.traces == []
+    assert 0 < ev.compiled.exclusive_s <= ev.compiled.compile_s
+    torch.testing.assert_close(ev.features(params), plain_forward(zoo, params, ev.images), rtol=1e-4, atol=1e-5)
+    assert ev.compiled.calls == 1
+
+
+@pytest.mark.skipif(compiled_mod.compiler_missing() is not None, reason="no C++ compiler for inductor")
+def test_without_a_warm_up_every_trace_is_inside_exclusive(zoo, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    log = TraceLog(monkeypatch)
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=10, chunk_size=16, compile=True, device="cpu")
+    ev.compiled.warm_up, ev.compiled.exclusive = None, log.exclusive
+    ev.features(merged(zoo, 0.4))
+    assert ev.compiled.wait(600), ev.compiled.status
+    assert log.traces and all(log.traces)  # it traced (cold), and only while nothing else could run
+
+
+def test_a_failing_warm_up_names_the_problem_and_stays_eager(zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled_mod, "compiler_missing", lambda: None)
+    ev = Evaluator.from_zoo(zoo, split="val", n_per_task=8, compile=True, device="cpu")
+    ev.compiled.warm_up = compiled_mod.warm_up_from_zoo(tmp_path / "no-such-zoo")
+    params = merged(zoo, 0.4)
+    ev.features(params)
+    assert ev.compiled.wait(120) is False
+    assert ev.compiled.status.startswith("failed: RuntimeError: warm-up compile: warm_compile: "), ev.compiled.status
+    assert "no-such-zoo" in ev.compiled.status
+    assert ev.compiled.calls == 0
+    torch.testing.assert_close(ev.features(params), plain_forward(zoo, params, ev.images), rtol=1e-4, atol=1e-5)
+
+
 def test_a_failing_compile_leaves_the_eager_forward(zoo, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("inductor exploded")
     monkeypatch.setattr(compiled_mod.torch, "compile", broken)
     monkeypatch.setattr(compiled_mod, "compiler_missing", lambda: None)
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=16, compile=True, device="cpu")
+    ev.compiled.warm_up = None  # the child process would compile with the real torch.compile
     params = merged(zoo, 0.4)
     ev.features(params)
     assert ev.compiled.wait(60) is False

@@ -13,15 +13,28 @@ operators and took the core the web server needed (ui.server_torch_threads). The
 mode: a call never triggers a compile; should a guard fail, that worker's private copy answers eagerly.
 On the demo zoo's ResNet-GN inductor fuses GroupNorm, ReLU and the residual adds around oneDNN convolutions;
 benchmarks/merge_eval.py measures it against the eager engine and the naive loop.
+
+Compiling must never overlap another thread's forward: while AOT autograd traces (``torch.fx`` Tracer.trace) it
+patches ``torch.nn.Module.__call__`` for the whole process, and a module called meanwhile from another thread
+fails ("NameError: module is not installed as a submodule"; seen in benchmarks/soak.py as a merge error that took
+a session's slider with it). So the cold compile runs in a child process (``warm_up``, e.g.
+:func:`warm_up_from_zoo`) that only fills inductor's on-disk caches; the compile in this process then finds every
+graph there (no tracing, ~3 s instead of ~20 s on the demo) and still runs inside ``exclusive()`` — the
+explorer's evaluation lock at background priority — so no evaluation of this process runs beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Mapping
+from pathlib import Path
+from typing import Callable, ContextManager, Mapping
 
 import torch
 from torch.func import functional_call
@@ -54,15 +67,63 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)  # this thread only (OpenMP's setting is per thread): the caller's count is untouched
 
 
+def compile_runs(encoder: torch.nn.Module, params: Params, sample: torch.Tensor, copies: int) -> list[Callable]:
+    """``copies`` run-only compiled forwards ``(params, x) ↦ encoder(x)``, each on its own copy of ``encoder``,
+    warmed up on ``sample``; the first compile fills inductor's caches, the others (and a later process) reuse them."""
+    runs = []
+    for _ in range(copies):
+        private = copy.deepcopy(encoder)
+        fn = torch.compile(lambda p, x, encoder=private: functional_call(encoder, p, (x,)), dynamic=False)
+        with torch.inference_mode():
+            fn(params, sample)
+        runs.append(torch._dynamo.run(fn))
+    return runs
+
+
+def compile_inputs(params: Params, sample: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Fresh copies made under inference mode: a compiled graph's guards see the same kind of tensor every call,
+    in this process and in the warm-up child (a caller's tensors may or may not be inference tensors)."""
+    with torch.inference_mode():
+        return sample.clone(), {k: v.detach().clone() for k, v in params.items()}
+
+
+WARM_UP_TIMEOUT_S = 900.0
+
+
+def warm_up_from_zoo(zoo_path: str | os.PathLike) -> Callable[[torch.Tensor, int], None]:
+    """A ``warm_up`` for :class:`CompiledForward`: compile the zoo encoder's forward for ``sample``'s shape with
+    ``threads`` torch threads in a child process (``python -m sammerge.evaluation.warm_compile``, niced), filling
+    inductor's on-disk caches for this process. Raises RuntimeError with the child's last words if it fails."""
+    def warm_up(sample: torch.Tensor, threads: int) -> None:
+        command = [sys.executable, "-m", "sammerge.evaluation.warm_compile", str(Path(zoo_path)),
+                   "--shape", ",".join(str(n) for n in sample.shape), "--dtype", str(sample.dtype).split(".")[-1],
+                   "--threads", str(threads)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=WARM_UP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"warm-up compile took over {WARM_UP_TIMEOUT_S:g} s") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise RuntimeError(f"warm-up compile: {last[:200]}")
+    return warm_up
+
+
 class CompiledForward:
     """``features(params, images)`` through compiled encoders; ``None`` while not ready (the caller goes eager)."""
 
-    def __init__(self, encoder: torch.nn.Module, chunk_size: int, workers: int = 1) -> None:
+    def __init__(self, encoder: torch.nn.Module, chunk_size: int, workers: int = 1,
+                 warm_up: Callable[[torch.Tensor, int], None] | None = None) -> None:
         self.encoder = encoder
+        # ``warm_up(sample, threads)``: compiles the same graph in another process first (module doc); None: the
+        # cold compile runs here, inside ``exclusive()`` all the way
+        self.warm_up = warm_up
+        # what keeps this process's forwards out while compiling here (set by the owner of the evaluation lock)
+        self.exclusive: Callable[[], ContextManager] = contextlib.nullcontext
         self.chunk_size = chunk_size
         self.workers = max(1, workers)
         self.status = "not started"  # → "compiling" → "ready" | "failed: …" | "off: …"
         self.compile_s: float | None = None
+        self.exclusive_s: float | None = None  # of which this process compiled inside ``exclusive()``
         self.calls = 0  # forwards answered by the compiled path
         self._runs: list[Callable] = []  # one run-only compiled function per worker
         self._signature: tuple | None = None
@@ -95,13 +156,12 @@ class CompiledForward:
         if self.workers > 1:
             _one_torch_thread()  # inductor builds its C++ kernels for the compiling thread's thread count
         try:
-            runs = []
-            for _ in range(self.workers):  # the first compile fills inductor's cache: the others reuse it
-                encoder = copy.deepcopy(self.encoder)
-                fn = torch.compile(lambda p, x, encoder=encoder: functional_call(encoder, p, (x,)), dynamic=False)
-                with torch.inference_mode():
-                    fn(params, sample)
-                runs.append(torch._dynamo.run(fn))
+            if self.warm_up is not None:
+                self.warm_up(sample, torch.get_num_threads())
+            with self.exclusive():
+                held = time.perf_counter()
+                runs = compile_runs(self.encoder, params, sample, self.workers)
+                self.exclusive_s = time.perf_counter() - held
             if self.workers > 1:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sammerge-forward",
                                                 initializer=_one_torch_thread)
@@ -134,9 +194,8 @@ class CompiledForward:
         return torch.cat([chunk, chunk.new_zeros((missing, *chunk.shape[1:]))])
 
     def _inputs(self, params: Params, chunk: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Fresh copies made under inference mode: the graph's guards see the same kind of tensor every call
-        (a caller's tensors may or may not be inference tensors; the copies cost ~1 ms of a ~50 ms forward)."""
-        return self._pad(chunk), {k: v.detach().clone() for k, v in params.items()}
+        """:func:`compile_inputs` of one padded chunk (the copies cost ~1 ms of a ~50 ms forward)."""
+        return compile_inputs(params, self._pad(chunk))
 
     def _run_chunks(self, worker: int, params: Params, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
         run = self._runs[worker]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from sammerge.errors import ConfigError
-from sammerge.evaluation.compiled import CompiledForward
+from sammerge.evaluation.compiled import CompiledForward, warm_up_from_zoo
 from sammerge.models.linearize import linearized_call
 from sammerge.models.model import Head, pick_device
 
@@ -61,7 +61,8 @@ class Evaluator:
     def __init__(self, encoder: nn.Module, heads: Mapping[str, Head],
                  data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
                  cache_size: int = 512, chunk_size: int = CPU_CHUNK, linearize_at: Params | None = None,
-                 precision: str = "fp32", compile: bool = False, workers: int = 1) -> None:
+                 precision: str = "fp32", compile: bool = False, workers: int = 1,
+                 compile_warm_up=None) -> None:
         if not data:
             raise ConfigError("evaluation: no tasks to evaluate")
         if precision not in PRECISIONS:
@@ -103,7 +104,8 @@ class Evaluator:
         self.compiled = None
         if compile and self.linearize_at is None and self.autocast_dtype is None:
             chunk = min(self.chunk_size, len(self.images)) if self.device.type == "cpu" else len(self.images)
-            self.compiled = CompiledForward(self.encoder, chunk, workers=workers if self.device.type == "cpu" else 1)
+            self.compiled = CompiledForward(self.encoder, chunk, workers=workers if self.device.type == "cpu" else 1,
+                                            warm_up=compile_warm_up if self.device.type == "cpu" else None)
 
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
@@ -129,8 +131,10 @@ class Evaluator:
             data[task] = (part.images, part.labels)
         linearize_at = zoo.pretrained() if zoo.manifest.linearized else None
         # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
+        # compiling: the cold compile in a child process that rebuilds this encoder from the zoo (compiled.py)
         return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size,
-                   linearize_at=linearize_at, precision=precision, compile=compile, workers=workers)
+                   linearize_at=linearize_at, precision=precision, compile=compile, workers=workers,
+                   compile_warm_up=warm_up_from_zoo(zoo.path) if compile else None)
 
     def _forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
         """Encoder features of ``images`` (fp32; computed under bf16 autocast when ``autocast_dtype`` is set)."""

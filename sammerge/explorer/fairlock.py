@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-__all__ = ["FairRLock", "background"]
+__all__ = ["FairRLock", "background", "held_in_background"]
 
 _priority = threading.local()  # .level: 0 foreground (default), 1 background
 
@@ -26,6 +26,13 @@ def background():
         yield
     finally:
         _priority.level = before
+
+
+@contextlib.contextmanager
+def held_in_background(lock: "FairRLock"):
+    """``lock`` held for this block, taken at background priority (after every waiting foreground thread)."""
+    with background(), lock:
+        yield
 
 
 class FairRLock:

@@ -112,10 +112,13 @@ class ExplorerPanels:
         waiting = (st.spinner("Measuring the pretrained encoder and every fine-tuned model on the evaluation images "
                               "(once per server)…") if not self.ex.has_references() and not (self.allow_estimate and self.ex.estimating())
                    else contextlib.nullcontext())
-        with ui.friendly_errors("merge"), waiting, reporting(bar and ui.progress_callback(bar, f"{state.spec.label}")):
+        # an error is shown in place of the numbers and the page goes on: the controls below stay to change the input
+        with ui.errors_shown("merge") as shown, waiting, reporting(bar and ui.progress_callback(bar, f"{state.spec.label}")):
             look = self.ex.first_look(state, allow_estimate=self.allow_estimate)  # the direction once per parameter set
         if bar is not None:
             bar.empty()
+        if shown.failed:
+            return
         cur, approx = look.summary, "" if look.exact else "≈ "
         cols[0].metric("Mean accuracy", f"{approx}{cur.mean:.1%}")
         cols[1].metric("Normalized accuracy", f"{approx}{cur.normalized:.1%}")
@@ -129,10 +132,12 @@ class ExplorerPanels:
                     + ", ".join(state.layer_weights) + "; edit them there. Every number and export here includes them.",
                     icon=":material/grid_on:")
             c2.button("Drop them", key=f"{W}drop_layers_btn", on_click=self.on_drop_layers)
-        with ui.friendly_errors("merge"):
+        with ui.errors_shown("merge") as shown:
             cmp = self.ex.compare(state, allow_estimate=self.allow_estimate)
             table = cmp.table()
             summaries = cmp.summaries()
+        if shown.failed:
+            return
         give_way()
         # the next slider step, merged and evaluated while the user looks (on a slow encoder: its estimate)
         self.ex.prefetch(self.ex.neighbours(state), estimate=self.allow_estimate and self.ex.estimating())

@@ -49,17 +49,35 @@ def page_setup(title: str, icon: str = "🧪") -> str | None:
     return previous
 
 
+class Shown:
+    """What :func:`errors_shown` yields: ``failed`` is True once it has shown an error."""
+    failed = False
+
+
+@contextmanager
+def errors_shown(context: str = ""):
+    """Show an error raised in this block as one line (no traceback; an unexpected one also goes to the server
+    log) and go on after the block: ``with errors_shown("merge") as shown: …; if shown.failed: return``. The rest of
+    the page — e.g. the explorer's controls, drawn after its results — stays, so the user can change the input."""
+    shown = Shown()
+    try:
+        yield shown
+    except SammergeError as exc:
+        shown.failed = True
+        st.error(f"{context + ': ' if context else ''}{exc}", icon=":material/block:")
+    except Exception as exc:  # noqa: BLE001 - unexpected: still no traceback in the page
+        shown.failed = True
+        traceback.print_exc()
+        st.error(f"{context + ': ' if context else ''}unexpected error ({type(exc).__name__}: {exc})",
+                 icon=":material/warning:")
+
+
 @contextmanager
 def friendly_errors(context: str = ""):
-    """Show bad input as a one-line error instead of a traceback."""
-    try:
+    """:func:`errors_shown`, then the script stops there."""
+    with errors_shown(context) as shown:
         yield
-    except SammergeError as exc:
-        st.error(f"{context + ': ' if context else ''}{exc}", icon=":material/block:")
-        st.stop()
-    except Exception as exc:  # unexpected: still no traceback in the page, but keep it in the server log
-        traceback.print_exc()
-        st.error(f"{context + ': ' if context else ''}unexpected error ({type(exc).__name__}: {exc})", icon=":material/warning:")
+    if shown.failed:
         st.stop()
 
 

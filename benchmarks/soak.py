@@ -114,7 +114,7 @@ async def one_run(zoo: Path, args) -> dict:
                                           slow_s=args.slow_s, move_timeout_s=args.timeout_s)
             wall = time.perf_counter() - t0
             await browser.close()
-    return {"health_s": info.get("health_s"), "wall_s": wall, "sessions": sessions, "dumps": dumps.dumps,
+    return {"health_s": info.get("health_s"), "wall_s": wall, "load_average_1min": os.getloadavg()[0], "sessions": sessions, "dumps": dumps.dumps,
             "log": str(info["log"])}
 
 

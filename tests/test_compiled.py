@@ -1,4 +1,5 @@
-"""The compiled evaluator forward: equal to a plain forward pass, padded chunks, and every fallback to eager."""
+"""The compiled evaluator forward (an AOTInductor package built in a child process, loaded by this one): equal to a
+plain forward pass, padded chunks, no trace in this process, the package cache, and every fallback to eager."""
 from __future__ import annotations
 
 import pytest
@@ -14,6 +15,14 @@ from sammerge.zoo import open_zoo
 @pytest.fixture(scope="module")
 def zoo(tiny_zoo):
     return open_zoo(tiny_zoo)
+
+
+@pytest.fixture(autouse=True)
+def compile_cache(tmp_path_factory, monkeypatch):
+    """One package cache for this module's tests (the first compile builds, the others load)."""
+    path = tmp_path_factory.getbasetemp() / "compiled-packages"
+    monkeypatch.setenv("SAMMERGE_COMPILE_CACHE", str(path))
+    return path
 
 
 def plain_forward(zoo, params, images):
@@ -52,60 +61,66 @@ def test_compiled_forward_equals_a_plain_forward_pass_on_padded_chunks(zoo):
 
 
 class TraceLog:
-    """Every torch.fx trace in this process (AOT autograd's make_fx among them), and whether it ran inside the
-    compiled forward's ``exclusive()``."""
+    """Every torch.fx trace and every torch.compile call in this process."""
 
     def __init__(self, monkeypatch):
-        import contextlib
         import torch.fx._symbolic_trace as fx_trace
-        self.traces, self.inside = [], False
-        real = fx_trace.Tracer.trace
+        self.traces, self.compiles = [], []
+        real_trace, real_compile = fx_trace.Tracer.trace, torch.compile
 
         def trace(tracer, *args, **kwargs):
-            self.traces.append(self.inside)
-            return real(tracer, *args, **kwargs)
-        monkeypatch.setattr(fx_trace.Tracer, "trace", trace)
+            self.traces.append(type(tracer).__name__)
+            return real_trace(tracer, *args, **kwargs)
 
-        @contextlib.contextmanager
-        def exclusive():
-            self.inside = True
-            try:
-                yield
-            finally:
-                self.inside = False
-        self.exclusive = exclusive
+        def compile_(*args, **kwargs):
+            self.compiles.append(args)
+            return real_compile(*args, **kwargs)
+        monkeypatch.setattr(fx_trace.Tracer, "trace", trace)
+        monkeypatch.setattr(torch, "compile", compile_)
 
 
 @pytest.mark.skipif(compiled_mod.compiler_missing() is not None, reason="no C++ compiler for inductor")
-def test_the_server_process_never_traces_beside_its_forwards(zoo, monkeypatch, tmp_path):
-    """Tracing patches nn.Module.__call__ for the whole process (a forward in another thread then fails): the cold
-    compile runs in a child process, and this process compiles from its caches without a single fx trace."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # cold: nothing compiled before
+def test_the_server_process_never_traces_and_reuses_the_package(zoo, monkeypatch, compile_cache):
+    """Tracing patches nn.Module.__call__ for the whole process (a forward in another thread then fails): the package
+    is built in a child process, and this process only loads it — not one fx trace, no torch.compile. A second
+    evaluator of the same encoder and shapes finds it in the cache (no child process)."""
     log = TraceLog(monkeypatch)
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=12, chunk_size=24, compile=True, device="cpu", workers=2)
-    ev.compiled.exclusive = log.exclusive
     params = merged(zoo, 0.4)
     ev.features(params)
     assert ev.compiled.wait(600), ev.compiled.status
-    assert log.traces == []
-    assert 0 < ev.compiled.exclusive_s <= ev.compiled.compile_s
+    assert log.traces == [] and log.compiles == []
+    assert ev.compiled.package.parent == compile_cache and ev.compiled.package.suffix == ".pt2"
+    assert 0 < ev.compiled.load_s <= ev.compiled.compile_s
     torch.testing.assert_close(ev.features(params), plain_forward(zoo, params, ev.images), rtol=1e-4, atol=1e-5)
     assert ev.compiled.calls == 1
+    again = Evaluator.from_zoo(zoo, split="val", n_per_task=12, chunk_size=24, compile=True, device="cpu", workers=2)
+    again.compiled.warm_up = None  # no child: only the cache can answer
+    again.features(params)
+    assert again.compiled.wait(60), again.compiled.status
+    assert again.compiled.package == ev.compiled.package and log.traces == []
+    torch.testing.assert_close(again.features(params), plain_forward(zoo, params, ev.images), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(compiled_mod.compiler_missing() is not None, reason="no C++ compiler for inductor")
-def test_without_a_warm_up_every_trace_is_inside_exclusive(zoo, monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    log = TraceLog(monkeypatch)
+def test_a_damaged_package_is_removed_and_the_forward_stays_eager(zoo, compile_cache):
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=10, chunk_size=16, compile=True, device="cpu")
-    ev.compiled.warm_up, ev.compiled.exclusive = None, log.exclusive
-    ev.features(merged(zoo, 0.4))
-    assert ev.compiled.wait(600), ev.compiled.status
-    assert log.traces and all(log.traces)  # it traced (cold), and only while nothing else could run
+    params = merged(zoo, 0.4)
+    key = compiled_mod.package_key(ev.encoder, params, ev.images[:16], torch.get_num_threads())
+    damaged = compile_cache / f"{key}.pt2"
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(b"not a package")
+    ev.compiled.warm_up = None
+    ev.features(params)
+    assert ev.compiled.wait(60) is False
+    assert ev.compiled.status.startswith("failed: RuntimeError: compiled package") and "removed" in ev.compiled.status
+    assert not damaged.exists() and ev.compiled.calls == 0
+    torch.testing.assert_close(ev.features(params), plain_forward(zoo, params, ev.images), rtol=1e-4, atol=1e-5)
 
 
 def test_a_failing_warm_up_names_the_problem_and_stays_eager(zoo, tmp_path, monkeypatch):
     monkeypatch.setattr(compiled_mod, "compiler_missing", lambda: None)
+    monkeypatch.setenv("SAMMERGE_COMPILE_CACHE", str(tmp_path / "empty"))  # nothing to load: the child must build
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=8, compile=True, device="cpu")
     ev.compiled.warm_up = compiled_mod.warm_up_from_zoo(tmp_path / "no-such-zoo")
     params = merged(zoo, 0.4)
@@ -117,13 +132,13 @@ def test_a_failing_warm_up_names_the_problem_and_stays_eager(zoo, tmp_path, monk
     torch.testing.assert_close(ev.features(params), plain_forward(zoo, params, ev.images), rtol=1e-4, atol=1e-5)
 
 
-def test_a_failing_compile_leaves_the_eager_forward(zoo, monkeypatch):
-    def broken(*args, **kwargs):
+def test_a_failing_compile_leaves_the_eager_forward(zoo, monkeypatch, tmp_path):
+    def broken(sample, threads, path):
         raise RuntimeError("inductor exploded")
-    monkeypatch.setattr(compiled_mod.torch, "compile", broken)
     monkeypatch.setattr(compiled_mod, "compiler_missing", lambda: None)
+    monkeypatch.setenv("SAMMERGE_COMPILE_CACHE", str(tmp_path / "empty"))
     ev = Evaluator.from_zoo(zoo, split="val", n_per_task=16, compile=True, device="cpu")
-    ev.compiled.warm_up = None  # the child process would compile with the real torch.compile
+    ev.compiled.warm_up = broken
     params = merged(zoo, 0.4)
     ev.features(params)
     assert ev.compiled.wait(60) is False

@@ -1,4 +1,5 @@
-"""FairRLock: first come, first served, foreground before background; re-entrant; timeouts give up their place."""
+"""FairRLock: first come, first served within a level (move, detail, background); re-entrant; timeouts give up their
+place. ExactResults.fill on a CPU lets another session's move cut in between the twins of a comparison."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from sammerge.explorer.fairlock import FairRLock, background
+from sammerge.explorer.fairlock import FairRLock, background, detail
 
 
 def wait_until(cond, timeout=10.0):
@@ -66,10 +67,11 @@ def test_a_timed_out_waiter_leaves_the_queue_and_does_not_block_the_next():
     assert results[-1] == ("t2", True)
 
 
-def _queue_thread(lock, order, name, background_work=False):
-    """Start a thread that takes ``lock`` once (inside ``background()`` if asked) and wait until it is queued."""
+def _queue_thread(lock, order, name, background_work=False, level=None):
+    """Start a thread that takes ``lock`` once (inside ``background()`` or ``level()`` if asked) and wait until it
+    is queued."""
     def work():
-        ctx = background() if background_work else contextlib.nullcontext()
+        ctx = level() if level else background() if background_work else contextlib.nullcontext()
         with ctx, lock:
             order.append(name)
     before = len(lock._queue)
@@ -103,7 +105,7 @@ def test_background_is_per_thread_and_restored():
             pass
         seen.append(fairlock._priority.level)
     seen.append(fairlock._priority.level)
-    assert seen == [1, 0, 1, 0]
+    assert seen == [fairlock.BACKGROUND, fairlock.MOVE, fairlock.BACKGROUND, fairlock.MOVE]
 
 
 def test_the_explorers_background_items_run_as_background():
@@ -114,4 +116,72 @@ def test_the_explorers_background_items_run_as_background():
     seen = []
     fake = SimpleNamespace(_run_background_item=lambda kind, spec: seen.append((kind, fairlock._priority.level)))
     Explorer._run_background(fake, "exact", None)
-    assert seen == [("exact", 1)] and getattr(fairlock._priority, "level", 0) == 0
+    assert seen == [("exact", fairlock.BACKGROUND)] and getattr(fairlock._priority, "level", 0) == fairlock.MOVE
+
+
+def test_moves_before_details_before_background_fifo_within_each():
+    lock, order = FairRLock(), []
+    lock.acquire()
+    threads = [_queue_thread(lock, order, "prefetch 1", level=background),
+               _queue_thread(lock, order, "twins A", level=detail),
+               _queue_thread(lock, order, "move B"),
+               _queue_thread(lock, order, "twins B", level=detail),
+               _queue_thread(lock, order, "prefetch 2", level=background),
+               _queue_thread(lock, order, "move C")]
+    lock.release()
+    for t in threads:
+        t.join(10)
+    assert order == ["move B", "move C", "twins A", "twins B", "prefetch 1", "prefetch 2"]
+
+
+def test_the_explorers_comparison_runs_as_detail():
+    from types import SimpleNamespace
+
+    from sammerge.explorer import fairlock, scorers
+    from sammerge.explorer.service import Explorer
+    seen = []
+    fake = SimpleNamespace(scorer=lambda spec, allow: SimpleNamespace(exact=True), twins=lambda spec: {},
+                           tasks=(), variants=(), split="val")
+    original = scorers.compare
+    scorers.compare = lambda *a: seen.append(fairlock._priority.level) or "cmp"
+    try:
+        assert Explorer.compare(fake, None) == "cmp"
+    finally:
+        scorers.compare = original
+    assert seen == [fairlock.DETAIL] and getattr(fairlock._priority, "level", 0) == fairlock.MOVE
+
+
+def test_a_move_cuts_in_between_the_twins_of_another_session_on_cpu():
+    """Session A's comparison (3 uncached merges) is running; session B's move arrives while A's first twin is
+    evaluated: B's merge is evaluated next, before A's other twins (one lock hold per merge on a CPU)."""
+    from types import SimpleNamespace
+
+    from sammerge.explorer.scorers import ExactResults
+    shared = ExactResults(None, SimpleNamespace(device=SimpleNamespace(type="cpu")), "", cache_size=16)
+    order, started, go = [], threading.Event(), threading.Event()
+
+    def spec(name):
+        return SimpleNamespace(key=lambda: name)
+
+    def compute(specs):
+        names = [s.key() for s in specs]
+        order.append(names)
+        if names == ["A twin 1"]:
+            started.set()
+            assert go.wait(10)
+        return [{"acc": n} for n in names]
+    got = {}
+
+    def session_a():
+        with detail():  # the page's comparison
+            got["A"] = shared.fill([spec(f"A twin {i}") for i in (1, 2, 3)], compute)
+    a = threading.Thread(target=session_a)
+    a.start()
+    assert started.wait(10)
+    b = threading.Thread(target=lambda: got.update(B=shared.fill([spec("B move")], compute)))
+    b.start()
+    wait_until(lambda: len(shared.lock._queue) == 1)  # B waits for A's first twin
+    go.set()
+    a.join(10); b.join(10)
+    assert order == [["A twin 1"], ["B move"], ["A twin 2"], ["A twin 3"]]
+    assert [r["acc"] for r in got["A"]] == ["A twin 1", "A twin 2", "A twin 3"] and got["B"] == [{"acc": "B move"}]

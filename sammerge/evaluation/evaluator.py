@@ -105,7 +105,7 @@ class Evaluator:
         if compile and self.linearize_at is None and self.autocast_dtype is None:
             chunk = min(self.chunk_size, len(self.images)) if self.device.type == "cpu" else len(self.images)
             self.compiled = CompiledForward(self.encoder, chunk, workers=workers if self.device.type == "cpu" else 1,
-                                            warm_up=compile_warm_up if self.device.type == "cpu" else None)
+                                            warm_up=compile_warm_up)
 
     @classmethod
     def from_zoo(cls, zoo, split: str = "val", n_per_task: int | None = 256, seed: int = 0,
@@ -131,7 +131,7 @@ class Evaluator:
             data[task] = (part.images, part.labels)
         linearize_at = zoo.pretrained() if zoo.manifest.linearized else None
         # forward passes only: timm's fused attention (sammerge.zoo.Zoo.create_encoder turns it off for analytics)
-        # compiling: the cold compile in a child process that rebuilds this encoder from the zoo (compiled.py)
+        # compiling: in a child process that rebuilds this encoder from the zoo; this one only loads (compiled.py)
         return cls(zoo.create_encoder(fused_attention=True), zoo.heads, data, device=device, chunk_size=chunk_size,
                    linearize_at=linearize_at, precision=precision, compile=compile, workers=workers,
                    compile_warm_up=warm_up_from_zoo(zoo.path) if compile else None)

@@ -1,10 +1,11 @@
-"""``python -m sammerge.evaluation.warm_compile ZOO --shape N,C,H,W --threads T``: compile a zoo encoder's forward
-once, in this (child) process, so that inductor's on-disk caches hold every graph the explorer's compiled forward
-needs (:mod:`sammerge.evaluation.compiled` explains why the server never traces beside its own forwards).
+"""``python -m sammerge.evaluation.warm_compile ZOO --shape N,C,H,W --threads T --out PACKAGE.pt2``: export a zoo
+encoder's forward and compile it with AOTInductor into a package, in this (child) process; the explorer's server
+only loads it (:mod:`sammerge.evaluation.compiled` explains why the server never traces).
 
-The graph is the one :class:`~sammerge.evaluation.compiled.CompiledForward` builds: the zoo's encoder with timm's
-fused attention, θ0's tensors as graph inputs, one chunk of ``--shape`` images, ``--threads`` torch threads.
-Runs niced, so the server's threads go first on a small CPU. Exit status 0 when compiled; else a one-line reason.
+The program is the one :class:`~sammerge.evaluation.compiled.CompiledForward` calls: the zoo's encoder with timm's
+fused attention, θ0's tensors as inputs (any merge's tensors of the same shapes later), one chunk of ``--shape``
+images, kernels for ``--threads`` threads, on ``--device``. Runs niced, so the server's threads go first on a small
+CPU. Exit status 0 when the package is written (atomically); else a one-line reason.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", required=True, help="one chunk of images, e.g. 256,3,32,32")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True, help="the package to write (.pt2)")
     args = parser.parse_args(argv)
     try:
         shape = [int(n) for n in args.shape.split(",")]
@@ -30,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sammerge.errors import SammergeError
-    from sammerge.evaluation.compiled import compile_inputs, compile_runs
+    from pathlib import Path
+
+    from sammerge.evaluation.compiled import build_package
     from sammerge.zoo import open_zoo
 
     torch.set_num_threads(max(1, args.threads))
@@ -40,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         zoo = open_zoo(args.zoo)
-        encoder = zoo.create_encoder(fused_attention=True)
+        device = torch.device(args.device)
+        encoder = zoo.create_encoder(fused_attention=True).to(device).eval()
         for p in encoder.parameters():
             p.requires_grad_(False)  # as the evaluator's encoder
-        sample, params = compile_inputs(zoo.pretrained(), torch.zeros(shape, dtype=dtype))
-        compile_runs(encoder, params, sample, copies=1)
+        params = {k: v.to(device) for k, v in zoo.pretrained().items()}
+        build_package(encoder, params, torch.zeros(shape, dtype=dtype, device=device), Path(args.out))
     except SammergeError as exc:
         print(f"warm_compile: {exc}", file=sys.stderr)
         return 1

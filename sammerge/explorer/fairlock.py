@@ -1,43 +1,54 @@
-"""A re-entrant lock that serves waiting threads in arrival order, foreground before background.
+"""A re-entrant lock that serves waiting threads in arrival order within three priority levels.
 
 The explorer evaluates one merge at a time for all sessions of a server. ``threading.RLock`` makes no promise
 about which waiter goes next, so under load one browser session could wait for many others' merges in a row (seen
 as 30 s stalls with 8 sessions on 2 cores); with first come, first served a session waits at most one round.
-Work a thread does inside :func:`background` (the explorer's prefetch and refinement queue) waits behind every
-foreground waiter: a slider move never queues behind a guess at some session's next move, only behind the one
-item already running (soak: benchmarks/soak.py).
+The levels, smallest first:
+
+* ``MOVE`` (the default): the number a session's user is waiting for — the merge just asked for;
+* ``DETAIL`` (:func:`detail`): what a session draws after that number — the same merge on every variant (the
+  twins), the export's comparison;
+* ``BACKGROUND`` (:func:`background`): the prefetch and refinement queue, a guess at some session's next move.
+
+So a move queues behind the other sessions' moves and the one item already running, never behind their twins or
+prefetches (soak, benchmarks/soak.py: with FIFO across levels, four sessions' moves waited behind up to three
+sessions' twin batches — p95 4.2 s with one CPU hog on 2 cores).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 
-__all__ = ["FairRLock", "background", "held_in_background"]
+__all__ = ["FairRLock", "MOVE", "DETAIL", "BACKGROUND", "priority", "detail", "background"]
 
-_priority = threading.local()  # .level: 0 foreground (default), 1 background
+MOVE, DETAIL, BACKGROUND = 0, 1, 2
+_priority = threading.local()  # .level: the calling thread's level (MOVE when unset)
 
 
 @contextlib.contextmanager
-def background():
-    """Within this block the calling thread's acquisitions wait behind every foreground waiter."""
-    before = getattr(_priority, "level", 0)
-    _priority.level = 1
+def priority(level: int):
+    """Within this block the calling thread's acquisitions wait behind every waiter of a smaller level."""
+    before = getattr(_priority, "level", MOVE)
+    _priority.level = level
     try:
         yield
     finally:
         _priority.level = before
 
 
-@contextlib.contextmanager
-def held_in_background(lock: "FairRLock"):
-    """``lock`` held for this block, taken at background priority (after every waiting foreground thread)."""
-    with background(), lock:
-        yield
+def detail():
+    """Acquisitions in this block wait behind every session's move (``MOVE``), before any background work."""
+    return priority(DETAIL)
+
+
+def background():
+    """Acquisitions in this block wait behind every move and every detail."""
+    return priority(BACKGROUND)
 
 
 class FairRLock:
-    """Re-entrant; ``acquire``/``release`` and ``with`` like ``threading.RLock``; waiters woken in FIFO order,
-    every foreground waiter before any background one (:func:`background`)."""
+    """Re-entrant; ``acquire``/``release`` and ``with`` like ``threading.RLock``; waiters served by level (module
+    doc), in arrival order within a level."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -57,7 +68,7 @@ class FairRLock:
                 return True
             if not blocking:
                 return False
-            place = (getattr(_priority, "level", 0), self._next_ticket)
+            place = (getattr(_priority, "level", MOVE), self._next_ticket)
             self._next_ticket += 1
             self._queue.append(place)
             ok = self._cond.wait_for(lambda: self._owner is None and min(self._queue) == place,

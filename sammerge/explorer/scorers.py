@@ -70,20 +70,28 @@ class ExactResults:
         return None if None in found else found
 
     def fill(self, specs: Sequence[MergeSpec], compute) -> list[dict[str, TaskResult]]:
-        """Results of ``specs``: cached ones read, the others from ``compute(list of specs)`` under the lock."""
+        """Results of ``specs``: cached ones read, the others from ``compute(list of specs)`` under the lock.
+
+        On a CPU the uncached specs go one lock hold each (there the evaluator loops over merges anyway), so a
+        waiting move of another session (:mod:`sammerge.explorer.fairlock`) cuts in between the twins of this one;
+        on a GPU they go in one batched pass."""
         keys = [s.key() for s in specs]
         found = self.cached(keys)
         if found is not None:
             return found
-        with self.lock:
-            todo = list(dict.fromkeys(k for k in keys if k not in self.results))
-            if todo:
-                first = dict(zip(keys, specs))
-                for k, res in zip(todo, compute([first[k] for k in todo])):
-                    self.results[k] = res
+        first = dict(zip(keys, specs))
+        out: dict[str, dict[str, TaskResult]] = {}
+        groups = [[k] for k in first] if self.evaluator.device.type == "cpu" else [list(first)]
+        for group in groups:
+            with self.lock:
+                todo = [k for k in group if k not in self.results]
+                if todo:
+                    for k, res in zip(todo, compute([first[k] for k in todo])):
+                        self.results[k] = res
+                out.update({k: self.results[k] for k in group})
                 while len(self.results) > 4 * self.cache_size:
                     self.results.popitem(last=False)
-            return [self.results[k] for k in keys]
+        return [out[k] for k in keys]
 
     def references(self) -> tuple[dict[str, TaskResult], dict[str, dict[str, TaskResult]]]:
         """(θ0 on every task, every fine-tuned model on its own task — T× fewer forwards), computed once."""

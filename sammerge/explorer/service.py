@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import weakref
-from functools import partial
 from typing import Sequence
 
 import pandas as pd
@@ -73,8 +72,6 @@ class Explorer:
                         if self.evaluator.linearize_at is not None else None)
         self.merges, self.family = MergeCache(zoo, cache_size), SpecFamily(zoo)
         self.exact_results = scorers.ExactResults(zoo, self.evaluator, self.describe_evaluation(), cache_size)
-        if self.evaluator.compiled is not None:  # its compile runs while no evaluation of this server does
-            self.evaluator.compiled.exclusive = partial(fairlock.held_in_background, self.exact_results.lock)
         self.estimates = SubsetEstimates(zoo, self.evaluator, estimate_n_per_task, self.merges.merge, 4 * cache_size)
         self.background = BackgroundQueue(self._run_background, name="sammerge-prefetch")
         self.sweep_cache = SweepCache(zoo, self.evaluator, self.subset, self.merges, self.family, self.exact_results.lock)
@@ -153,9 +150,11 @@ class Explorer:
         return look
 
     def compare(self, spec: MergeSpec, allow_estimate: bool = False) -> Comparison:
-        """The merge, its twins and the references on the same images (an estimate, refining, as in first_look)."""
+        """The merge, its twins and the references on the same images (an estimate, refining, as in first_look).
+        Evaluated at ``fairlock.DETAIL``: behind every session's waiting move, before background work."""
         scorer = self.scorer(spec, allow_estimate)
-        cmp = scorers.compare(scorer, self.twins(spec), self.tasks, self.variants, self.split)
+        with fairlock.detail():
+            cmp = scorers.compare(scorer, self.twins(spec), self.tasks, self.variants, self.split)
         if not scorer.exact:
             self.refine(spec)
         return cmp

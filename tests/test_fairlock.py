@@ -185,3 +185,36 @@ def test_a_move_cuts_in_between_the_twins_of_another_session_on_cpu():
     a.join(10); b.join(10)
     assert order == [["A twin 1"], ["B move"], ["A twin 2"], ["A twin 3"]]
     assert [r["acc"] for r in got["A"]] == ["A twin 1", "A twin 2", "A twin 3"] and got["B"] == [{"acc": "B move"}]
+
+
+def test_a_move_waits_for_one_reference_model_not_all_of_them():
+    """The references (θ0 and every fine-tuned model) are measured one model per lock hold: a move arriving while
+    the first one runs is evaluated right after it."""
+    from types import SimpleNamespace
+
+    from sammerge.explorer.scorers import ExactResults
+    order, started, go = [], threading.Event(), threading.Event()
+
+    def evaluate(name):
+        order.append(name)
+        if name == "pretrained":
+            started.set()
+            assert go.wait(10)
+        return {"a": name, "b": name}
+    zoo = SimpleNamespace(tasks=["a", "b"], variants=["plain", "sam"], pretrained=lambda: "pretrained",
+                          finetuned=lambda t, v: f"{t}/{v}")
+    shared = ExactResults(zoo, SimpleNamespace(device=SimpleNamespace(type="cpu"), evaluate=evaluate), "", 16)
+    shared.task_evaluator = lambda task: SimpleNamespace(evaluate=evaluate)
+    refs = {}
+    r = threading.Thread(target=lambda: refs.update(out=shared.references()))
+    r.start()
+    assert started.wait(10)
+    move = threading.Thread(target=lambda: shared.fill([SimpleNamespace(key=lambda: "move")],
+                                                       lambda specs: [evaluate("move")]))
+    move.start()
+    wait_until(lambda: len(shared.lock._queue) == 1)
+    go.set()
+    r.join(10); move.join(10)
+    assert order == ["pretrained", "move", "a/plain", "b/plain", "a/sam", "b/sam"]
+    pre, ft = refs["out"]
+    assert pre == {"a": "pretrained", "b": "pretrained"} and ft["sam"]["b"] == "b/sam" and shared.references() is refs["out"]

@@ -63,6 +63,7 @@ class ExactResults:
         self.lock = FairRLock()
         self.results: OrderedDict[str, dict[str, TaskResult]] = OrderedDict()
         self.refs: tuple[dict, dict] | None = None
+        self._pieces: dict = {}  # the references measured so far ("pretrained", (task, variant))
         self._task_evaluators: dict[str, Evaluator] = {}
 
     def cached(self, keys: Sequence[str]) -> list[dict[str, TaskResult]] | None:
@@ -98,11 +99,20 @@ class ExactResults:
         refs = self.refs
         if refs is not None:
             return refs
+        # one lock hold per model (1 + tasks × variants of them), like the merges in ``fill``: a move of another
+        # session waits for one evaluation, not for all of them (tasks' own evaluators: T× fewer forwards)
+        with self.lock:
+            pre = self._pieces.get("pretrained") or self._pieces.setdefault(
+                "pretrained", self.evaluator.evaluate(self.zoo.pretrained()))
+        ft: dict[str, dict[str, TaskResult]] = {v: {} for v in self.zoo.variants}
+        for v in self.zoo.variants:
+            for t in self.zoo.tasks:
+                with self.lock:
+                    if (t, v) not in self._pieces:
+                        self._pieces[(t, v)] = self.task_evaluator(t).evaluate(self.zoo.finetuned(t, v))[t]
+                ft[v][t] = self._pieces[(t, v)]
         with self.lock:
             if self.refs is None:
-                pre = self.evaluator.evaluate(self.zoo.pretrained())
-                ft = {v: {t: self.task_evaluator(t).evaluate(self.zoo.finetuned(t, v))[t] for t in self.zoo.tasks}
-                      for v in self.zoo.variants}
                 self.refs = (pre, ft)
             return self.refs
 

@@ -8,7 +8,7 @@ from sammerge.explorer.service import EXPLORER_N_PER_TASK
 from sammerge.merging import LAMBDA, MergeSpec
 from sammerge.webapp import ui
 from sammerge.webapp.explorer_panels import ExplorerPanels
-from sammerge.webapp.reruns import give_way
+from sammerge.webapp.reruns import give_way, in_fragment_run
 from sammerge.webapp.explorer_state import W, controls_spec, k_param, push_state
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
@@ -95,6 +95,13 @@ def explorer() -> None:
             st.error(f"merge: {problem}", icon=":material/block:")
         else:
             panels.results(spec)
+    if spec is not None and not in_fragment_run():
+        # A full run redraws every control from the merge it shows. Streamlit can drop a session's widget values
+        # while a run_every fragment (the refinement poll) reruns on its own (streamlit#11266, #14064); the full
+        # run that poll asks for then drew the controls at their defaults — λ at its minimum, every task unticked —
+        # beside the right results, and a λ key press could no longer move the slider (benchmarks/soak.py: 3 of 4
+        # sessions stuck in one run). Written before the widgets exist in this run, the values reach the browser.
+        push_state(ss, spec, zoo)
     with controls:
         panels.controls(ss[f"{W}method"])
     if problem:

@@ -97,7 +97,9 @@ def run(args) -> dict:
     pre = {t: r.accuracy for t, r in test.evaluate(theta0).items()}
     recipe = FinetuneRecipe(lr=args.lr, steps=args.steps, batch_size=args.batch, fresh_noise=False,
                             weight_decay=args.weight_decay, optimizer=args.optimizer)
-    variants = [VariantSpec(name="plain"), VariantSpec(name="sam", sam=True, rho=args.rho)]
+    known = {"plain": VariantSpec(name="plain"), "sam": VariantSpec(name="sam", sam=True, rho=args.rho),
+             "asam": VariantSpec(name="asam", sam=True, adaptive=True, rho=args.asam_rho)}
+    variants = [known[v] for v in args.variants]
     rows = {}
     for variant in variants:
         tvs, indiv, train_s = [], {}, 0.0
@@ -134,6 +136,7 @@ def run(args) -> dict:
     return {"name": args.name, "recipe": {"tail_from_stage": args.tail, "lr": args.lr, "steps": args.steps,
                                           "batch_size": args.batch, "optimizer": args.optimizer,
                                           "weight_decay": args.weight_decay, "rho": args.rho,
+                                          "asam_rho": args.asam_rho, "variants": list(args.variants),
                                           "probe_steps": args.probe_steps, "seed": args.seed, "val_n": args.val_n,
                                           "data_seed": args.data_seed, "tasks": list(args.tasks)},
             "splits": {t: real_tasks.describe(t, args.data_seed) for t in args.tasks},
@@ -150,7 +153,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--rho", type=float, default=0.05)
+    ap.add_argument("--rho", type=float, default=0.05, help="SAM's ρ")
+    ap.add_argument("--asam-rho", type=float, default=0.5, help="ASAM's ρ")
+    ap.add_argument("--variants", nargs="+", choices=("plain", "sam", "asam"), default=["plain", "sam"])
     ap.add_argument("--probe-steps", type=int, default=300)
     ap.add_argument("--val-n", type=int, default=400, help="validation images per task that choose λ")
     ap.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,8 @@ def merge_eval(r: dict) -> str:
     a, b, c, th = r["a_slider_update_ms"], r["b_grid21_s"], r["c_time_to_best_lambda"], r["throughput"]
     n, tasks = r["images_per_task"], r["tasks"]
     compiled = r.get("compiled")
-    engine = (f" The engine runs as the app does: its forward compiled by `torch.compile` ({compiled['status']}, "
+    how = compiled.get("how", "`torch.compile`") if compiled else ""
+    engine = (f" The engine runs as the app does: its forward compiled by {how} ({compiled['status']}, "
               f"{compiled['compile_s']:.1f} s in the background), chunks of {r['chunk_size']} images shared by "
               f"{r['engine_workers']} worker thread(s) with one torch thread each; the naive loop and the eager engine "
               f"use the {r['threads']} torch threads." if compiled and compiled.get("compile_s") is not None else "")
@@ -304,6 +305,39 @@ def soak_startup(r: dict) -> str:
     return "\n".join(lines) + f"\n\n{r['hogs']} CPU hogs beside the server on {r['cpus']} cores (both cores busy)."
 
 
+def lite0_search(rows: list) -> str:
+    """benchmarks/lite0_regime.py: one row per recipe tried on EfficientNet-Lite0 (test split, one seed each)."""
+    lines = ["| recipe | tasks | tuned from stage | optimizer, lr, steps | pretrained | individual plain / SAM or ASAM | "
+             "task arithmetic plain / SAM (gap closed) | best static method plain / SAM (gap closed) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rec, v = r["recipe"], r["variants"]
+
+        def cell(method, variant):
+            m = v.get(variant, {"merged": {}})["merged"].get(method, {})
+            return f"{m['test']:.1%} ({m['gap_closed']:+.0%})" if "test" in m else "—"
+
+        def best(variant):
+            if variant not in v:
+                return "—"
+            ok = {k: m for k, m in v[variant]["merged"].items() if "test" in m}
+            name = max(ok, key=lambda k: ok[k]["test"])
+            return f"{name} {ok[name]['test']:.1%} ({ok[name]['gap_closed']:+.0%})"
+
+        def indiv(variant):
+            return f"{v[variant]['individual_mean']:.1%}" if variant in v else "—"
+
+        second = next((n for n in ("sam", "asam") if n in v), "sam")
+        lines.append(f"| {r['name']} | {len(rec['tasks'])} | {rec['tail_from_stage']} | {rec['optimizer']}, {rec['lr']:g}, {rec['steps']} | "
+                     f"{r['pretrained_mean']:.1%} | {indiv('plain')} / {indiv(second)} ({second}) | "
+                     f"{cell('task_arithmetic', 'plain')} / {cell('task_arithmetic', second)} | "
+                     f"{best('plain')} / {best(second)} |")
+    tasks = "; ".join(sorted({", ".join(r["recipe"]["tasks"]) for r in rows}))
+    return "\n".join(lines) + (f"\n\nTask sets: {tasks}. Test split, seed 0, one run per recipe; SAM ρ and ASAM ρ per "
+                               f"recipe in the JSON; λ of each method chosen on {rows[0]['recipe']['val_n']} validation "
+                               "images per task on its own grid (λ = 0 is θ0)." if rows else "")
+
+
 BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_methods, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
           "merge_eval.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis,
@@ -311,7 +345,8 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
           "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods,
-          "soak.json": soak, "soak_startup.json": soak_startup}
+          "soak.json": soak, "soak_startup.json": soak_startup,
+          "lite0_regime_search.json": lite0_search}
 
 
 def render(readme: str) -> str:

@@ -328,13 +328,17 @@ def lite0_search(rows: list) -> str:
             return f"{v[variant]['individual_mean']:.1%}" if variant in v else "—"
 
         second = next((n for n in ("sam", "asam") if n in v), "sam")
+
+        def rho(variant):
+            value = rec.get("asam_rho") if variant == "asam" else rec.get("rho")
+            return f" ρ {value:g}" if variant in v and value is not None else ""
         lines.append(f"| {r['name']} | {len(rec['tasks'])} | {rec['tail_from_stage']} | {rec['optimizer']}, {rec['lr']:g}, {rec['steps']} | "
-                     f"{r['pretrained_mean']:.1%} | {indiv('plain')} / {indiv(second)} ({second}) | "
+                     f"{r['pretrained_mean']:.1%} | {indiv('plain')} / {indiv(second)} ({second}{rho(second)}) | "
                      f"{cell('task_arithmetic', 'plain')} / {cell('task_arithmetic', second)} | "
                      f"{best('plain')} / {best(second)} |")
     tasks = "; ".join(sorted({", ".join(r["recipe"]["tasks"]) for r in rows}))
-    return "\n".join(lines) + (f"\n\nTask sets: {tasks}. Test split, seed 0, one run per recipe; SAM ρ and ASAM ρ per "
-                               f"recipe in the JSON; λ of each method chosen on {rows[0]['recipe']['val_n']} validation "
+    return "\n".join(lines) + (f"\n\nTask sets: {tasks}. Test split, seed 0, one run per recipe (where the fine-tuned "
+                               f"models diverged — individual below pretrained — there is nothing to merge); λ of each method chosen on {rows[0]['recipe']['val_n']} validation "
                                "images per task on its own grid (λ = 0 is θ0)." if rows else "")
 
 

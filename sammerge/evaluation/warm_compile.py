@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sammerge.errors import SammergeError
-    from pathlib import Path
-
     from sammerge.evaluation.compiled import build_package
     from sammerge.zoo import open_zoo
 

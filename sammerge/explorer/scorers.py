@@ -100,21 +100,23 @@ class ExactResults:
         if refs is not None:
             return refs
         # one lock hold per model (1 + tasks × variants of them), like the merges in ``fill``: a move of another
-        # session waits for one evaluation, not for all of them (tasks' own evaluators: T× fewer forwards)
-        with self.lock:
-            pre = self._pieces.get("pretrained") or self._pieces.setdefault(
-                "pretrained", self.evaluator.evaluate(self.zoo.pretrained()))
-        ft: dict[str, dict[str, TaskResult]] = {v: {} for v in self.zoo.variants}
-        for v in self.zoo.variants:
-            for t in self.zoo.tasks:
-                with self.lock:
-                    if (t, v) not in self._pieces:
-                        self._pieces[(t, v)] = self.task_evaluator(t).evaluate(self.zoo.finetuned(t, v))[t]
-                ft[v][t] = self._pieces[(t, v)]
+        # session waits for one evaluation, not for all of them
+        pre = self._measured("pretrained", lambda: self.evaluator.evaluate(self.zoo.pretrained()))
+        def own_task(t, v):
+            return self.task_evaluator(t).evaluate(self.zoo.finetuned(t, v))[t]
+        ft = {v: {t: self._measured((t, v), lambda t=t, v=v: own_task(t, v)) for t in self.zoo.tasks}
+              for v in self.zoo.variants}
         with self.lock:
             if self.refs is None:
                 self.refs = (pre, ft)
             return self.refs
+
+    def _measured(self, key, measure):
+        """``measure()`` once per key, in one lock hold (a reference model of :meth:`references`)."""
+        with self.lock:
+            if key not in self._pieces:
+                self._pieces[key] = measure()
+            return self._pieces[key]
 
     def task_evaluator(self, task: str) -> Evaluator:
         """The evaluator restricted to ``task`` (same images, same encoder module, same device)."""

@@ -84,6 +84,8 @@ def explorer() -> None:
     if f"{W}flash" in ss:
         st.success(ss.pop(f"{W}flash"), icon=":material/check_circle:")
 
+    if not in_fragment_run():  # a control the session lost (see below) comes back as the merge it shows
+        push_state(ss, state, zoo, only_missing=True)
     controls, results = st.columns([1.1, 2], gap="large")
     try:
         spec, problem = controls_spec(ss, state, zoo), None

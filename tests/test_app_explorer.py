@@ -219,6 +219,33 @@ def test_state_survives_a_visit_to_another_page(monkeypatch, tiny_zoo, lib):
     assert at.radio(key="ex_var_digits").value == "plain"
 
 
+def test_a_full_run_redraws_the_controls_of_the_merge_it_shows(monkeypatch, tiny_zoo, lib):
+    """The lost sessions of benchmarks/soak.py, deterministically: Streamlit dropped a session's widget values while
+    its refinement poll (a run_every fragment) reran, and the full run the poll asked for drew the controls at their
+    defaults (λ at its minimum, every task unticked) beside the merge still in the session. Here the session keeps
+    its merge and page but no widget value (a fresh client sends none): the controls must come back as that merge."""
+    at = open_page(monkeypatch, tiny_zoo)
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.7).run()
+    at.radio(key="ex_var_digits").set_value("plain").run()
+    assert_clean(at)
+    kept = {k: at.session_state[k] for k in ("_page", "ex_zoo", "ex_state", "ex_view", "ex_budget_v", "ex_exact_v")}
+    assert kept["ex_state"].lam == pytest.approx(0.7)
+
+    dropped = AppTest.from_file(PAGE, default_timeout=120)
+    for k, v in kept.items():
+        dropped.session_state[k] = v
+    dropped.run()
+    assert_clean(dropped)
+    assert dropped.slider(key="ex_p_task_arithmetic_lambda").value == pytest.approx(0.7)
+    assert dropped.radio(key="ex_var_digits").value == "plain"
+    assert all(dropped.checkbox(key=f"ex_inc_{t}").value for t in ("digits", "latin_upper", "symbols"))
+    variants = {"digits": "plain", "latin_upper": "sam", "symbols": "sam"}
+    assert shown(dropped) == expected(lib, variants=variants, **{"lambda": 0.7})
+    # and the slider answers a key press from there (a session stuck at the minimum could not move left)
+    dropped.slider(key="ex_p_task_arithmetic_lambda").set_value(0.65).run()
+    assert shown(dropped) == expected(lib, variants=variants, **{"lambda": 0.65})
+
+
 # -- the facade without Streamlit ----------------------------------------------------------------------------
 
 def test_spec_round_trips_for_every_method(tiny_zoo):

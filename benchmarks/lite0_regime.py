@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import statistics
 import time
@@ -24,11 +25,14 @@ import torch
 from torch import nn
 
 from sammerge.analytics.diagnostics import gap_closed
+from sammerge.evaluation.adamerging import learn_coefficients
 from sammerge.data import Split
 from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
 from sammerge.evaluation.search import sweep_shared_lambda
 
-from sammerge.merging import task_id, task_vector
+from sammerge.merging import layers, task_id, task_vector
+from sammerge.merging.task_vector import float_keys
+from sammerge.io import save_state_dict
 from sammerge.models import lite0
 from sammerge.models.presets import FinetuneRecipe, ProbeRecipe, VariantSpec
 from sammerge.training import real_tasks
@@ -73,6 +77,33 @@ def prefix_activations(encoder: nn.Module, start: int, images_u8: torch.Tensor, 
     return torch.cat(out)
 
 
+def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_acts: dict, test: Evaluator,
+                    pre_mean: float, indiv_mean: float, args) -> dict:
+    """AdaMerging task-wise and layer-wise (stem is frozen here: groups are the tail's stages and its head conv) on
+    ``args.ada_images`` unlabeled validation activations per task (a seeded choice), Adam on λ from 0.3 in [0, 1]."""
+    tasks = list(heads)
+    g = torch.Generator().manual_seed(args.seed)
+    images = [val_acts[t][torch.randperm(len(val_acts[t]), generator=g)[:args.ada_images]] for t in tasks]
+    fkeys = float_keys(theta0)
+    out = {}
+    for granularity, groups in (("task", {"all": fkeys}), ("layer", layers.layer_groups(fkeys))):
+        start = time.perf_counter()
+        lam, trace, best_step, _ = learn_coefficients(theta0, tvs, copy.deepcopy(tail), [heads[t] for t in tasks],
+                                                      images, groups, args.ada_steps, args.ada_lr, 0.3, (0.0, 1.0))
+        merged = {k: v.clone() for k, v in theta0.items()}
+        for j, ks in enumerate(groups.values()):
+            for k in ks:
+                merged[k] = theta0[k] + sum(float(lam[i, j]) * tvs[i][k] for i in range(len(tasks)))
+        per_task = {t: r.accuracy for t, r in test.evaluate(merged).items()}
+        mean = statistics.mean(per_task.values())
+        out[f"adamerging_{granularity}"] = {
+            "test": mean, "gap_closed": gap_closed(mean, pre_mean, indiv_mean), "per_task": per_task,
+            "lambda": [[round(float(v), 4) for v in row] for row in lam.tolist()], "groups": list(groups),
+            "entropy_start": trace[0], "entropy_best": trace[best_step], "best_step": best_step,
+            "seconds": time.perf_counter() - start}
+    return out
+
+
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -85,6 +116,9 @@ def run(args) -> dict:
     tail = Tail(encoder, args.tail).eval().to(memory_format=torch.channels_last)
     acts = {t: {s: a.contiguous(memory_format=torch.channels_last) for s, a in d.items()} for t, d in acts.items()}
     theta0 = {k: v.detach().clone() for k, v in tail.state_dict().items()}
+    if args.save:  # the tail's θ0 and (below) every task vector, for later analyses without retraining
+        (args.save / args.name).mkdir(parents=True, exist_ok=True)
+        save_state_dict(theta0, args.save / args.name / "theta0.safetensors")
     g = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         pre_train = {t: tail(acts[t]["train"]) for t in args.tasks}
@@ -111,6 +145,8 @@ def run(args) -> dict:
             train_s += time.perf_counter() - start
             theta_t = {k: v.detach().clone() for k, v in tail.state_dict().items()}
             tvs.append(task_vector(theta_t, theta0))
+            if args.save:
+                save_state_dict(tvs[-1], args.save / args.name / f"task_vector-{t}-{variant.name}.safetensors")
             single = Evaluator(scorer, {t: heads[t]}, {t: (acts[t]["test"], labels[t]["test"])})
             indiv[t] = single.evaluate(theta_t)[t].accuracy
         tail.load_state_dict(theta0)
@@ -128,6 +164,9 @@ def run(args) -> dict:
             merged[name] = {"test": mean, "gap_closed": gap_closed(mean, pre_mean, indiv_mean),
                             "best_lambda_val": sweep.best_lambda, "seconds": time.perf_counter() - start,
                             "per_task": {t: r.accuracy for t, r in sweep.test.items()}}
+        if args.ada_steps:
+            merged.update(adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks}, test,
+                                          pre_mean, indiv_mean, args))
         rows[variant.name] = {"individual": indiv, "individual_mean": indiv_mean, "train_s": train_s,
                               "merged": merged}
         print(f"[{args.name}] {variant.name}: individual {indiv_mean:.3f} (pretrained {pre_mean:.3f}); "
@@ -138,7 +177,10 @@ def run(args) -> dict:
                                           "weight_decay": args.weight_decay, "rho": args.rho,
                                           "asam_rho": args.asam_rho, "variants": list(args.variants),
                                           "probe_steps": args.probe_steps, "seed": args.seed, "val_n": args.val_n,
-                                          "data_seed": args.data_seed, "tasks": list(args.tasks)},
+                                          "data_seed": args.data_seed, "tasks": list(args.tasks),
+                                          "adamerging": ({"steps": args.ada_steps, "lr": args.ada_lr,
+                                                          "images_per_task": args.ada_images, "init": 0.3,
+                                                          "clamp": [0.0, 1.0]} if args.ada_steps else None)},
             "splits": {t: real_tasks.describe(t, args.data_seed) for t in args.tasks},
             "pretrained": pre, "pretrained_mean": statistics.mean(pre.values()), "variants": rows,
             "prefix_s": prep_s, "wall_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
@@ -162,13 +204,22 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--tasks", nargs="+", default=list(real_tasks.TASKS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--ada-steps", type=int, default=0, help="AdaMerging (task- and layer-wise) Adam steps; 0: none")
+    ap.add_argument("--ada-lr", type=float, default=0.01)
+    ap.add_argument("--ada-images", type=int, default=64, help="unlabeled validation images per task for AdaMerging")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="write the tail's θ0 and every task vector (safetensors) under SAVE/NAME/")
     ap.add_argument("--search", type=Path, default=None, help="append this recipe's row to a JSON list")
     args = ap.parse_args()
     row = run(args)
-    if args.search:
-        rows = json.loads(args.search.read_text()) if args.search.exists() else []
-        rows = [r for r in rows if r["name"] != args.name] + [row]
-        args.search.write_text(json.dumps(rows, indent=1))
+    if args.search:  # several recipes may run side by side: read-modify-write under an exclusive lock
+        with open(args.search.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            rows = json.loads(args.search.read_text()) if args.search.exists() else []
+            rows = [r for r in rows if r["name"] != args.name] + [row]
+            tmp = args.search.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows, indent=1))
+            tmp.replace(args.search)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,12 @@ def explorer() -> None:
     if f"{W}flash" in ss:
         st.success(ss.pop(f"{W}flash"), icon=":material/check_circle:")
 
-    if not in_fragment_run():  # a control the session lost (see below) comes back as the merge it shows
-        push_state(ss, state, zoo, only_missing=True)
+    # Streamlit can drop a session's widget values while a run_every fragment (the refinement poll) reruns on its own
+    # (streamlit#11266, #14064). A run that then read the controls found no task ticked: it showed "no task", put
+    # tasks=- in the address and drew λ at its minimum, every task unticked (benchmarks/soak.py: 3 of 17 runs). Every
+    # run, full or fragment, first gives each control it lacks the value of the merge on screen; a value the browser
+    # sent is never overwritten.
+    push_state(ss, state, zoo, only_missing=True)
     controls, results = st.columns([1.1, 2], gap="large")
     try:
         spec, problem = controls_spec(ss, state, zoo), None
@@ -98,11 +102,9 @@ def explorer() -> None:
         else:
             panels.results(spec)
     if spec is not None and not in_fragment_run():
-        # A full run redraws every control from the merge it shows. Streamlit can drop a session's widget values
-        # while a run_every fragment (the refinement poll) reruns on its own (streamlit#11266, #14064); the full
-        # run that poll asks for then drew the controls at their defaults — λ at its minimum, every task unticked —
-        # beside the right results, and a λ key press could no longer move the slider (benchmarks/soak.py: 3 of 4
-        # sessions stuck in one run). Written before the widgets exist in this run, the values reach the browser.
+        # A full run also sends every control's value to the browser (written before the widgets exist in this run):
+        # after a dropped value the browser showed the controls at their defaults beside the right results, and a λ
+        # key press could no longer move the slider (benchmarks/soak.py: 3 of 4 sessions stuck in one run).
         push_state(ss, spec, zoo)
     with controls:
         panels.controls(ss[f"{W}method"])

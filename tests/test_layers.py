@@ -37,6 +37,10 @@ def test_groups_of_real_timm_models():
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
     names = list(layer_groups(vit.state_dict()))
     assert names == ["stem"] + [f"blocks.{i}" for i in range(12)] + ["head"]  # head: the final norm
+    lite = layer_groups(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).state_dict())
+    assert list(lite) == ["stem"] + [f"blocks.{i}" for i in range(7)] + ["head"]
+    assert {k.split(".")[0] for k in lite["stem"]} == {"conv_stem", "bn1"}
+    assert {k.split(".")[0] for k in lite["head"]} == {"conv_head", "bn2"}  # the 1×1 head conv after the stages
 
 
 def test_key_coefficients_and_unknown_groups():

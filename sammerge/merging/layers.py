@@ -4,7 +4,7 @@ A *block* is the shortest key prefix ending in ``<container>.<index>`` where the
 lists (``layer1`` … ``layerN`` of a ResNet, ``blocks`` of a ViT, ``stages``/``layers`` of hierarchical models):
 ``layer2.0.conv1.weight`` → ``layer2.0``, ``blocks.11.attn.qkv.weight`` → ``blocks.11``. Keys outside every block
 are ``head`` when their first name is a head-side module (``norm``, ``fc_norm``, ``head``, ``fc``, ``classifier``,
-``pre_logits``, ``attn_pool``), else ``stem`` (``conv1``, ``bn1``, ``patch_embed``, ``pos_embed``, ``cls_token`` …).
+``pre_logits``, ``attn_pool``, an EfficientNet's ``conv_head`` and ``bn2``), else ``stem`` (``conv1``, ``bn1``, ``patch_embed``, ``pos_embed``, ``cls_token`` …).
 The grouping is a function of the names alone, so a spec can name groups and any copy of the model resolves them.
 
 Per-layer coefficients are ``{group: s}``; :func:`key_coefficients` expands them to ``{key: s}`` (groups not named
@@ -21,7 +21,8 @@ __all__ = ["STEM", "HEAD", "group_of", "layer_groups", "group_names", "key_coeff
 
 STEM, HEAD = "stem", "head"
 _BLOCK = re.compile(r"^(.*?\b(?:layer\d+|blocks|stages|layers)\.\d+)(?:\.|$)")
-_HEAD_MODULES = {"norm", "fc_norm", "head", "head_drop", "fc", "classifier", "pre_logits", "attn_pool", "global_pool"}
+_HEAD_MODULES = {"norm", "fc_norm", "head", "head_drop", "fc", "classifier", "pre_logits", "attn_pool", "global_pool",
+                 "conv_head", "bn2"}  # the last two: the 1×1 head convolution of timm's EfficientNets / MobileNets
 
 
 def group_of(key: str) -> str:

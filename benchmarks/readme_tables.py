@@ -380,9 +380,9 @@ def lite0_seeds(rows: list) -> str:
             vs = [r["variants"][variant] for r in group]
             ta = [v["merged"]["task_arithmetic"] for v in vs]
             bests = [_lite0_best(v["merged"]) for v in vs]
-            ada = [v["merged"].get("adamerging_layer") for v in vs]
+            ada = [a for a in (v["merged"].get("adamerging_layer") for v in vs) if a and "test" in a]
             ada_cell = (f"{spread([a['test'] for a in ada])} ({gaps([a['gap_closed'] for a in ada])})"
-                        if all(a and "test" in a for a in ada) else "—")
+                        + ("" if len(ada) == len(vs) else f", {len(ada)} of {len(vs)} seeds") if ada else "—")
             lines.append(f"| {group[0]['name'].rsplit('-seed', 1)[0]} | {', '.join(map(str, seeds))} | {variant} | "
                          f"{spread([v['individual_mean'] for v in vs])} | {spread([m['test'] for m in ta])} "
                          f"({gaps([m['gap_closed'] for m in ta])}) | {', '.join(b[0] for b in bests)} | "

@@ -353,3 +353,45 @@ def test_single_task_labelled_proxy_moves_toward_the_grid_search_best_lambda(zoo
     assert trace[-1] < trace[0]
     assert abs(learned - best) < abs(start - best) / 2, (learned, best, start)
     assert labelled_loss(learned) <= labelled_loss(start)
+
+
+def test_learns_through_batch_norm_running_statistics():
+    """A conv → BN encoder (eval mode, running statistics that differ per fine-tuned model): the learned λ's trace is
+    the entropy of an ordinary forward of the merged weights, running statistics merged too (torch's batch norm
+    refuses statistics that require grad; they are constants of each step)."""
+    from sammerge.evaluation.adamerging import entropy, learn_coefficients
+    from sammerge.merging.task_vector import float_keys
+
+    torch.manual_seed(0)
+
+    def encoder():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+
+    base = encoder()
+    theta0 = {k: v.clone() for k, v in base.state_dict().items()}
+    tvs = []
+    for _ in range(2):
+        tv = {k: 0.3 * torch.randn_like(v) if v.is_floating_point() else torch.zeros_like(v) for k, v in theta0.items()}
+        tv["1.running_var"] = tv["1.running_var"].abs()  # a variance stays positive
+        tvs.append(tv)
+    heads = [torch.nn.Linear(8, 4) for _ in range(2)]
+    images = [torch.randn(16, 3, 8, 8) for _ in range(2)]
+    groups = layers.layer_groups(float_keys(theta0))
+    lam, trace, best_step, stopped = learn_coefficients(theta0, tvs, encoder(), heads, images, groups, steps=5,
+                                                        lr=0.05, init=0.3, clamp=(0.0, 1.0))
+    assert not stopped and len(trace) == 6 and trace[best_step] <= trace[0]
+    assert any("running_mean" in k for ks in groups.values() for k in ks)  # the statistics are merged keys
+
+    def plain(coef):  # θ0 + Σ_t λ_t τ_t with every key of a group at that group's λ, loaded into a fresh module
+        merged = {k: v.clone() for k, v in theta0.items()}
+        for g, ks in enumerate(groups.values()):
+            for k in ks:
+                merged[k] = theta0[k] + sum(float(coef[t, g]) * tvs[t][k] for t in range(2))
+        enc = encoder()
+        enc.load_state_dict(merged)
+        with torch.no_grad():
+            return sum(float(entropy(h(enc(x))).mean()) for h, x in zip(heads, images)) / 2
+
+    assert trace[0] == pytest.approx(plain(torch.full_like(lam, 0.3)), rel=1e-5)
+    assert trace[best_step] == pytest.approx(plain(lam), rel=1e-5)

@@ -104,6 +104,9 @@ def learn_coefficients(pretrained: Mapping[str, torch.Tensor], task_vectors: Seq
         flat_tv.append(torch.stack([torch.cat([tv[k].float().reshape(-1) for k in ks]) for tv in task_vectors]))
         shapes.append([(k, pretrained[k].shape, pretrained[k].numel()) for k in ks])
     fixed = {k: v for k, v in pretrained.items() if not v.is_floating_point()}
+    # float buffers (a batch norm's running statistics) merge like the rest, but as constants of the step: torch's
+    # batch norm refuses running statistics that require grad
+    buffers = {name for name, _ in encoder.named_buffers()}
     x = torch.cat(list(images))
     bounds = torch.cumsum(torch.tensor([0] + [len(i) for i in images]), 0).tolist()
     encoder = encoder.eval()
@@ -118,7 +121,8 @@ def learn_coefficients(pretrained: Mapping[str, torch.Tensor], task_vectors: Seq
             merged = flat_base[g] + coef[:, g] @ flat_tv[g]
             offset = 0
             for key, shape, n in shapes[g]:
-                params[key] = merged[offset:offset + n].view(shape)
+                value = merged[offset:offset + n].view(shape)
+                params[key] = value.detach() if key in buffers else value
                 offset += n
         feats = functional_call(encoder, params, (x,))
         if labels is not None:

@@ -95,31 +95,29 @@ def explorer() -> None:
         spec, problem = controls_spec(ss, state, zoo), None
     except SammergeError as exc:  # e.g. weights that sum to 0: say so, keep the controls to fix it
         spec, problem = None, str(exc)
-    # the numbers first: the results column is filled before the controls are redrawn
-    with results:
-        if problem:
-            st.error(f"merge: {problem}", icon=":material/block:")
-        else:
-            panels.results(spec)
     if spec is not None and not in_fragment_run():
-        # A full run also sends every control's value to the browser (written before the widgets exist in this run):
-        # after a dropped value the browser showed the controls at their defaults beside the right results, and a λ
-        # key press could no longer move the slider (benchmarks/soak.py: 3 of 4 sessions stuck in one run).
-        push_state(ss, spec, zoo)
+        push_state(ss, spec, zoo)  # a full run sends every control's value to the browser (before the widgets exist)
+    # The controls before the numbers: a run cut short by a newer move (give_way, inside the results) has drawn them.
+    # Drawn after the results, they were missing from such a run, Streamlit forgot their values, and the browser
+    # sent them back at their defaults — another method, λ at its minimum, every task unticked (benchmarks/soak.py).
     with controls:
         panels.controls(ss[f"{W}method"])
-    if problem:
-        return
     if spec is not None:
         ss[f"{W}state"] = spec
         ui.set_current_merge(spec)
         # the download buttons make their files from this when clicked (see ExplorerPanels.export), not when drawn
         ss.setdefault(f"{W}export", {})["spec"] = spec
-        query = spec.to_query()
-    else:
-        query = {**state.to_query(), "tasks": "-"}
-    if dict(st.query_params) != query:
-        st.query_params.from_dict(query)
+    if not problem:  # the address too, before a newer move can cut this run short
+        query = spec.to_query() if spec is not None else {**state.to_query(), "tasks": "-"}
+        if dict(st.query_params) != query:
+            st.query_params.from_dict(query)
+    with results:
+        if problem:
+            st.error(f"merge: {problem}", icon=":material/block:")
+        else:
+            panels.results(spec)
+    if problem:
+        return
     give_way()  # a newer move waits: skip the exports of this one
     panels.export(spec)
 

@@ -246,6 +246,26 @@ def test_a_full_run_redraws_the_controls_of_the_merge_it_shows(monkeypatch, tiny
     assert shown(dropped) == expected(lib, variants=variants, **{"lambda": 0.65})
 
 
+def test_a_run_cut_short_in_the_results_has_drawn_every_control(monkeypatch, tiny_zoo, lib):
+    """A run that a newer move ends early (give_way, inside the results) must already have drawn the controls: a run
+    that ended without them let Streamlit forget their values, and the browser sent them back at their defaults
+    (another method, λ at its minimum, every task unticked — benchmarks/soak.py)."""
+    import streamlit as st
+
+    import sammerge.webapp.explorer_panels as panels_module
+
+    at = open_page(monkeypatch, tiny_zoo)
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.7).run()
+    monkeypatch.setattr(panels_module, "give_way", st.stop)  # every run ends at the results' first give_way
+    at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.75).run()
+    assert not at.exception
+    assert at.slider(key="ex_p_task_arithmetic_lambda").value == pytest.approx(0.75)
+    assert at.selectbox(key="ex_method").value == "task_arithmetic"
+    assert all(at.checkbox(key=f"ex_inc_{t}").value for t in ("digits", "latin_upper", "symbols"))
+    assert at.query_params["p.lambda"] in (["0.75"], "0.75")  # the address too
+    assert metric(at, "Mean accuracy") == f"{sum(expected(lib, **{'lambda': 0.75}).values()) / 3:.1%}"
+
+
 # -- the facade without Streamlit ----------------------------------------------------------------------------
 
 def test_spec_round_trips_for_every_method(tiny_zoo):

@@ -288,8 +288,9 @@ def soak(r: dict) -> str:
     """benchmarks/soak.py: one row per run and the pooled row (the harness's own table)."""
     rows = [run["summary"] for run in r["runs"]] + ([r["total"]] if "total" in r else [])
     goal = r.get("total", {})
-    verdict = (f"Pooled over {len(r['runs'])} runs of {r['sessions']} sessions × {r['moves']} moves, {r['hogs']} CPU "
-               f"hog(s) beside the server on {r['cpus']} cores: {goal.get('over_slow', '?')} moves over 10 s, "
+    busy = r.get("beside") or f"{r['hogs']} CPU hog(s)"
+    verdict = (f"Pooled over {len(r['runs'])} runs of {r['sessions']} sessions × {r['moves']} moves, {busy} "
+               f"beside the server on {r['cpus']} cores: {goal.get('over_slow', '?')} moves over 10 s, "
                f"p95 {goal.get('p95_s', float('nan')):.2f} s, "
                f"{goal.get('wrong_values', '?')} sessions that did not end with their own values.")
     return soak_table(rows) + "\n\n" + verdict

@@ -200,11 +200,15 @@ def main() -> int:
     ap.add_argument("--start-timeout-s", type=float, default=120.0)
     ap.add_argument("--startup", type=int, default=0, help="only time K server starts (health, first page)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--beside", default="", help="what else kept the machine busy (recorded in the report), e.g. a "
+                                                 "training run used as the CPU hog")
     args = ap.parse_args()
     if min(args.sessions, args.moves, args.runs) < 1 or args.hogs < 0:
         ap.error("--sessions, --moves and --runs must be ≥ 1, --hogs ≥ 0")
     zoo = zoo_or_demo(args.zoo)
     report: dict = {"zoo": zoo.name, "cpus": os.cpu_count(), "hogs": args.hogs}
+    if args.beside:
+        report["beside"] = args.beside
     if args.startup:
         probes = [asyncio.run(startup_probe(zoo, args.hogs, args.start_timeout_s)) for _ in range(args.startup)]
         report["startup"] = probes

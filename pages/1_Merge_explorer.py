@@ -8,7 +8,7 @@ from sammerge.explorer.service import EXPLORER_N_PER_TASK
 from sammerge.merging import LAMBDA, MergeSpec
 from sammerge.webapp import ui
 from sammerge.webapp.explorer_panels import ExplorerPanels
-from sammerge.webapp.reruns import give_way, in_fragment_run
+from sammerge.webapp.reruns import give_way
 from sammerge.webapp.explorer_state import W, controls_spec, k_param, push_state
 
 came_from = ui.page_setup("Merge explorer", "🎛️")
@@ -95,8 +95,8 @@ def explorer() -> None:
         spec, problem = controls_spec(ss, state, zoo), None
     except SammergeError as exc:  # e.g. weights that sum to 0: say so, keep the controls to fix it
         spec, problem = None, str(exc)
-    if spec is not None and not in_fragment_run():
-        push_state(ss, spec, zoo)  # a full run sends every control's value to the browser (before the widgets exist)
+    # (No run writes a control the browser holds: a full run that did — the refinement poll's — sent the λ of the
+    # merge on screen to a browser whose slider had moved on, and the key press was lost: benchmarks/soak.py.)
     # The controls before the numbers: a run cut short by a newer move (give_way, inside the results) has drawn them.
     # Drawn after the results, they were missing from such a run, Streamlit forgot their values, and the browser
     # sent them back at their defaults — another method, λ at its minimum, every task unticked (benchmarks/soak.py).

@@ -27,6 +27,17 @@ __all__ = ["ExplorerPanels"]
 ss = st.session_state
 
 
+def _index(options: list, held) -> int:
+    """Position of the held value among a widget's options (0 when it holds none of them)."""
+    return options.index(held) if held in options else 0
+
+
+def _within(value, lo, hi):
+    """``value`` inside [lo, hi] (a missing bound does not limit): a widget refuses a default outside its range."""
+    value = value if lo is None else max(type(value)(lo), value)
+    return value if hi is None else min(type(value)(hi), value)
+
+
 class ExplorerPanels:
     """The panels of one run of the page: ``ex`` scores, ``zoo`` is shown, ``allow_estimate`` from the sidebar."""
 
@@ -34,28 +45,40 @@ class ExplorerPanels:
         self.ex, self.zoo, self.allow_estimate = ex, zoo, allow_estimate
 
     def param_control(self, spec, key: str, label: str | None = None):
+        """One parameter's widget; its declared default is the value the session holds (see :meth:`controls`)."""
         label = label or spec.label
         help_ = spec.help + (f" Valid range {spec.range_text()}." if spec.range_text() else "")
+        held = ss.get(key)
         if spec.kind == "bool":
-            return st.toggle(label, key=key, help=help_)
+            return st.toggle(label, value=bool(held), key=key, help=help_)
         if spec.kind == "choice":
-            return st.radio(label, list(spec.choices), key=key, help=help_, horizontal=True)
+            choices = list(spec.choices)
+            return st.radio(label, choices, index=_index(choices, held), key=key, help=help_, horizontal=True)
         lo, hi = spec.slider_range
         if spec.kind == "int":
             return int(st.number_input(label, min_value=int(lo) if lo is not None else None,
                                        max_value=int(hi) if hi is not None else None, step=int(spec.step or 1),
-                                       key=key, help=help_))
+                                       value=_within(int(held), lo, hi) if held is not None else "min", key=key,
+                                       help=help_))
         if lo is None or hi is None:
             return coerce(spec, st.number_input(label, min_value=lo, max_value=hi, step=spec.step or 0.01, key=key,
+                                                value=_within(float(held), lo, hi) if held is not None else "min",
                                                 help=help_))
         return coerce(spec, st.slider(label, min_value=float(lo), max_value=float(hi), step=float(spec.step or 0.01),
-                                      key=key, help=help_))
+                                      value=_within(float(held), lo, hi) if held is not None else float(lo), key=key,
+                                      help=help_))
 
     def controls(self, method: str) -> None:
-        """Draw the controls (their values live in session state; :func:`controls_spec` reads them)."""
+        """Draw the controls (their values live in session state; :func:`controls_spec` reads them).
+
+        Every widget declares the value the session holds as its default (a default is not part of a keyed widget's
+        identity). A browser that forgot a widget's value — Streamlit's own races around fragment reruns — then shows
+        and sends back the merge on screen instead of the widget's bare default (another method, λ at its minimum,
+        every task unticked: benchmarks/soak.py), and no run overwrites a value the browser holds."""
         st.subheader("1 · Method")
         methods = method_choices()
-        st.selectbox("Merge method", methods, key=f"{W}method", format_func=lambda m: get_method(m).label,
+        st.selectbox("Merge method", methods, index=_index(methods, ss.get(f"{W}method")), key=f"{W}method",
+                     format_func=lambda m: get_method(m).label,
                      help="How the task vectors τ_t = θ_t − θ₀ are combined into one. "
                           + " · ".join(f"{get_method(m).label}: {get_method(m).description}" for m in methods))
         spec = get_method(method)
@@ -74,17 +97,19 @@ class ExplorerPanels:
         for t in self.zoo.tasks:
             c1, c2 = st.columns([1.25, 1], vertical_alignment="center")
             with c1:
-                st.checkbox(t, key=k_inc(t), help=self.zoo.task_description(t) or None)
+                st.checkbox(t, value=bool(ss.get(k_inc(t))), key=k_inc(t), help=self.zoo.task_description(t) or None)
             with c2:
-                st.radio(f"checkpoint for {t}", self.zoo.variants, key=k_var(t), horizontal=True,
-                         format_func=variant_label, label_visibility="collapsed")
+                st.radio(f"checkpoint for {t}", self.zoo.variants, index=_index(self.zoo.variants, ss.get(k_var(t))),
+                         key=k_var(t), horizontal=True, format_func=variant_label, label_visibility="collapsed")
             if wspec:
                 lo, hi = wspec.slider_range
-                st.slider(f"λ_t for {t}", float(lo), float(hi), step=float(wspec.step), key=k_w(t),
-                          label_visibility="collapsed", help=wspec.help)
+                st.slider(f"λ_t for {t}", float(lo), float(hi), value=_within(float(ss.get(k_w(t), 1.0)), lo, hi),
+                          step=float(wspec.step),
+                          key=k_w(t), label_visibility="collapsed", help=wspec.help)
         for pspec in optional_per_task(spec):
             with st.expander(f"Per-task {pspec.label.removeprefix('per-task ')} (optional)"):
-                if st.toggle(f"Set {pspec.label.removeprefix('per-task ')} per task", key=k_on(pspec.name),
+                if st.toggle(f"Set {pspec.label.removeprefix('per-task ')} per task", value=bool(ss.get(k_on(pspec.name))),
+                             key=k_on(pspec.name),
                              help=pspec.help):
                     for t in self.zoo.tasks:
                         self.param_control(pspec, k_d(t, pspec.name), f"{pspec.label.removeprefix('per-task ')} for {t}")

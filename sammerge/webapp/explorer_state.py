@@ -108,6 +108,8 @@ def push_state(ss: MutableMapping[str, Any], state: MergeSpec, zoo, only_missing
             target[k_w(t)] = float(clamp_for(wspec, e.weight, clamped, f"λ_t for {t}"))
         for pspec in optional:
             value = e.value(pspec.name)
+            if value is None and only_missing:
+                continue  # a per-task control not in use starts at its global namesake when turned on
             target[k_d(t, pspec.name)] = float(clamp_for(
                 pspec, value if value is not None else per_task_start(pspec, state.params), clamped,
                 f"{pspec.label} for {t}"))

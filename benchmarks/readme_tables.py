@@ -18,6 +18,7 @@ from pathlib import Path
 from adamerging import markdown as adamerging_markdown
 from demo_regime import markdown as demo_regime_markdown
 from demo_regime import search_markdown
+from soak import pooled as soak_pooled
 from soak import table as soak_table
 from method_cost import markdown as method_cost_markdown
 from plan_demo import markdown as plan_demo_markdown
@@ -286,8 +287,8 @@ def demo_methods(data: dict) -> str:
 
 def soak(r: dict) -> str:
     """benchmarks/soak.py: one row per run and the pooled row (the harness's own table)."""
-    rows = [run["summary"] for run in r["runs"]] + ([r["total"]] if "total" in r else [])
-    goal = r.get("total", {})
+    goal = r.get("total") or soak_pooled([run["summary"] for run in r["runs"]])  # a stopped soak: pooled here
+    rows = [run["summary"] for run in r["runs"]] + [goal]
     busy = r.get("beside") or f"{r['hogs']} CPU hog(s)"
     verdict = (f"Pooled over {len(r['runs'])} runs of {r['sessions']} sessions × {r['moves']} moves, {busy} "
                f"beside the server on {r['cpus']} cores: {goal.get('over_slow', '?')} moves over 10 s, "
@@ -403,7 +404,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
           "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods,
-          "soak.json": soak, "soak_startup.json": soak_startup,
+          "soak.json": soak, "soak_startup.json": soak_startup, "soak_gc.json": soak,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds}
 

@@ -177,6 +177,15 @@ async def startup_probe(zoo: Path, hogs: int, timeout_s: float) -> dict:
     return out
 
 
+def pooled(rows: list[dict]) -> dict:
+    """The row of every move of ``rows`` (runs' summaries) together."""
+    times = [t for r in rows for t in r["times_s"]]
+    return {"run": "all", "moves": len(times), "median_s": statistics.median(times),
+            "p95_s": percentile(times, 0.95), "max_s": max(times), "over_slow": sum(r["over_slow"] for r in rows),
+            "not_shown": sum(r["not_shown"] for r in rows), "wrong_values": sum(r["wrong_values"] for r in rows),
+            "health_s": max(r["health_s"] for r in rows)}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| run | moves | median | p95 | max | moves > 10 s | not shown in 60 s | sessions with wrong values | health |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -229,11 +238,7 @@ def main() -> int:
                 print("   ", e, flush=True)
             if args.json:  # after every run: a long soak leaves its numbers even when stopped
                 args.json.write_text(json.dumps(report, indent=2, default=str))
-        times = [t for r in rows for t in r["times_s"]]
-        total = {"run": "all", "moves": len(times), "median_s": statistics.median(times),
-                 "p95_s": percentile(times, 0.95), "max_s": max(times), "over_slow": sum(r["over_slow"] for r in rows),
-                 "not_shown": sum(r["not_shown"] for r in rows), "wrong_values": sum(r["wrong_values"] for r in rows),
-                 "health_s": max(r["health_s"] for r in rows)}
+        total = pooled(rows)
         report["total"] = total
         report["table"] = table(rows + [total])
         print(report["table"])

@@ -30,7 +30,7 @@ from sammerge.data import Split
 from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
 from sammerge.evaluation.search import sweep_shared_lambda
 
-from sammerge.merging import layers, task_id, task_vector
+from sammerge.merging import layers, linear_combination, task_id, task_vector
 from sammerge.merging.task_vector import float_keys
 from sammerge.io import save_state_dict
 from sammerge.models import lite0
@@ -90,10 +90,8 @@ def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_a
         start = time.perf_counter()
         lam, trace, best_step, _ = learn_coefficients(theta0, tvs, copy.deepcopy(tail), [heads[t] for t in tasks],
                                                       images, groups, args.ada_steps, args.ada_lr, 0.3, (0.0, 1.0))
-        merged = {k: v.clone() for k, v in theta0.items()}
-        for j, ks in enumerate(groups.values()):
-            for k in ks:
-                merged[k] = theta0[k] + sum(float(lam[i, j]) * tvs[i][k] for i in range(len(tasks)))
+        merged = linear_combination(theta0, tvs, [{k: float(lam[i, j]) for j, ks in enumerate(groups.values())
+                                                   for k in ks} for i in range(len(tasks))])
         per_task = {t: r.accuracy for t, r in test.evaluate(merged).items()}
         mean = statistics.mean(per_task.values())
         out[f"adamerging_{granularity}"] = {

@@ -19,7 +19,7 @@ from sammerge.merging.mergekit import no_equivalent_message
 from sammerge.progress import reporting
 from sammerge.webapp import ui
 from sammerge.webapp.reruns import give_way
-from sammerge.webapp.explorer_state import (W, coerce, import_config, k_d, k_inc, k_on, k_param, k_var, k_w,
+from sammerge.webapp.explorer_state import (W, clamp_for, coerce, import_config, k_d, k_inc, k_on, k_param, k_var, k_w,
                                             optional_per_task)
 
 __all__ = ["ExplorerPanels"]
@@ -30,12 +30,6 @@ ss = st.session_state
 def _index(options: list, held) -> int:
     """Position of the held value among a widget's options (0 when it holds none of them)."""
     return options.index(held) if held in options else 0
-
-
-def _within(value, lo, hi):
-    """``value`` inside [lo, hi] (a missing bound does not limit): a widget refuses a default outside its range."""
-    value = value if lo is None else max(type(value)(lo), value)
-    return value if hi is None else min(type(value)(hi), value)
 
 
 class ExplorerPanels:
@@ -58,14 +52,14 @@ class ExplorerPanels:
         if spec.kind == "int":
             return int(st.number_input(label, min_value=int(lo) if lo is not None else None,
                                        max_value=int(hi) if hi is not None else None, step=int(spec.step or 1),
-                                       value=_within(int(held), lo, hi) if held is not None else "min", key=key,
+                                       value=int(clamp_for(spec, int(held))) if held is not None else "min", key=key,
                                        help=help_))
         if lo is None or hi is None:
             return coerce(spec, st.number_input(label, min_value=lo, max_value=hi, step=spec.step or 0.01, key=key,
-                                                value=_within(float(held), lo, hi) if held is not None else "min",
+                                                value=float(clamp_for(spec, float(held))) if held is not None else "min",
                                                 help=help_))
         return coerce(spec, st.slider(label, min_value=float(lo), max_value=float(hi), step=float(spec.step or 0.01),
-                                      value=_within(float(held), lo, hi) if held is not None else float(lo), key=key,
+                                      value=float(clamp_for(spec, float(held))) if held is not None else float(lo), key=key,
                                       help=help_))
 
     def controls(self, method: str) -> None:
@@ -103,7 +97,7 @@ class ExplorerPanels:
                          key=k_var(t), horizontal=True, format_func=variant_label, label_visibility="collapsed")
             if wspec:
                 lo, hi = wspec.slider_range
-                st.slider(f"λ_t for {t}", float(lo), float(hi), value=_within(float(ss.get(k_w(t), 1.0)), lo, hi),
+                st.slider(f"λ_t for {t}", float(lo), float(hi), value=float(clamp_for(wspec, float(ss.get(k_w(t), 1.0)))),
                           step=float(wspec.step),
                           key=k_w(t), label_visibility="collapsed", help=wspec.help)
         for pspec in optional_per_task(spec):

@@ -31,8 +31,8 @@ from sammerge.evaluation.evaluator import Evaluator, mean_accuracy
 from sammerge.evaluation.search import sweep_shared_lambda
 
 from sammerge.merging import layers, linear_combination, task_id, task_vector
-from sammerge.merging.task_vector import float_keys
-from sammerge.io import save_state_dict
+from sammerge.merging.task_vector import apply_task_vector, float_keys
+from sammerge.io import load_state_dict, save_state_dict
 from sammerge.models import lite0
 from sammerge.models.presets import FinetuneRecipe, ProbeRecipe, VariantSpec
 from sammerge.training import real_tasks
@@ -114,9 +114,16 @@ def run(args) -> dict:
     tail = Tail(encoder, args.tail).eval().to(memory_format=torch.channels_last)
     acts = {t: {s: a.contiguous(memory_format=torch.channels_last) for s, a in d.items()} for t, d in acts.items()}
     theta0 = {k: v.detach().clone() for k, v in tail.state_dict().items()}
-    if args.save:  # the tail's θ0 and (below) every task vector, for later analyses without retraining
-        (args.save / args.name).mkdir(parents=True, exist_ok=True)
-        save_state_dict(theta0, args.save / args.name / "theta0.safetensors")
+    run_dir = args.save / args.name if args.save else None
+    reusable = False  # --resume: task vectors saved by an earlier run of this very recipe (same θ0) are reused
+    if run_dir and args.resume and (run_dir / "theta0.safetensors").exists():
+        saved = load_state_dict(run_dir / "theta0.safetensors")
+        reusable = saved.keys() == theta0.keys() and all(torch.equal(saved[k], theta0[k]) for k in theta0)
+        if not reusable:
+            raise SystemExit(f"{run_dir}: its θ0 differs from this run's; not resuming (delete it or rename the run)")
+    if run_dir:  # the tail's θ0 and (below) every task vector, for later analyses without retraining
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_state_dict(theta0, run_dir / "theta0.safetensors")
     g = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         pre_train = {t: tail(acts[t]["train"]) for t in args.tasks}
@@ -134,17 +141,24 @@ def run(args) -> dict:
     variants = [known[v] for v in args.variants]
     rows = {}
     for variant in variants:
-        tvs, indiv, train_s = [], {}, 0.0
+        tvs, indiv, train_s, resumed = [], {}, 0.0, []
         for t in args.tasks:
-            tail.load_state_dict(theta0)
-            start = time.perf_counter()
-            split = Split(acts[t]["train"], labels[t]["train"], torch.zeros(len(labels[t]["train"]), dtype=torch.int64))
-            finetune(tail, heads[t], split, recipe, variant, torch.Generator().manual_seed(args.seed))
-            train_s += time.perf_counter() - start
-            theta_t = {k: v.detach().clone() for k, v in tail.state_dict().items()}
-            tvs.append(task_vector(theta_t, theta0))
-            if args.save:
-                save_state_dict(tvs[-1], args.save / args.name / f"task_vector-{t}-{variant.name}.safetensors")
+            saved_tv = run_dir / f"task_vector-{t}-{variant.name}.safetensors" if run_dir else None
+            if reusable and saved_tv.exists():
+                tvs.append(load_state_dict(saved_tv))
+                resumed.append(t)
+                theta_t = apply_task_vector(theta0, tvs[-1])
+            else:
+                tail.load_state_dict(theta0)
+                start = time.perf_counter()
+                split = Split(acts[t]["train"], labels[t]["train"],
+                              torch.zeros(len(labels[t]["train"]), dtype=torch.int64))
+                finetune(tail, heads[t], split, recipe, variant, torch.Generator().manual_seed(args.seed))
+                train_s += time.perf_counter() - start
+                theta_t = {k: v.detach().clone() for k, v in tail.state_dict().items()}
+                tvs.append(task_vector(theta_t, theta0))
+                if saved_tv:
+                    save_state_dict(tvs[-1], saved_tv)
             single = Evaluator(scorer, {t: heads[t]}, {t: (acts[t]["test"], labels[t]["test"])})
             indiv[t] = single.evaluate(theta_t)[t].accuracy
         tail.load_state_dict(theta0)
@@ -166,6 +180,7 @@ def run(args) -> dict:
             merged.update(adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks}, test,
                                           pre_mean, indiv_mean, args))
         rows[variant.name] = {"individual": indiv, "individual_mean": indiv_mean, "train_s": train_s,
+                              "resumed_tasks": resumed,
                               "merged": merged}
         print(f"[{args.name}] {variant.name}: individual {indiv_mean:.3f} (pretrained {pre_mean:.3f}); "
               + ", ".join(f"{m} {r.get('test', float('nan')):.3f} ({r.get('gap_closed', float('nan')):+.2f})"
@@ -207,6 +222,9 @@ def main() -> None:
     ap.add_argument("--ada-images", type=int, default=64, help="unlabeled validation images per task for AdaMerging")
     ap.add_argument("--save", type=Path, default=None,
                     help="write the tail's θ0 and every task vector (safetensors) under SAVE/NAME/")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse task vectors an earlier, interrupted run of NAME saved under SAVE (same θ0); "
+                         "their training seconds are not counted")
     ap.add_argument("--search", type=Path, default=None, help="append this recipe's row to a JSON list")
     args = ap.parse_args()
     row = run(args)

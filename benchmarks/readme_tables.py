@@ -290,7 +290,8 @@ def soak(r: dict) -> str:
     goal = r.get("total") or soak_pooled([run["summary"] for run in r["runs"]])  # a stopped soak: pooled here
     rows = [run["summary"] for run in r["runs"]] + [goal]
     busy = r.get("beside") or f"{r['hogs']} CPU hog(s)"
-    verdict = (f"Pooled over {len(r['runs'])} runs of {r['sessions']} sessions × {r['moves']} moves, {busy} "
+    harness = f" (harness: {r['harness']})" if r.get("harness") else ""
+    verdict = (f"Pooled over {len(r['runs'])} runs of {r['sessions']} sessions × {r['moves']} moves{harness}, {busy} "
                f"beside the server on {r['cpus']} cores: {goal.get('over_slow', '?')} moves over 10 s, "
                f"p95 {goal.get('p95_s', float('nan')):.2f} s, "
                f"{goal.get('wrong_values', '?')} sessions that did not end with their own values.")
@@ -365,11 +366,25 @@ def lite0_seeds(rows: list) -> str:
         key = json.dumps({k: v for k, v in r["recipe"].items() if k not in ("seed", "adamerging")}, sort_keys=True)
         groups.setdefault(key, []).append(r)
     lines = ["| recipe | seeds | variant | individual | task arithmetic (gap closed) | best static method, per seed | "
-             "best static (gap closed) | AdaMerging layer-wise (gap closed) |", "|---|---|---|---|---|---|---|---|"]
+             "best static (gap closed) | AdaMerging layer-wise (gap closed) | minus plain, same seed: individual / "
+             "task arithmetic / Iso-C (points) |", "|---|---|---|---|---|---|---|---|---|"]
 
     def spread(values):
         return (f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}" if len(values) > 1
                 else f"{values[0]:.1%}")
+
+    def paired(group, variant) -> str:
+        """variant − plain per seed (same batches, probes and splits), mean ± std in accuracy points."""
+        if variant == "plain" or not all("plain" in r["variants"] for r in group):
+            return "—"
+        cells = []
+        for get in (lambda v: v["individual_mean"], lambda v: v["merged"]["task_arithmetic"].get("test"),
+                    lambda v: v["merged"].get("iso_c", {}).get("test")):
+            diffs = [100 * (get(r["variants"][variant]) - get(r["variants"]["plain"])) for r in group
+                     if get(r["variants"][variant]) is not None and get(r["variants"]["plain"]) is not None]
+            cells.append("—" if not diffs else f"{statistics.mean(diffs):+.1f}"
+                         + (f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""))
+        return " / ".join(cells)
 
     def gaps(values):
         return f"{statistics.mean(values):+.0%}" + (f" ± {statistics.stdev(values):.0%}" if len(values) > 1 else "")
@@ -389,7 +404,7 @@ def lite0_seeds(rows: list) -> str:
                          f"{spread([v['individual_mean'] for v in vs])} | {spread([m['test'] for m in ta])} "
                          f"({gaps([m['gap_closed'] for m in ta])}) | {', '.join(b[0] for b in bests)} | "
                          f"{spread([b[1]['test'] for b in bests])} ({gaps([b[1]['gap_closed'] for b in bests])}) | "
-                         f"{ada_cell} |")
+                         f"{ada_cell} | {paired(group, variant)} |")
     if len(lines) == 2:
         return "No recipe has been run with more than one seed yet."
     return "\n".join(lines) + ("\n\nMean ± sample standard deviation over the seeds (fine-tuning batches and probe "
@@ -404,7 +419,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
           "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods,
-          "soak.json": soak, "soak_startup.json": soak_startup, "soak_gc.json": soak,
+          "soak.json": soak, "soak_startup.json": soak_startup, "soak_gc.json": soak, "soak_raf.json": soak,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds}
 

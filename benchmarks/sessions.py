@@ -34,7 +34,12 @@ STATE_JS = f"""() => {{
           spinners: texts('[data-testid=stSpinner], [data-testid=stProgress], [data-testid=stStatus]')}};
 }}"""
 
-SHOWS_JS = """(lam) => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'), e => e.innerText)
+# The harness reads the page every POLL_MS, with textContent (no layout). Polling every animation frame with
+# innerText (each read forces a layout) in four pages at once cost the browsers CPU that the app then lacked on the
+# same 2 cores; a real user's browser does neither. Resolution: a move is seen ≤ POLL_MS after it is drawn.
+POLL_MS = 50
+
+SHOWS_JS = """(lam) => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'), e => e.textContent)
   .some(t => t.startsWith('Showing:') && (t.match(/λ = (-?[0-9.]+) ·/) || [])[1] !== undefined
              && Math.abs(parseFloat(t.match(/λ = (-?[0-9.]+) ·/)[1]) - lam) < 1e-9)"""
 
@@ -68,7 +73,7 @@ async def wait_shown(page, lam: float, timeout_s: float, slow_s: float,
         if left <= 0:
             break
         try:
-            await page.wait_for_function(SHOWS_JS, arg=lam, timeout=min(1000.0, 1e3 * left))
+            await page.wait_for_function(SHOWS_JS, arg=lam, timeout=min(1000.0, 1e3 * left), polling=POLL_MS)
             record["s"] = time.perf_counter() - t0
             break
         except Exception:  # noqa: BLE001 - not yet: note what the page shows instead
@@ -84,6 +89,14 @@ async def wait_shown(page, lam: float, timeout_s: float, slow_s: float,
     return record
 
 
+async def slider_value(slider) -> float | None:
+    """The λ slider's value in the browser (None: unreadable, e.g. while it re-mounts)."""
+    try:
+        return float(await slider.get_attribute("value", timeout=2_000))
+    except Exception:  # noqa: BLE001
+        return None
+
+
 async def drive_session(browser, url: str, index: int, moves: int, loaded: asyncio.Queue, start: asyncio.Event,
                         out: dict, on_slow=None, slow_s: float = 10.0, move_timeout_s: float = 120.0) -> None:
     """One session (module doc); ``out[index]``: its moves, errors, expected λ and the λ of its address and export."""
@@ -95,19 +108,22 @@ async def drive_session(browser, url: str, index: int, moves: int, loaded: async
         path, marker = PAGES["merge_explorer"]
         await page.goto(f"{url}/{path}")
         await page.get_by_text(re.compile(marker)).first.wait_for(timeout=300_000)
-        await page.wait_for_function(f"() => {IDLE_JS}", timeout=300_000)
+        await page.wait_for_function(f"() => {IDLE_JS}", timeout=300_000, polling=POLL_MS)
         first_page_s = time.perf_counter() - t_open
         slider = page.locator(LAMBDA_SLIDER)
         # λ as the page shows it: under load the slider's value attribute can briefly read its minimum (0) while
         # the widget mounts (seen with 8 sessions on 2 cores), so read the result line instead
         shown = await page.get_by_text(re.compile(r"λ = -?[0-9.]+ ·")).first.text_content()
         lam = float(re.search(r"λ = (-?[0-9.]+) ·", shown).group(1))
+        setup = []  # the slider's value in the browser right after each setup press (did the browser take it?)
+        out[index] = {"setup_presses": setup}
         for _ in range(index % 5):  # a different starting λ per session (0.3, 0.25, …, 0.1)
             lam = round(lam - 0.05, 2)
             await slider.focus()
             await page.keyboard.press("ArrowLeft")
+            setup.append({"lambda": lam, "slider_after_press": await slider_value(slider)})
             await page.get_by_text(label(lam)).first.wait_for(timeout=120_000)
-        await page.wait_for_function(f"() => {IDLE_JS}", timeout=120_000)
+        await page.wait_for_function(f"() => {IDLE_JS}", timeout=120_000, polling=POLL_MS)
         loaded.put_nowait(index)
         await start.wait()
         for _ in range(moves):
@@ -116,11 +132,13 @@ async def drive_session(browser, url: str, index: int, moves: int, loaded: async
             await page.keyboard.press("ArrowRight")
             if index % 2:
                 await page.keyboard.press("ArrowRight")
+            after_press = await slider_value(slider)
             record = await wait_shown(page, lam, move_timeout_s, slow_s, on_slow)
+            record["slider_after_press"] = after_press
             records.append(record)
             if record["s"] is None:
                 errors.append(f"{label(lam)} not shown within {move_timeout_s:g} s")
-            await page.wait_for_function(f"() => {IDLE_JS}", timeout=120_000)
+            await page.wait_for_function(f"() => {IDLE_JS}", timeout=120_000, polling=POLL_MS)
         if await page.locator("[data-testid=stException]").count():
             errors.append("exception shown on the page")
         url_lambda = float(re.search(r"p\.lambda=([0-9.]+)", page.url).group(1))
@@ -130,10 +148,11 @@ async def drive_session(browser, url: str, index: int, moves: int, loaded: async
         download = await info.value
         config = json.loads(Path(await download.path()).read_text())
         out[index] = {"expected_lambda": lam, "url_lambda": url_lambda, "export_lambda": config["params"]["lambda"],
-                      "first_page_s": first_page_s, "moves": records, "errors": errors}
+                      "first_page_s": first_page_s, "moves": records, "errors": errors, "setup_presses": setup}
     except Exception as exc:  # noqa: BLE001
         out[index] = {"expected_lambda": None, "moves": records, "errors": errors + [f"{type(exc).__name__}: {exc}"],
-                      "page_at_failure": await page_state(page, index)}
+                      "page_at_failure": await page_state(page, index),
+                      "setup_presses": out.get(index, {}).get("setup_presses", [])}
         loaded.put_nowait(index)  # a session that failed to load does not hold the others back
     finally:
         await context.close()

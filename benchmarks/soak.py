@@ -28,7 +28,7 @@ from pathlib import Path
 from sammerge.webapp.browser import CHROMIUM, CHROMIUM_ARGS, PAGES, free_port, streamlit_server, zoo_or_demo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sessions import own_values, run_sessions  # noqa: E402
+from sessions import POLL_MS, own_values, run_sessions  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -215,7 +215,8 @@ def main() -> int:
     if min(args.sessions, args.moves, args.runs) < 1 or args.hogs < 0:
         ap.error("--sessions, --moves and --runs must be ≥ 1, --hogs ≥ 0")
     zoo = zoo_or_demo(args.zoo)
-    report: dict = {"zoo": zoo.name, "cpus": os.cpu_count(), "hogs": args.hogs}
+    report: dict = {"zoo": zoo.name, "cpus": os.cpu_count(), "hogs": args.hogs,
+                    "harness": f"page read every {POLL_MS} ms (textContent)"}
     if args.beside:
         report["beside"] = args.beside
     if args.startup:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from test_app_explorer import assert_clean, lib, metric, open_page, shown  # noqa: F401 (lib is a fixture)
+from test_app_explorer import assert_clean, lib, metric, open_export, open_page, shown  # noqa: F401 (lib is a fixture)
 
 
 def warnings_of(at) -> list[str]:
@@ -46,6 +46,7 @@ def test_bad_config_uploads_keep_the_last_good_state(monkeypatch, tiny_zoo):
     at = open_page(monkeypatch, tiny_zoo)
     at.slider(key="ex_p_task_arithmetic_lambda").set_value(0.6).run()
     before = shown(at)
+    open_export(at, "Import a configuration")
     bad_inputs = [
         "method: [unclosed",                                   # not YAML
         '{"method": "task_arithmetic", "params": {"lambda": NaN}, "tasks": [{"task": "digits", "variant": "sam"}]}',
@@ -70,6 +71,7 @@ def test_imported_lambda_outside_the_slider_is_not_silently_changed(monkeypatch,
 
     at = open_page(monkeypatch, tiny_zoo)
     cfg = MergeSpec.default_for_zoo(open_zoo(tiny_zoo)).with_params(**{"lambda": 1.5}).to_json()
+    open_export(at, "Import a configuration")
     at.text_area(key="ex_import_text").input(cfg).run()
     at.button(key="ex_import").click().run()
     assert_clean(at)

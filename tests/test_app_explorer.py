@@ -43,6 +43,13 @@ def open_page(monkeypatch, zoo_dir, query=None) -> AppTest:
     return at.run()
 
 
+def open_export(at, tab: str, config: bool = False) -> AppTest:
+    """Open one of the export tabs (only the open one is drawn), and the configuration's JSON under Downloads."""
+    at.session_state["ex_export_tab"] = tab
+    at.session_state["ex_config_open"] = config
+    return at.run()
+
+
 def shown(at) -> dict[str, float]:
     frame = at.dataframe[0].value
     return dict(zip(frame["task"], frame["merged"]))
@@ -135,6 +142,9 @@ def test_export_reimports_to_same_state(monkeypatch, tiny_zoo, lib):
     at.checkbox(key="ex_inc_digits").uncheck().run()
     assert_clean(at)
     exported = shown(at)
+    assert not [c for c in at.code if c.language == "json"] and not at.download_button  # closed tabs are not drawn
+    open_export(at, "Downloads", config=True)
+    assert {b.key for b in at.download_button} >= {"ex_dl_json", "ex_dl_yaml", "ex_dl_st", "ex_dl_card"}
     text = next(c.value for c in at.code if c.language == "json")
     cfg = json.loads(text)
     assert cfg["method"] == "dare_ties" and cfg["params"]["density"] == 0.7
@@ -147,6 +157,7 @@ def test_export_reimports_to_same_state(monkeypatch, tiny_zoo, lib):
     at.button(key="ex_all_sam").click().run()
     at.checkbox(key="ex_inc_digits").check().run()
     assert shown(at) != exported
+    open_export(at, "Import a configuration")
     at.text_area(key="ex_import_text").input(text).run()
     at.button(key="ex_import").click().run()
     assert_clean(at)
@@ -156,11 +167,12 @@ def test_export_reimports_to_same_state(monkeypatch, tiny_zoo, lib):
     assert at.radio(key="ex_var_latin_upper").value == "plain"
     assert at.checkbox(key="ex_inc_digits").value is False
     assert shown(at) == exported
+    open_export(at, "Downloads", config=True)
     assert json.loads(next(c.value for c in at.code if c.language == "json"))["tasks"] == cfg["tasks"]
 
 
 def test_bad_import_is_a_friendly_error(monkeypatch, tiny_zoo):
-    at = open_page(monkeypatch, tiny_zoo)
+    at = open_export(open_page(monkeypatch, tiny_zoo), "Import a configuration")
     at.text_area(key="ex_import_text").input('{"method": "nope", "tasks": []}').run()
     at.button(key="ex_import").click().run()
     assert not at.exception

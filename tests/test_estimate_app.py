@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from sammerge.evaluation.estimate import wilson_interval
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.merging import MergeSpec, merge_zoo
+from test_app_explorer import open_export
 from test_estimate_explorer import K, gate, plain_counts, subset, vit_zoo  # noqa: F401 — fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def test_estimate_then_exact_number(monkeypatch, vit_zoo, gate):
     assert metric(at, "Mean accuracy") == f"≈ {iv.estimate:.1%}"
     assert all(m.value.startswith("≈ ") for m in at.metric), [m.value for m in at.metric]
     assert not [m.value for m in at.markdown if m.value.startswith("**Reading:**")]  # no verdict from an estimate
+    open_export(at, "Downloads", config=True)
     config = next(c.value for c in at.code if '"notes"' in c.value)  # "Show the configuration": the export
     assert "ESTIMATE" in config and "val_accuracy_ci95_low" in config
 
@@ -73,7 +75,7 @@ def test_estimate_then_exact_number(monkeypatch, vit_zoo, gate):
     full = plain_counts(zoo, merged, subset(zoo))
     assert metric(at, "Mean accuracy") == f"{sum(full.values()) / (24 * len(full)):.1%}"
     assert [m.value for m in at.markdown if m.value.startswith("**Reading:**")]
-    config = next(c.value for c in at.code if '"notes"' in c.value)
+    config = next(c.value for c in at.code if '"notes"' in c.value)  # (the tab and the JSON stay open)
     assert "ESTIMATE" not in config and "ci95" not in config and '"val_n": 24.0' in config
 
 

@@ -231,8 +231,6 @@ class ExplorerPanels:
         if state is None:
             st.caption("Select at least one task to export a merge.")
             return
-        with ui.friendly_errors("export"):
-            cfg = self.ex.export_spec(state, allow_estimate=self.allow_estimate)
         name = f"merge-{state.method}"
         # Every file is made when its button is clicked, from the spec the controls committed last (a plain dict in
         # session state: the callables run off the script thread). Data fixed at drawing time would be that of the last
@@ -251,74 +249,83 @@ class ExplorerPanels:
 
         def sweep(s):
             return sweep_figure(self.ex.sweeps(s), s, self.zoo.variants, self.ex.split)
-        share, downloads, imports = st.tabs(["Share link", "Downloads", "Import a configuration"])
-        with share:
-            st.markdown("The page's address always carries the current merge (method, parameters, tasks, checkpoints "
-                        "and coefficients): copy it from the address bar, or this query string, to reopen the same merge.")
-            st.code("?" + urlencode(state.to_query()), language=None)
-        with downloads:
-            st.caption("Our configuration records provenance (self.zoo, checkpoint files, sha256, library version) and the "
-                       "measured per-task accuracies; the mergekit YAML runs with `mergekit-pytorch` on the same files.")
-            st.markdown(f"**Every file below is made, when clicked, from the merge on screen:** {describe(state)}  \n"
-                        + "Checkpoints (sha256): " + ", ".join(f"{t.task}/{variant_label(t.variant)} `{(t.sha256 or '?')[:10]}`"
-                                                               for t in state.tasks))
-            c = st.columns(3)
-            c[0].download_button("Config (JSON)", at_click(lambda s: self.ex.export_spec(s, self.allow_estimate).to_json()), f"{name}.json", "application/json",
-                                 key=f"{W}dl_json", on_click="ignore", width="stretch")
-            c[1].download_button("Config (YAML)", at_click(lambda s: self.ex.export_spec(s, self.allow_estimate).to_yaml()), f"{name}.yaml", "application/x-yaml",
-                                 key=f"{W}dl_yaml", on_click="ignore", width="stretch")
-            if state.spec.mergekit is not None:
-                c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
-                                     "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
-            else:
-                c[2].button("mergekit YAML: no equivalent", key=f"{W}dl_mk", disabled=True, width="stretch",
-                            help=no_equivalent_message(state.method))
-            c = st.columns(3)
-            c[0].download_button("Merged weights (.safetensors)", at_click(lambda s: weights_bytes(self.ex.merge(s), s)), f"{name}.safetensors",
-                                 "application/octet-stream", key=f"{W}dl_st", on_click="ignore",
-                                 width="stretch", help="The merged encoder; the config is in its metadata.")
-            c[1].download_button("Model card (.md)", at_click(card), f"{name}.md", "text/markdown",
-                                 key=f"{W}dl_card", on_click="ignore", width="stretch")
-            c[2].download_button("Results table (.csv)", at_click(lambda s: comparison(s).table().to_csv(index=False)), f"{name}-results.csv", "text/csv",
-                                 key=f"{W}dl_csv", on_click="ignore", width="stretch")
-            c = st.columns(3)
-            c[0].download_button("Bar chart (.html)", at_click(lambda s: figure_html(bar_figure(comparison(s)))),
-                                 f"{name}-bars.html", "text/html", key=f"{W}dl_bars", on_click="ignore",
-                                 width="stretch")
-            c[1].download_button("Radar chart (.html)", at_click(lambda s: figure_html(radar_figure(comparison(s)))),
-                                 f"{name}-radar.html", "text/html", key=f"{W}dl_radar", on_click="ignore",
-                                 width="stretch")
-            sweeps = self.ex.cached_sweeps(state)
-            c[2].download_button("λ-sweep chart (.html)",
-                                 at_click(lambda s: figure_html(sweep(s))) if sweeps else "",
-                                 f"{name}-sweep.html", "text/html", key=f"{W}dl_sweep", on_click="ignore",
-                                 width="stretch", disabled=sweeps is None,
-                                 help=None if sweeps else "Compute the λ sweep first.")
-            if png_available():
+        # Only the open tab is drawn (Streamlit's lazy tabs: switching reruns the explorer). Drawn on every move, the
+        # downloads and the import form were ~30 of the fragment's elements for the browser to redraw each time.
+        share, downloads, imports = st.tabs(["Share link", "Downloads", "Import a configuration"],
+                                            key=f"{W}export_tab", on_change="rerun")
+        if share.open:
+            with share:
+                st.markdown("The page's address always carries the current merge (method, parameters, tasks, checkpoints "
+                            "and coefficients): copy it from the address bar, or this query string, to reopen the same merge.")
+                st.code("?" + urlencode(state.to_query()), language=None)
+        if downloads.open:
+            with downloads:
+                st.caption("Our configuration records provenance (zoo, checkpoint files, sha256, library version) and the "
+                           "measured per-task accuracies; the mergekit YAML runs with `mergekit-pytorch` on the same files.")
+                st.markdown(f"**Every file below is made, when clicked, from the merge on screen:** {describe(state)}  \n"
+                            + "Checkpoints (sha256): " + ", ".join(f"{t.task}/{variant_label(t.variant)} `{(t.sha256 or '?')[:10]}`"
+                                                                   for t in state.tasks))
                 c = st.columns(3)
-                c[0].download_button("Bar chart (.png)", at_click(lambda s: figure_png(bar_figure(comparison(s)))),
-                                     f"{name}-bars.png", "image/png", key=f"{W}png_bars", on_click="ignore", width="stretch")
-                c[1].download_button("Radar chart (.png)", at_click(lambda s: figure_png(radar_figure(comparison(s)))),
-                                     f"{name}-radar.png", "image/png", key=f"{W}png_radar", on_click="ignore",
+                c[0].download_button("Config (JSON)", at_click(lambda s: self.ex.export_spec(s, self.allow_estimate).to_json()), f"{name}.json", "application/json",
+                                     key=f"{W}dl_json", on_click="ignore", width="stretch")
+                c[1].download_button("Config (YAML)", at_click(lambda s: self.ex.export_spec(s, self.allow_estimate).to_yaml()), f"{name}.yaml", "application/x-yaml",
+                                     key=f"{W}dl_yaml", on_click="ignore", width="stretch")
+                if state.spec.mergekit is not None:
+                    c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
+                                         "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
+                else:
+                    c[2].button("mergekit YAML: no equivalent", key=f"{W}dl_mk", disabled=True, width="stretch",
+                                help=no_equivalent_message(state.method))
+                c = st.columns(3)
+                c[0].download_button("Merged weights (.safetensors)", at_click(lambda s: weights_bytes(self.ex.merge(s), s)), f"{name}.safetensors",
+                                     "application/octet-stream", key=f"{W}dl_st", on_click="ignore",
+                                     width="stretch", help="The merged encoder; the config is in its metadata.")
+                c[1].download_button("Model card (.md)", at_click(card), f"{name}.md", "text/markdown",
+                                     key=f"{W}dl_card", on_click="ignore", width="stretch")
+                c[2].download_button("Results table (.csv)", at_click(lambda s: comparison(s).table().to_csv(index=False)), f"{name}-results.csv", "text/csv",
+                                     key=f"{W}dl_csv", on_click="ignore", width="stretch")
+                c = st.columns(3)
+                c[0].download_button("Bar chart (.html)", at_click(lambda s: figure_html(bar_figure(comparison(s)))),
+                                     f"{name}-bars.html", "text/html", key=f"{W}dl_bars", on_click="ignore",
                                      width="stretch")
-                c[2].download_button("λ-sweep chart (.png)",
-                                     at_click(lambda s: figure_png(sweep(s))) if sweeps else b"",
-                                     f"{name}-sweep.png", "image/png", key=f"{W}png_sweep", on_click="ignore",
-                                     width="stretch", disabled=sweeps is None)
-                st.caption("Charts download as self-contained interactive HTML or as PNG (rendered with kaleido).")
-            else:
-                st.caption("Charts download as self-contained interactive HTML; for a PNG use the camera icon in each "
-                           "chart's toolbar (rendered by your browser; server-side PNG needs the optional `kaleido`).")
-            with st.expander("Show the configuration (JSON)"):
-                st.code(cfg.to_json(), language="json")
-        with imports:
-            st.caption("Restore the controls from a configuration saved here (JSON or YAML) or a mergekit YAML whose "
-                       "model files are named `task__variant.safetensors` like the self.zoo's.")
-            st.file_uploader("Configuration file", type=["json", "yaml", "yml"], key=f"{W}import_file")
-            st.text_area("…or paste it here", key=f"{W}import_text", height=120)
-            st.button("Restore the controls from this configuration", key=f"{W}import", on_click=self.on_import)
-            if f"{W}import_error" in ss:
-                st.error(f"import: {ss[f'{W}import_error']}", icon=":material/block:")
+                c[1].download_button("Radar chart (.html)", at_click(lambda s: figure_html(radar_figure(comparison(s)))),
+                                     f"{name}-radar.html", "text/html", key=f"{W}dl_radar", on_click="ignore",
+                                     width="stretch")
+                sweeps = self.ex.cached_sweeps(state)
+                c[2].download_button("λ-sweep chart (.html)",
+                                     at_click(lambda s: figure_html(sweep(s))) if sweeps else "",
+                                     f"{name}-sweep.html", "text/html", key=f"{W}dl_sweep", on_click="ignore",
+                                     width="stretch", disabled=sweeps is None,
+                                     help=None if sweeps else "Compute the λ sweep first.")
+                if png_available():
+                    c = st.columns(3)
+                    c[0].download_button("Bar chart (.png)", at_click(lambda s: figure_png(bar_figure(comparison(s)))),
+                                         f"{name}-bars.png", "image/png", key=f"{W}png_bars", on_click="ignore", width="stretch")
+                    c[1].download_button("Radar chart (.png)", at_click(lambda s: figure_png(radar_figure(comparison(s)))),
+                                         f"{name}-radar.png", "image/png", key=f"{W}png_radar", on_click="ignore",
+                                         width="stretch")
+                    c[2].download_button("λ-sweep chart (.png)",
+                                         at_click(lambda s: figure_png(sweep(s))) if sweeps else b"",
+                                         f"{name}-sweep.png", "image/png", key=f"{W}png_sweep", on_click="ignore",
+                                         width="stretch", disabled=sweeps is None)
+                    st.caption("Charts download as self-contained interactive HTML or as PNG (rendered with kaleido).")
+                else:
+                    st.caption("Charts download as self-contained interactive HTML; for a PNG use the camera icon in each "
+                               "chart's toolbar (rendered by your browser; server-side PNG needs the optional `kaleido`).")
+                shown = st.expander("Show the configuration (JSON)", key=f"{W}config_open", on_change="rerun")
+                if shown.open:  # made only when opened
+                    with shown, ui.friendly_errors("export"):
+                        st.code(self.ex.export_spec(state, allow_estimate=self.allow_estimate).to_json(),
+                                language="json")
+        if imports.open:
+            with imports:
+                st.caption("Restore the controls from a configuration saved here (JSON or YAML) or a mergekit YAML whose "
+                           "model files are named `task__variant.safetensors` like the zoo's.")
+                st.file_uploader("Configuration file", type=["json", "yaml", "yml"], key=f"{W}import_file")
+                st.text_area("…or paste it here", key=f"{W}import_text", height=120)
+                st.button("Restore the controls from this configuration", key=f"{W}import", on_click=self.on_import)
+                if f"{W}import_error" in ss:
+                    st.error(f"import: {ss[f'{W}import_error']}", icon=":material/block:")
 
     def request(self, state: MergeSpec, message: str | None = None) -> None:
         """Callback helper: apply ``state`` to the controls at the start of the next run."""

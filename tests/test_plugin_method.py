@@ -96,6 +96,7 @@ def test_explorer_shows_its_controls(plugin, tiny_zoo, monkeypatch):
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "pages" / "1_Merge_explorer.py"), default_timeout=120)
     at.session_state["ex_view"] = "Table"
+    at.session_state["ex_export_tab"] = "Downloads"  # (only the open export tab is drawn)
     at.query_params.update({"method": NAME, "p.shrink": "0.4", "p.lambda": "1", "tasks": ",".join(zoo.tasks),
                             "scales": f"{zoo.tasks[0]}:1.5"})
     at.run()

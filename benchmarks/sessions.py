@@ -103,6 +103,7 @@ async def drive_session(browser, url: str, index: int, moves: int, loaded: async
     context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = await context.new_page()
     errors, records = [], []
+    setup = []  # the slider's value in the browser right after each setup press (did the browser take it?)
     t_open = time.perf_counter()
     try:
         path, marker = PAGES["merge_explorer"]
@@ -115,8 +116,6 @@ async def drive_session(browser, url: str, index: int, moves: int, loaded: async
         # the widget mounts (seen with 8 sessions on 2 cores), so read the result line instead
         shown = await page.get_by_text(re.compile(r"λ = -?[0-9.]+ ·")).first.text_content()
         lam = float(re.search(r"λ = (-?[0-9.]+) ·", shown).group(1))
-        setup = []  # the slider's value in the browser right after each setup press (did the browser take it?)
-        out[index] = {"setup_presses": setup}
         for _ in range(index % 5):  # a different starting λ per session (0.3, 0.25, …, 0.1)
             lam = round(lam - 0.05, 2)
             await slider.focus()
@@ -152,7 +151,7 @@ async def drive_session(browser, url: str, index: int, moves: int, loaded: async
     except Exception as exc:  # noqa: BLE001
         out[index] = {"expected_lambda": None, "moves": records, "errors": errors + [f"{type(exc).__name__}: {exc}"],
                       "page_at_failure": await page_state(page, index),
-                      "setup_presses": out.get(index, {}).get("setup_presses", [])}
+                      "setup_presses": setup}
         loaded.put_nowait(index)  # a session that failed to load does not hold the others back
     finally:
         await context.close()

@@ -171,6 +171,21 @@ def test_export_reimports_to_same_state(monkeypatch, tiny_zoo, lib):
     assert json.loads(next(c.value for c in at.code if c.language == "json"))["tasks"] == cfg["tasks"]
 
 
+def test_open_export_tab_survives_streamlit_forgetting_it(monkeypatch, tiny_zoo):
+    """The soak once saw the Downloads tab selected in the browser but empty: the server had lost the tab set's
+    state and drew the first tab's content. A run that finds the tab set's key gone restores the last tab chosen."""
+    at = open_page(monkeypatch, tiny_zoo)
+    at.session_state["ex_export_tab_v"] = "Downloads"  # what the tab set's on_change recorded when it was clicked
+    at.session_state["ex_config_open_v"] = True
+    for key in ("ex_export_tab", "ex_config_open"):
+        if key in at.session_state:
+            del at.session_state[key]
+    at.run()
+    assert_clean(at)
+    assert {b.key for b in at.download_button} >= {"ex_dl_json", "ex_dl_yaml"}
+    assert [c for c in at.code if c.language == "json"]  # the expander was restored open too
+
+
 def test_bad_import_is_a_friendly_error(monkeypatch, tiny_zoo):
     at = open_export(open_page(monkeypatch, tiny_zoo), "Import a configuration")
     at.text_area(key="ex_import_text").input('{"method": "nope", "tasks": []}').run()

@@ -27,6 +27,20 @@ __all__ = ["ExplorerPanels"]
 ss = st.session_state
 
 
+def remembered(key: str) -> dict:
+    """``key`` and ``on_change`` for a lazy tab set or expander (only the open part is drawn) that survive Streamlit
+    forgetting their state: a callback copies each change to a plain key, and a run that finds the widget's own key
+    gone restores it from that copy. Without it, the soak (benchmarks/soak.py) once saw the Downloads tab selected in
+    the browser and empty for 30 s: the server had read the tab set as closed (streamlit#11266, as for the controls)."""
+    copy = f"{key}_v"
+    if key not in ss and copy in ss:
+        ss[key] = ss[copy]
+
+    def keep() -> None:
+        ss[copy] = ss[key]
+    return {"key": key, "on_change": keep}
+
+
 def _index(options: list, held) -> int:
     """Position of the held value among a widget's options (0 when it holds none of them)."""
     return options.index(held) if held in options else 0
@@ -252,7 +266,7 @@ class ExplorerPanels:
         # Only the open tab is drawn (Streamlit's lazy tabs: switching reruns the explorer). Drawn on every move, the
         # downloads and the import form were ~30 of the fragment's elements for the browser to redraw each time.
         share, downloads, imports = st.tabs(["Share link", "Downloads", "Import a configuration"],
-                                            key=f"{W}export_tab", on_change="rerun")
+                                            **remembered(f"{W}export_tab"))
         if share.open:
             with share:
                 st.markdown("The page's address always carries the current merge (method, parameters, tasks, checkpoints "
@@ -312,7 +326,7 @@ class ExplorerPanels:
                 else:
                     st.caption("Charts download as self-contained interactive HTML; for a PNG use the camera icon in each "
                                "chart's toolbar (rendered by your browser; server-side PNG needs the optional `kaleido`).")
-                shown = st.expander("Show the configuration (JSON)", key=f"{W}config_open", on_change="rerun")
+                shown = st.expander("Show the configuration (JSON)", **remembered(f"{W}config_open"))
                 if shown.open:  # made only when opened
                     with shown, ui.friendly_errors("export"):
                         st.code(self.ex.export_spec(state, allow_estimate=self.allow_estimate).to_json(),

@@ -34,47 +34,13 @@ from sammerge.merging import layers, linear_combination, task_id, task_vector
 from sammerge.merging.task_vector import apply_task_vector, float_keys
 from sammerge.io import load_state_dict, save_state_dict
 from sammerge.models import lite0
+from sammerge.models.lite0_tail import prefix_activations, split_lite0
 from sammerge.models.presets import FinetuneRecipe, ProbeRecipe, VariantSpec
 from sammerge.training import real_tasks
+from sammerge.training.lite0_zoo import Lite0Build
 from sammerge.training.train import finetune, fit_probe
 
 METHODS = ("task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts", "wudi")
-
-
-class Tail(nn.Module):
-    """Stages ``start``… of a timm EfficientNet, its head convolution and pooling: prefix activations ↦ features.
-    Parameter names are the full encoder's (``blocks.<stage>.…``, ``conv_head``, ``bn2``). Batch norms stay in eval
-    mode even in ``train()``: folded, they are fixed affine maps with no statistics to update."""
-
-    def __init__(self, encoder: nn.Module, start: int) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleDict({str(i): encoder.blocks[i] for i in range(start, len(encoder.blocks))})
-        self.conv_head, self.bn2, self.global_pool = encoder.conv_head, encoder.bn2, encoder.global_pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.blocks.values():
-            x = stage(x)
-        return self.global_pool(self.bn2(self.conv_head(x)))
-
-    def train(self, mode: bool = True) -> "Tail":
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
-
-
-@torch.no_grad()
-def prefix_activations(encoder: nn.Module, start: int, images_u8: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """conv_stem → bn1 → stages < ``start`` of x = (u/255 − 0.5) / 0.5, in batches."""
-    out = []
-    for i in range(0, len(images_u8), batch):
-        x = images_u8[i:i + batch].float().div(255).sub(0.5).div(0.5)
-        x = encoder.bn1(encoder.conv_stem(x))
-        for stage in encoder.blocks[:start]:
-            x = stage(x)
-        out.append(x)
-    return torch.cat(out)
 
 
 def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_acts: dict, test: Evaluator,
@@ -105,13 +71,14 @@ def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_a
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    encoder = lite0.pretrained_lite0(fold=True)
+    prefix, tail = split_lite0(lite0.pretrained_lite0(fold=True), args.tail)
     data = {t: real_tasks.load_task(t, seed=args.data_seed) for t in args.tasks}
-    acts = {t: {s: prefix_activations(encoder, args.tail, x) for s, (x, _) in d.items()} for t, d in data.items()}
+    acts = {t: {s: prefix_activations(prefix, Lite0Build.normalized(x)) for s, (x, _) in d.items()}
+            for t, d in data.items()}
     labels = {t: {s: y for s, (_, y) in d.items()} for t, d in data.items()}
     prep_s = time.perf_counter() - t0
     # channels-last: timm's depthwise convolutions on 2×2 / 1×1 maps ran ~8× faster on 2 CPU cores
-    tail = Tail(encoder, args.tail).eval().to(memory_format=torch.channels_last)
+    tail = tail.to(memory_format=torch.channels_last)
     acts = {t: {s: a.contiguous(memory_format=torch.channels_last) for s, a in d.items()} for t, d in acts.items()}
     theta0 = {k: v.detach().clone() for k, v in tail.state_dict().items()}
     run_dir = args.save / args.name if args.save else None

@@ -29,6 +29,13 @@ if m.recipe is not None:
     st.caption(f"preset **{m.recipe.preset}** · seed {m.seed} · {len(zoo.tasks)} tasks · variants: "
                f"{', '.join(v.describe() + f' (`{v.name}`)' for v in m.variants)} · encoder: timm ResNet-GN "
                f"{list(m.encoder.channels)} · built {m.created} on {m.device} in {m.build_wall_time_s:.0f} s")
+elif m.prefix is not None:  # the EfficientNet-Lite0 zoo (sammerge.training.lite0_zoo)
+    r = m.source.get("recipe", {})
+    st.caption(f"**{m.describe()}** · {len(zoo.tasks)} tasks · variants: "
+               f"{', '.join(v.describe() + f' (`{v.name}`)' for v in m.variants)} · weights: `{m.source.get('weights')}` · "
+               f"fine-tuning: {r.get('optimizer')} lr {r.get('lr')}, {r.get('steps')} steps, batch {r.get('batch_size')} on "
+               f"the frozen prefix's activations · images: {m.data.get('stored')}, {m.images.size} px grey · task vectors "
+               f"stored in float16 · built {m.created} in {m.build_wall_time_s:.0f} s")
 else:
     img = m.images
     budget = f"at most {img.max_images_per_split} per split (seed {img.subset_seed})" if img.max_images_per_split else "all"

@@ -131,6 +131,14 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
         raise
 
 
+def read_metadata(path: PathLike) -> dict[str, str]:
+    """The metadata :func:`save_state_dict` stored (its one ``sammerge`` header entry); {} when there is none.
+    Raises what safetensors or json raise on an unreadable file (OSError, ValueError)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get("sammerge", "{}"))
+
+
 def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise CheckpointError naming the first key that holds NaN or Inf."""
     for key, value in state_dict.items():

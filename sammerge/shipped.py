@@ -1,4 +1,5 @@
-"""The demo zoo that ships with sammerge (``assets/demo_zoo``): opens at once, no training.
+"""The zoos that ship with sammerge: the glyph demo (``assets/demo_zoo``) opens at once, no training; the
+EfficientNet-Lite0 zoo on real images (``assets/lite0_zoo``, :func:`ensure_lite0_zoo`) too.
 
 ``scripts/ship_demo_zoo.py`` builds it from the ``demo`` preset, precomputes its analyses, λ sweeps and
 paper table, and copies it here. On first use the app (``ensure_zoo``) installs a copy into the user's
@@ -52,18 +53,83 @@ def shipped_zoo_for(preset: str):
 
 def install_shipped_zoo(preset: str, fingerprint: str, target: str | os.PathLike):
     """Copy the matching shipped zoo to ``target`` (atomically, every file hash-verified); None if none matches."""
-    from sammerge.zoo import open_zoo
-
     source = shipped_zoo(preset, fingerprint)
     if source is None:
         return None
     try:
-        with atomic_dir(Path(target), overwrite=True) as tmp:
-            shutil.copytree(source.path, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
-            for path in tmp.rglob("*"):  # the package may be read-only; the user's copy must be writable
-                path.chmod(0o755 if path.is_dir() else 0o644)
-            open_zoo(tmp, verify=True)
+        return copy_verified(source.path, target)
     except (ZooError, CheckpointError, OSError) as exc:  # a damaged installation: build instead
         warnings.warn(f"the shipped demo zoo {source.path} is damaged ({exc}); building the preset instead")
         return None
+
+
+def copy_verified(source: Path, target: str | os.PathLike):
+    """Copy the zoo at ``source`` to ``target`` atomically, every file hash-verified in the copy; the opened copy."""
+    from sammerge.zoo import open_zoo
+
+    with atomic_dir(Path(target), overwrite=True) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        for path in tmp.rglob("*"):  # the package may be read-only; the user's copy must be writable
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        open_zoo(tmp, verify=True)
     return open_zoo(target)
+
+
+# -- the second shipped demo: EfficientNet-Lite0 on real images (sammerge.training.lite0_zoo) ------------------------
+def shipped_lite0_dir() -> Path:
+    """``<repo>/assets/lite0_zoo`` ($SAMMERGE_LITE0_ZOO overrides it; an empty value: none shipped)."""
+    env = os.environ.get("SAMMERGE_LITE0_ZOO")
+    if env is not None:
+        return Path(env) if env else Path("/nonexistent-sammerge-lite0-zoo")
+    return Path(__file__).resolve().parent.parent / "assets" / "lite0_zoo"
+
+
+def lite0_shipped() -> bool:
+    return (shipped_lite0_dir() / "zoo.json").is_file()
+
+
+def ensure_lite0_zoo(root: str | os.PathLike | None = None):
+    """The shipped Lite0 zoo, installed into the zoo cache (``root``, default the app's) on first use and opened from
+    there — analyses write into the copy, never the package; installed again when the shipped files change.
+    ZooError or CheckpointError when the shipped zoo is missing or damaged."""
+    from sammerge.training.build import default_zoo_dir
+    from sammerge.zoo import open_zoo
+
+    if not lite0_shipped():
+        raise ZooError(f"{shipped_lite0_dir()}: no EfficientNet-Lite0 zoo is shipped with this installation")
+    source = open_zoo(shipped_lite0_dir())
+    target = Path(root or default_zoo_dir()) / source.manifest.name
+    if (target / "zoo.json").is_file():
+        try:
+            installed = open_zoo(target)
+            if installed.checkpoint_hashes() == source.checkpoint_hashes():
+                return installed
+        except (ZooError, CheckpointError):
+            pass  # damaged or older: install again
+    return copy_verified(source.path, target)
+
+
+def warm_caches(zoo) -> None:
+    """Compute what the pages show by default, into ``ZOO/analysis`` (the pages read it without a click): the
+    analysis (``sammerge analyze`` defaults), each variant's 1-D curve, task plane and random plane, the paper table,
+    the explorer's default λ sweeps and the regime diagnostics (scripts/ship_*_zoo.py)."""
+    from sammerge.analytics import report as an
+    from sammerge.explorer.service import Explorer
+
+    if an.load_analysis(zoo) is None:
+        print("analysis (sammerge analyze defaults) …", flush=True)
+        an.analyze_zoo(zoo)
+    t = zoo.tasks
+    for v in zoo.variants:
+        print(f"landscapes ({v}) …", flush=True)
+        an.interpolation_for(zoo, t[0], v)
+        an.task_plane_for(zoo, t[0], t[1], v, n=11)
+        an.random_plane_for(zoo, t[0], v, n=11)
+    ex = Explorer(zoo)
+    print("paper table …", flush=True)
+    ex.paper_table()
+    print("default λ sweeps …", flush=True)
+    ex.sweeps(ex.default_spec())  # kept in ZOO/analysis/sweeps
+    print("regime diagnostics …", flush=True)
+    from sammerge.analytics.diagnostics import diagnose_zoo
+    diagnose_zoo(zoo)

@@ -8,6 +8,11 @@ Layout of a zoo directory::
     finetuned/{task}__{variant}.safetensors    θ_t for each task and fine-tuning variant
     data/{task}.safetensors                    imported zoos only: "{split}/images" uint8 [N, C, S, S]
                                                (resized, centre-cropped) and "{split}/labels" int64 [N]
+    prefix.safetensors                         optional: a frozen encoder prefix (EfficientNet-Lite0 tail zoos);
+                                               the encoder's inputs are its outputs on the images
+
+A checkpoint is stored either as θ_t (``stored: weights``) or as its task vector τ_t = θ_t − θ0 (``stored:
+task_vector``, e.g. float16 to ship small: τ_t is read back in float32 and θ_t = θ0 + τ_t).
 
 Zoos built here (``sammerge zoo build``) have a training ``recipe`` and read the glyph benchmark; imported
 zoos (``sammerge zoo import``, format_version 2) have ``source`` and ``images`` instead and a timm encoder.
@@ -19,19 +24,21 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sammerge.errors import CheckpointError, ZooError, invalid_fields
 from sammerge.io import load_state_dict, sha256_file
-from sammerge.merging.task_vector import task_vector
+from sammerge.merging.task_vector import apply_task_vector, task_vector
 from sammerge.models.model import (AnyEncoderConfig, Head, create_encoder, heads_from_state_dict,
                                      without_fused_attention)
 from sammerge.models.presets import VariantSpec, ZooRecipe
 
 FORMAT_VERSION = 1
 IMPORTED_FORMAT_VERSION = 2  # zoos written by `sammerge zoo import`
+TASK_VECTOR_FORMAT_VERSION = 3  # zoos with stored task vectors or a frozen prefix (sammerge.training.lite0_zoo)
 MANIFEST_NAME = "zoo.json"
 
 
@@ -84,6 +91,7 @@ class ImageData(BaseModel):
 
 class CheckpointRecord(FileRecord):
     task: str
+    stored: Literal["weights", "task_vector"] = "weights"  # the file holds θ_t, or τ_t = θ_t − θ0
     variant: str
     method: dict  # optimizer, lr, steps, sam, rho, adaptive, ...
     accuracy: SplitScores
@@ -112,6 +120,7 @@ class ZooManifest(BaseModel):
     heads: FileRecord
     pretrained_source: SourceRecord | None = None
     images: ImageData | None = None  # imported zoos: their own evaluation images
+    prefix: FileRecord | None = None  # frozen encoder prefix (arch lite0_tail): images ↦ the encoder's inputs
     source: dict | None = None  # imported zoos: format, spec file and its sha256, options
     pretrain_accuracy: float | None = None  # pretraining classes, val split
     checkpoints: list[CheckpointRecord]
@@ -129,7 +138,8 @@ class ZooManifest(BaseModel):
 
     @property
     def imported(self) -> bool:
-        return self.source is not None
+        """Converted from a user's files by ``sammerge zoo import`` (its files record where they came from)."""
+        return self.pretrained_source is not None or any(r.source is not None for r in self.checkpoints)
 
     @property
     def linearized(self) -> bool:
@@ -140,6 +150,8 @@ class ZooManifest(BaseModel):
         """One line: preset and seed (built here) or the import format and model (imported)."""
         if self.recipe is not None:
             return f"preset {self.recipe.preset}, seed {self.seed}"
+        if self.source.get("summary"):
+            return self.source["summary"]
         return f"imported from {self.source.get('format', '?')} ({self.source.get('model', '?')})"
 
 
@@ -211,12 +223,26 @@ class Zoo:
         return self._load(self.manifest.pretrained)
 
     def finetuned(self, task: str, variant: str) -> dict[str, torch.Tensor]:
-        """θ_t for a task and a fine-tuning variant."""
-        return self._load(self.manifest.checkpoint(task, variant))
+        """θ_t for a task and a fine-tuning variant (θ0 + τ_t, cached, where the zoo stores τ_t)."""
+        record = self.manifest.checkpoint(task, variant)
+        if record.stored == "weights":
+            return self._load(record)
+        cache = self.__dict__.setdefault("_finetuned", {})
+        if record.file not in cache:
+            cache[record.file] = apply_task_vector(self.pretrained(), self.task_vector(task, variant))
+        return cache[record.file]
 
     def task_vector(self, task: str, variant: str) -> dict[str, torch.Tensor]:
-        """τ_t = θ_t − θ0."""
-        return task_vector(self.finetuned(task, variant), self.pretrained(), check_finite=False)
+        """τ_t = θ_t − θ0 over θ0's floating keys (where the zoo stores τ_t: as stored, in float32)."""
+        record = self.manifest.checkpoint(task, variant)
+        if record.stored == "weights":
+            return task_vector(self.finetuned(task, variant), self.pretrained(), check_finite=False)
+        stored, theta0 = self._load(record), self.pretrained()
+        floating = [k for k, v in theta0.items() if v.is_floating_point()]
+        if sorted(stored) != sorted(floating) or any(stored[k].shape != theta0[k].shape for k in floating):
+            raise CheckpointError(f"{self.path / record.file}: a task vector whose keys or shapes differ from "
+                                  f"{self.manifest.pretrained.file}")
+        return {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
 
     @cached_property
     def heads(self) -> dict[str, Head]:
@@ -256,8 +282,26 @@ class Zoo:
             state = self._load(images.files[task])
             u8, labels = state[f"{split}/images"], state[f"{split}/labels"]
             x = normalize_uint8(u8, images.mean, images.std)
+            if self.manifest.prefix is not None:  # the encoder reads the frozen prefix's output: computed once
+                from sammerge.models.lite0_tail import prefix_activations
+                x = prefix_activations(self.input_prefix(), x)
             cache[(task, split)] = Split(x, labels.to(torch.int64), torch.zeros(len(labels), dtype=torch.int64))
         return cache[(task, split)]
+
+    def input_prefix(self) -> torch.nn.Module:
+        """The frozen prefix whose outputs are the encoder's inputs (zoos with ``prefix``), eval mode."""
+        from sammerge.models.lite0_tail import create_lite0_prefix
+        from sammerge.models.model import Lite0TailConfig
+        if self.manifest.prefix is None or not isinstance(self.encoder_config, Lite0TailConfig):
+            raise ZooError(f"zoo '{self.path}': no frozen prefix (only EfficientNet-Lite0 tail zoos have one)")
+        module = create_lite0_prefix(self.encoder_config)
+        try:
+            module.load_state_dict(self._load(self.manifest.prefix))
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.path / self.manifest.prefix.file}: not the prefix of "
+                                  f"EfficientNet-Lite0 before stage {self.encoder_config.start} "
+                                  f"({str(exc).splitlines()[0]})") from None
+        return module
 
     def original_files(self) -> dict[str, Path]:
         """sha256 of a user's original checkpoint file → the zoo's converted file (imported zoos)."""
@@ -271,6 +315,8 @@ class Zoo:
     def checkpoint_hashes(self) -> dict[str, str]:
         """file → sha256 for every file of the zoo (keys analytics caches)."""
         records = [self.manifest.pretrained, self.manifest.heads, *self.manifest.checkpoints]
+        if self.manifest.prefix is not None:
+            records.append(self.manifest.prefix)
         if self.manifest.images is not None:
             records += list(self.manifest.images.files.values())
         return {r.file: r.sha256 for r in records}

@@ -18,36 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sammerge.analytics import report as an
 from sammerge.data import load_benchmark
 from sammerge.io import atomic_dir
-from sammerge.shipped import SHIPPED_PRESET, shipped_zoo_dir
+from sammerge.shipped import SHIPPED_PRESET, shipped_zoo_dir, warm_caches
 from sammerge.training.build import build_zoo
 from sammerge.models.presets import get_preset
 from sammerge.zoo import data_sha256, open_zoo
-
-
-def warm_caches(zoo) -> None:
-    """Compute what the pages show by default, into ``ZOO/analysis`` (the pages read it without a click)."""
-    from sammerge.explorer.service import Explorer
-
-    if an.load_analysis(zoo) is None:
-        print("analysis (sammerge analyze defaults) …", flush=True)
-        an.analyze_zoo(zoo)
-    t = zoo.tasks
-    for v in zoo.variants:
-        print(f"landscapes ({v}) …", flush=True)
-        an.interpolation_for(zoo, t[0], v)
-        an.task_plane_for(zoo, t[0], t[1], v, n=11)
-        an.random_plane_for(zoo, t[0], v, n=11)
-    ex = Explorer(zoo)
-    print("paper table …", flush=True)
-    ex.paper_table()
-    print("default λ sweeps …", flush=True)
-    ex.sweeps(ex.default_spec())  # kept in ZOO/analysis/sweeps
-    print("regime diagnostics …", flush=True)
-    from sammerge.analytics.diagnostics import diagnose_zoo
-    diagnose_zoo(zoo)
 
 
 def check(shipped: Path) -> int:

@@ -9,8 +9,8 @@ import torch
 from sammerge.errors import ConfigError
 from sammerge.models.model import Head
 from sammerge.analytics.perturbation import average_sharpness, m_sharpness
-from sammerge.analytics.sharpness import (HessianOperator, batch_loss_fns, hessian_trace, hvp, task_loss_fn,
-                                          top_eigenvalues)
+from sammerge.analytics.sharpness import (HessianOperator, batch_loss_fns, hessian_trace, hvp, parameter_keys,
+                                          task_loss_fn, top_eigenvalues)
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +158,35 @@ def test_hvp_on_small_convnet():
     H = (H + H.T) / 2
     assert res.eigenvalues[0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=0.02)
     assert len(batch_loss_fns(net, head, x, y, m=4)) == 4
+
+
+def test_batchnorm_network_curvature_is_over_its_parameters():
+    """A BN network's state dict holds float buffers (running statistics) the loss cannot be differentiated by: the
+    Hessian is over the parameters (checked against a dense Hessian by torch.autograd.functional over them alone)."""
+    from sammerge.analytics.report import checkpoint_sharpness
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    head = Head(torch.randn(3, 3), torch.zeros(3))
+    x, y = torch.randn(16, 1, 5, 5), torch.randint(0, 3, (16,))
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    keys = parameter_keys(net)
+    assert keys == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    f = task_loss_fn(net, head, x, y)
+    res = top_eigenvalues(f, params, k=1, iters=80, tol=1e-6, keys=keys)
+    flat = torch.cat([params[k].reshape(-1) for k in keys]).double()
+    sizes = [params[k].numel() for k in keys]
+
+    def loss_of(vector):
+        parts = dict(zip(keys, [p.reshape(params[k].shape).float() for p, k in zip(vector.split(sizes), keys)]))
+        return f({**params, **parts})
+    dense = torch.autograd.functional.hessian(loss_of, flat)
+    assert res.eigenvalues[0] == pytest.approx(float(torch.linalg.eigvalsh((dense + dense.T) / 2)[-1]), rel=0.02)
+    row = checkpoint_sharpness(net, head, x, y, params, {"eig_iters": 20, "trace_samples": 2, "avg_samples": 2})
+    assert row["n_params"] == sum(sizes) and np.isfinite(row["top_eigenvalue"]) and np.isfinite(row["avg_sharpness"])
 
 
 def test_m_sharpness_at_minimum_matches_closed_form():

@@ -85,19 +85,21 @@ def checkpoint_sharpness(encoder, head, images, labels, params, settings: Mappin
     """Top Hessian eigenvalue, Hutchinson trace, m-sharpness (plain + adaptive) and average sharpness
     of ``params`` on one fixed batch, with the knobs of ``settings`` (see :func:`default_settings`)."""
     from sammerge.analytics.perturbation import average_sharpness, m_sharpness
-    from sammerge.analytics.sharpness import batch_loss_fns, hessian_trace, num_params, task_loss_fn, top_eigenvalues
+    from sammerge.analytics.sharpness import (batch_loss_fns, hessian_trace, num_params, parameter_keys, task_loss_fn,
+                                              top_eigenvalues)
 
     s = {**default_settings(), **settings}
     f = task_loss_fn(encoder, head, images, labels)
+    keys = parameter_keys(encoder)
     t0 = time.perf_counter()
     eig = top_eigenvalues(f, params, k=1, iters=s["eig_iters"], tol=s["eig_tol"], seed=s["eig_seed"],
-                          method=s["eig_method"])
+                          method=s["eig_method"], keys=keys)
     t_eig = time.perf_counter() - t0
-    tr = hessian_trace(f, params, n_samples=s["trace_samples"], seed=s["trace_seed"])
+    tr = hessian_trace(f, params, n_samples=s["trace_samples"], seed=s["trace_seed"], keys=keys)
     fns = batch_loss_fns(encoder, head, images, labels, min(s["m"], len(labels)))
-    ms = m_sharpness(fns, params, rho=s["rho"], steps=s["m_steps"], seed=s["m_seed"])
-    ms_a = m_sharpness(fns, params, rho=s["rho_adaptive"], adaptive=True, steps=s["m_steps"], seed=s["m_seed"])
-    avg = average_sharpness(f, params, sigma=s["avg_sigma"], n_samples=s["avg_samples"], seed=s["avg_seed"])
+    ms = m_sharpness(fns, params, rho=s["rho"], steps=s["m_steps"], seed=s["m_seed"], keys=keys)
+    ms_a = m_sharpness(fns, params, rho=s["rho_adaptive"], adaptive=True, steps=s["m_steps"], seed=s["m_seed"], keys=keys)
+    avg = average_sharpness(f, params, sigma=s["avg_sigma"], n_samples=s["avg_samples"], seed=s["avg_seed"], keys=keys)
     with torch.no_grad():
         logits = head(torch.func.functional_call(encoder, dict(params), (images,)))
     return {
@@ -109,7 +111,7 @@ def checkpoint_sharpness(encoder, head, images, labels, params, settings: Mappin
         "avg_sharpness": avg.mean, "avg_sharpness_se": avg.se,
         "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
         "accuracy": float((logits.argmax(1) == labels).float().mean()),
-        "n_params": num_params(params), "n_images": int(len(labels)),
+        "n_params": num_params(params, keys), "n_images": int(len(labels)),
     }
 
 

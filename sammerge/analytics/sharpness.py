@@ -83,6 +83,13 @@ def fixed_batch(zoo, task: str, n: int = 256, seed: int = 0, split: str = "val")
 
 
 # -- helpers over parameter dicts ------------------------------------------------------------------
+def parameter_keys(encoder: nn.Module) -> list[str]:
+    """The keys of the encoder's parameters, its buffers left out: the Hessian and the perturbations of sharpness are
+    over what fine-tuning moves. (A batch norm's running statistics are float buffers: the loss has no derivative
+    with respect to them, and a random perturbation could make a variance negative.)"""
+    return [name for name, _ in encoder.named_parameters()]
+
+
 def _float_keys(params: Params, keys: Sequence[str] | None = None) -> list[str]:
     if keys is not None:
         missing = [k for k in keys if k not in params]

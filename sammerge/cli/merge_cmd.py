@@ -20,7 +20,7 @@ from sammerge.errors import CheckpointError
 from sammerge.io import atomic_dir, save_state_dict
 from sammerge.merging import MERGE_METHODS, load_any_config, resolve_and_merge, to_mergekit_yaml
 from sammerge.cli._progress import delayed_progress_bar
-from sammerge.merging.mergekit import no_equivalent_message
+from sammerge.merging.mergekit import mergekit_unavailable
 from sammerge.progress import reporting
 
 
@@ -37,7 +37,8 @@ def run_merge(args: argparse.Namespace) -> int:
         # a bar on stderr once a merge takes 2 s (TSV-M, WUDI, RegMean's statistics, ...)
         merged, resolved = resolve_and_merge(config, zoo=zoo,
                                              originals=zoo.original_files() if zoo is not None else None)
-    mergekit_text = to_mergekit_yaml(resolved) if resolved.spec.mergekit else None
+    mergekit_problem = mergekit_unavailable(resolved)
+    mergekit_text = to_mergekit_yaml(resolved) if mergekit_problem is None else None
     meta = {"sammerge_method": resolved.method, "sammerge_version": resolved.library_version}
     routed = not resolved.spec.is_static  # one model per task (EMR): model-<task>.safetensors each
     files = ({f"model-{t.task}.safetensors": m for t, m in zip(resolved.tasks, merged)} if routed
@@ -56,8 +57,8 @@ def run_merge(args: argparse.Namespace) -> int:
     else:
         print(f"merged {len(resolved.tasks)} model(s) with {resolved.method} "
               f"({len(first)} tensors, {n} values) -> {out_dir}")
-    if mergekit_text is None:
-        print(f"note: {no_equivalent_message(resolved.method)}")
+    if mergekit_problem is not None:
+        print(f"note: {mergekit_problem}")
     return 0
 
 

@@ -33,7 +33,7 @@ from sammerge.evaluation.evaluator import Evaluator
 from sammerge.evaluation.linear_preview import LinearPreview
 from sammerge.evaluation.subset import EXPLORER_SUBSET, EvalSubset
 from sammerge.cache import analysis_dir
-from sammerge.io import load_state_dict, save_state_dict
+from sammerge.io import load_state_dict, read_metadata, save_state_dict
 from sammerge.merging.spec import task_id
 from sammerge.progress import Progress
 
@@ -72,14 +72,11 @@ def preview_path(zoo, subset: EvalSubset) -> Path:
 def load_preview(zoo, subset: EvalSubset) -> PreviewTensors | None:
     """The stored preview if it exists, parses, was written for this zoo and subset (its key) and holds every
     checkpoint's J τ with matching shapes; else None (the caller recomputes)."""
-    from safetensors import safe_open
-
     path = preview_path(zoo, subset)
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("sammerge", "{}"))  # io.save_state_dict's one entry
+        meta = read_metadata(path)
         tensors = load_state_dict(path)
     except (CheckpointError, OSError, ValueError, RuntimeError):
         return None  # unreadable, truncated or not finite: recompute

@@ -11,7 +11,7 @@ from sammerge.errors import CheckpointError, MergeError
 from sammerge.io import content_sha256, load_state_dict, sha256_file
 from sammerge.merging.spec import MergeSpec, library_version, now
 from sammerge.merging.statistics import spec_statistics
-from sammerge.merging.task_vector import StateDict, check_compatible, task_vector
+from sammerge.merging.task_vector import StateDict, check_compatible, check_task_vectors, task_vector
 
 __all__ = ["resolve_and_merge", "merge_zoo"]
 
@@ -90,8 +90,15 @@ def resolve_and_merge(config: MergeSpec, root_dir: str | os.PathLike | None = No
         sd, sha = _load_checked(p, expected)
         finetuned.append(sd)
         shas.append(sha)
-    check_compatible([base, *finetuned], [str(base_path), *map(str, paths)])
-    tvs = [task_vector(ft, base, check_finite=False) for ft in finetuned]
+    stored_tv = [t.stored == "task_vector" for t in config.tasks]
+    check_compatible([base, *[ft for ft, is_tv in zip(finetuned, stored_tv) if not is_tv]],
+                     [str(base_path), *[str(p) for p, is_tv in zip(paths, stored_tv) if not is_tv]])
+    # a zoo that ships small stores τ_t itself (e.g. float16): used as stored, in float32
+    tvs = [{k: v.float() for k, v in ft.items()} if is_tv else task_vector(ft, base, check_finite=False)
+           for ft, is_tv in zip(finetuned, stored_tv)]
+    for tv, p, is_tv in zip(tvs, paths, stored_tv):
+        if is_tv:
+            check_task_vectors(base, [tv], [f"{p} (a task vector)"], check_finite=False)
     if method.needs_data:
         _check_zoo_models(zoo, config, shas)
     merged = method(base, tvs, task_ids=config.task_ids, validate=False, **kwargs,

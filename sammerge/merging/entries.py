@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -55,6 +55,7 @@ class TaskEntry(BaseModel):
     params: dict[str, float] | None = None  # this task's value of the method's other per-task parameters, by name
     checkpoint: str = Field(min_length=1)
     sha256: str | None = None
+    stored: Literal["task_vector"] | None = None  # the file holds τ = θ_t − θ0 (a zoo that ships small), not θ_t
 
     @field_validator("layer_weights")
     @classmethod
@@ -126,6 +127,8 @@ def zoo_entries(zoo, names, chosen: Mapping[str, str], weights=None, densities=N
         record = m.checkpoint(t, v)
         entry: dict[str, Any] = {"task": t, "variant": v, "checkpoint": str((zoo.path / record.file).absolute()),
                                  "sha256": record.sha256}
+        if record.stored == "task_vector":
+            entry["stored"] = "task_vector"
         if weights and t in weights:
             entry["weight"] = float(weights[t])
         if densities and densities.get(t) is not None:

@@ -53,14 +53,23 @@ def _params_by_mergekit_name(method) -> tuple[dict[str, Any], dict[str, Any]]:
     return per, glob
 
 
-def has_mergekit_equivalent(method: str) -> bool:
-    return get_method(method).mergekit is not None
-
-
 def no_equivalent_message(method: str) -> str:
     m = get_method(method)
     return (f"merge method '{m.name}' ({m.label}) has no mergekit equivalent: mergekit cannot reproduce it, so no "
             "mergekit YAML is written; keep the sammerge config (JSON/YAML) or the merged safetensors instead")
+
+
+def mergekit_unavailable(config: MergeSpec) -> str | None:
+    """Why no mergekit YAML can be written for ``config`` (None: it can): a method without an equivalent, or
+    checkpoints stored as task vectors (mergekit reads full models)."""
+    if get_method(config.method).mergekit is None:
+        return no_equivalent_message(config.method)
+    stored = [f"{t.task}/{t.variant}" for t in config.tasks if t.stored == "task_vector"]
+    if stored:
+        return (f"the checkpoints of {', '.join(stored)} are stored as task vectors τ = θ_t − θ0 (a zoo that ships "
+                "small), and mergekit reads full models: no mergekit YAML is written; keep the sammerge config "
+                "(JSON/YAML) or the merged safetensors instead")
+    return None
 
 
 def to_mergekit_yaml(config: MergeSpec, root_dir: str | os.PathLike | None = None) -> str:
@@ -69,12 +78,13 @@ def to_mergekit_yaml(config: MergeSpec, root_dir: str | os.PathLike | None = Non
     Everything method-specific comes from the method's :class:`~sammerge.merging.registry.Mergekit` declaration:
     its name, which parameters go under each model and which at the top, fixed values, the base model, notes.
     Paths are written absolute. Comments at the top state provenance and where the semantics differ.
-    A method without a mergekit equivalent → ConfigError saying so.
+    A method without a mergekit equivalent, or checkpoints stored as task vectors → ConfigError saying so.
     """
     method = config.spec
     mk = method.mergekit
-    if mk is None:
-        raise ConfigError(no_equivalent_message(config.method))
+    problem = mergekit_unavailable(config)
+    if problem:
+        raise ConfigError(problem)
     kw = config.method_kwargs
     per, glob = _params_by_mergekit_name(method)
     base = str(config.resolve_path(config.base_model, root_dir))

@@ -239,7 +239,8 @@ class MergeSpec(BaseModel):
             update: dict[str, Any] = {"variant": v}
             if zoo is not None and v != t.variant:
                 record = zoo.manifest.checkpoint(t.task, v)
-                update.update(checkpoint=str((zoo.path / record.file).absolute()), sha256=record.sha256)
+                update.update(checkpoint=str((zoo.path / record.file).absolute()), sha256=record.sha256,
+                              stored="task_vector" if record.stored == "task_vector" else None)
             tasks.append(t.model_copy(update=update))
         return self.evolve(tasks=tasks)
 
@@ -328,7 +329,7 @@ class MergeSpec(BaseModel):
         if data.get("learned") is None:
             data.pop("learned", None)
         for t in data["tasks"]:
-            for optional in ("layer_weights", "params"):
+            for optional in ("layer_weights", "params", "stored"):
                 if t.get(optional) is None:
                     t.pop(optional, None)
         return data

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from sammerge.errors import ConfigError
+from sammerge.models import lite0 as _lite0
 
 
 class EncoderConfig(BaseModel):
@@ -69,7 +70,27 @@ class TimmEncoderConfig(BaseModel):
     in_chans: int = 3
 
 
-AnyEncoderConfig = EncoderConfig | TimmEncoderConfig
+class Lite0TailConfig(BaseModel):
+    """A zoo encoder that is stages ``start``… of BN-folded EfficientNet-Lite0 on ``image_size`` px images; its
+    inputs are the activations of the stem and stages < ``start`` (shape ``input_shape`` per image)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["lite0_tail"] = "lite0_tail"
+    start: int = Field(3, ge=1, le=len(_lite0.STAGES) - 1)
+    image_size: int = Field(32, ge=8)
+    embed_dim: int = _lite0.EMBED_DIM
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the prefix's output: TF "same" convs give ⌈n / stride⌉ per stride."""
+        size = -(-self.image_size // 2)  # the stem's stride
+        for _, _, _, stride, _, _ in _lite0.STAGES[:self.start]:
+            size = -(-size // stride)
+        return _lite0.STAGES[self.start - 1][5], size, size
+
+
+AnyEncoderConfig = EncoderConfig | TimmEncoderConfig | Lite0TailConfig
 
 
 def create_timm_encoder(cfg: TimmEncoderConfig) -> nn.Module:
@@ -96,7 +117,8 @@ def without_fused_attention(encoder: nn.Module) -> nn.Module:
 
 
 def create_encoder(cfg: AnyEncoderConfig | None = None) -> nn.Module:
-    """The encoder of a zoo: :func:`create_timm_encoder` for ``arch: timm``, else the ResNet-GN below.
+    """The encoder of a zoo: :func:`create_timm_encoder` for ``arch: timm``, EfficientNet-Lite0's tail for
+    ``arch: lite0_tail`` (:mod:`sammerge.models.lite0_tail`), else the ResNet-GN below.
 
     timm ResNet (BasicBlock) with GroupNorm, a 3×3 stem, no max-pool, no classifier: x ↦ features [N, D]."""
     from functools import partial
@@ -106,6 +128,9 @@ def create_encoder(cfg: AnyEncoderConfig | None = None) -> nn.Module:
     cfg = cfg or EncoderConfig()
     if isinstance(cfg, TimmEncoderConfig):
         return create_timm_encoder(cfg)
+    if isinstance(cfg, Lite0TailConfig):
+        from sammerge.models.lite0_tail import create_lite0_tail
+        return create_lite0_tail(cfg)
     if len(cfg.layers) != len(cfg.channels):
         raise ConfigError(f"encoder config: {len(cfg.layers)} layers but {len(cfg.channels)} channel widths")
     if cfg.stem_width % 2:

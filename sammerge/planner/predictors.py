@@ -70,7 +70,7 @@ def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int = 10
 
 def lambda_max(zoo, task: str, variant: str) -> float:
     """Top Hessian eigenvalue of the fine-tuned model's loss (settings ``LAMBDA_MAX``), cached with the zoo."""
-    from sammerge.analytics.sharpness import fixed_batch, task_loss_fn, top_eigenvalues
+    from sammerge.analytics.sharpness import fixed_batch, parameter_keys, task_loss_fn, top_eigenvalues
 
     def compute() -> dict:
         encoder = zoo.create_encoder()
@@ -79,7 +79,7 @@ def lambda_max(zoo, task: str, variant: str) -> float:
         b = fixed_batch(zoo, task, LAMBDA_MAX["n_images"], LAMBDA_MAX["seed"], LAMBDA_MAX["split"])
         eig = top_eigenvalues(task_loss_fn(encoder, zoo.heads[task], b.images, b.labels), zoo.finetuned(task, variant),
                               k=1, iters=LAMBDA_MAX["iters"], tol=LAMBDA_MAX["tol"], seed=LAMBDA_MAX["seed"],
-                              method=LAMBDA_MAX["method"])
+                              method=LAMBDA_MAX["method"], keys=parameter_keys(encoder))
         return {"lambda_max": eig.eigenvalues[0]}
 
     return cached(zoo, "planner_lambda_max", {"task": task, "variant": variant, **LAMBDA_MAX}, compute)["lambda_max"]

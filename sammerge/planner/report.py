@@ -7,7 +7,7 @@ import json
 from typing import Mapping, Sequence
 
 from sammerge.merging import MergeSpec, to_mergekit_yaml
-from sammerge.merging.mergekit import has_mergekit_equivalent, no_equivalent_message
+from sammerge.merging.mergekit import mergekit_unavailable
 from sammerge.planner.compat import GroupResult
 from sammerge.planner.cost import serving_cost, training_cost
 from sammerge.planner.figures import matrix_svg, scatter_svg
@@ -162,8 +162,8 @@ def plan_html(zoo, data: Mapping, results: Mapping[str, Mapping[tuple, GroupResu
     for v, d in data["variants"].items():
         for s in d["plan"]["stages"]:
             spec = MergeSpec.from_dict(s["spec"])
-            mk = (to_mergekit_yaml(spec) if has_mergekit_equivalent(spec.method)
-                  else f"# {no_equivalent_message(spec.method)}")
+            problem = mergekit_unavailable(spec)
+            mk = to_mergekit_yaml(spec) if problem is None else f"# {problem}"
             sec.append(f"<h3>{esc(v)}: {esc(' + '.join(s['tasks']))}</h3><p>sammerge YAML</p><pre>{esc(spec.to_yaml())}"
                        f"</pre><p>mergekit YAML</p><pre>{esc(mk)}</pre>")
     sec.append('<h2 id="reproduce">Settings and hashes</h2><pre>'

@@ -15,7 +15,7 @@ from sammerge.explorer.figures import bar_figure, radar_figure, sam_vs_plain_sen
 from sammerge.explorer.service import method_choices
 from sammerge.explorer.style import describe, variant_label
 from sammerge.merging import LAMBDA, WEIGHTS, MergeSpec, get_method, to_mergekit_yaml
-from sammerge.merging.mergekit import no_equivalent_message
+from sammerge.merging.mergekit import mergekit_unavailable
 from sammerge.progress import reporting
 from sammerge.webapp import ui
 from sammerge.webapp.reruns import give_way
@@ -284,12 +284,14 @@ class ExplorerPanels:
                                      key=f"{W}dl_json", on_click="ignore", width="stretch")
                 c[1].download_button("Config (YAML)", at_click(lambda s: self.ex.export_spec(s, self.allow_estimate).to_yaml()), f"{name}.yaml", "application/x-yaml",
                                      key=f"{W}dl_yaml", on_click="ignore", width="stretch")
-                if state.spec.mergekit is not None:
+                mergekit_problem = mergekit_unavailable(state)
+                if mergekit_problem is None:
                     c[2].download_button("mergekit YAML", at_click(to_mergekit_yaml), f"{name}.mergekit.yaml",
                                          "application/x-yaml", key=f"{W}dl_mk", on_click="ignore", width="stretch")
                 else:
-                    c[2].button("mergekit YAML: no equivalent", key=f"{W}dl_mk", disabled=True, width="stretch",
-                                help=no_equivalent_message(state.method))
+                    c[2].button("mergekit YAML: " + ("no equivalent" if state.spec.mergekit is None else "not for task vectors"),
+                                key=f"{W}dl_mk", disabled=True, width="stretch",
+                                help=mergekit_problem)
                 c = st.columns(3)
                 c[0].download_button("Merged weights (.safetensors)", at_click(lambda s: weights_bytes(self.ex.merge(s), s)), f"{name}.safetensors",
                                      "application/octet-stream", key=f"{W}dl_st", on_click="ignore",

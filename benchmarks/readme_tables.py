@@ -422,6 +422,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "soak.json": soak, "soak_startup.json": soak_startup, "soak_gc.json": soak,
           "soak_eager_export.json": soak,
           "paper_table_lite0.md": paper_table, "paper_table_lite0.md#gap": paper_gap,
+          "browser_latency_lite0.json": browser_latency,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds}
 

@@ -15,7 +15,9 @@ A checkpoint is stored either as θ_t (``stored: weights``) or as its task vecto
 task_vector``, e.g. float16 to ship small: τ_t is read back in float32 and θ_t = θ0 + τ_t).
 
 Zoos built here (``sammerge zoo build``) have a training ``recipe`` and read the glyph benchmark; imported
-zoos (``sammerge zoo import``, format_version 2) have ``source`` and ``images`` instead and a timm encoder.
+zoos (``sammerge zoo import``, format_version 2) have ``source`` and ``images`` instead and a timm encoder; the
+EfficientNet-Lite0 zoo (``sammerge.training.lite0_zoo``, format_version 3) has ``source`` (its build recipe), ``images``,
+a ``prefix`` and float16 task vectors.
 """
 from __future__ import annotations
 
@@ -270,7 +272,8 @@ class Zoo:
         return self.benchmark.tasks[task].splits[split]
 
     def _imported_split(self, task: str, split: str):
-        """An imported task's split: x = (uint8 / 255 − mean) / std, per channel (cached)."""
+        """A stored task's split: x = (uint8 / 255 − mean) / std, per channel, then the frozen prefix where the zoo
+        has one (cached)."""
         from sammerge.data import Split
 
         images = self.manifest.images

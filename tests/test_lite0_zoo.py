@@ -145,6 +145,7 @@ def test_evaluator_runs_merged_weights_in_the_tails_layout():
     assert evaluator.channels_last and all(k.endswith("weight") for k in evaluator.channels_last)
     assert any(params[k].stride() != params[k].to(memory_format=torch.channels_last).stride()
                for k in evaluator.channels_last)  # the layouts differ where it matters
+    assert Evaluator(create_encoder(cfg), {"t": head}, {"t": (x, y)}, compile=True).compiled is None  # stays eager
     result = evaluator.evaluate(params)["t"]
     with torch.no_grad():
         logits = head(tail.eval()(x))

@@ -108,7 +108,9 @@ class Evaluator:
         self.channels_last = {name for name, t in self.encoder.state_dict().items()
                               if t.dim() == 4 and t.stride() != torch.empty(t.shape, device="meta").stride()}
         self.compiled = None
-        if compile and self.linearize_at is None and self.autocast_dtype is None:
+        # a channels-last encoder stays eager: the compiled forward (exported with standard-layout weights) made the
+        # Lite0 zoo's browser moves 5× slower (median 826 vs 163 ms, benchmarks/browser_latency.py)
+        if compile and self.linearize_at is None and self.autocast_dtype is None and not self.channels_last:
             chunk = min(self.chunk_size, len(self.images)) if self.device.type == "cpu" else len(self.images)
             self.compiled = CompiledForward(self.encoder, chunk, workers=workers if self.device.type == "cpu" else 1,
                                             warm_up=compile_warm_up)

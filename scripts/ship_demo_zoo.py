@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 
 from sammerge.data import load_benchmark
-from sammerge.io import atomic_dir
-from sammerge.shipped import SHIPPED_PRESET, shipped_zoo_dir, warm_caches
+from sammerge.shipped import SHIPPED_PRESET, copy_verified, shipped_zoo_dir, warm_caches
 from sammerge.training.build import build_zoo
 from sammerge.models.presets import get_preset
 from sammerge.zoo import data_sha256, open_zoo
@@ -79,10 +78,7 @@ def main() -> int:
         if args.seed_study is not None:
             from sammerge.analytics.seed_study import attach_study
             print(f"seed study: {attach_study(zoo, json.loads(args.seed_study.read_text()))}", flush=True)
-        with atomic_dir(args.out, overwrite=True) as out:
-            shutil.copytree(work, out, dirs_exist_ok=True, copy_function=shutil.copyfile)
-            for path in out.rglob("*"):
-                path.chmod(0o755 if path.is_dir() else 0o644)
+        copy_verified(work, args.out)  # atomically, every file hash-checked in the copy
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"shipped {args.out} ({size / 1e6:.1f} MB)")
     return 0

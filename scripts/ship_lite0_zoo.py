@@ -18,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sammerge.io import atomic_dir
-from sammerge.shipped import shipped_lite0_dir, warm_caches
+from sammerge.shipped import copy_verified, shipped_lite0_dir, warm_caches
 from sammerge.training.lite0_zoo import Lite0Build, Lite0ZooRecipe
 from sammerge.zoo import open_zoo
 
@@ -47,10 +46,7 @@ def main() -> int:
             start = time.perf_counter()
             warm_caches(zoo)
             print(f"caches warmed in {time.perf_counter() - start:.0f} s", flush=True)
-        with atomic_dir(args.out, overwrite=True) as out:
-            shutil.copytree(zoo.path, out, dirs_exist_ok=True, copy_function=shutil.copyfile)
-            for path in out.rglob("*"):
-                path.chmod(0o755 if path.is_dir() else 0o644)
+        copy_verified(zoo.path, args.out)  # atomically, every file hash-checked in the copy
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"shipped {args.out} ({size / 1e6:.1f} MB)")
     return 0

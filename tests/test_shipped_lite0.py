@@ -72,3 +72,12 @@ def test_app_opens_the_lite0_zoo(monkeypatch, tmp_path, page):
         assert [m.label for m in at.metric][:2] == ["Mean accuracy", "Normalized accuracy"]
     else:
         assert any("EfficientNet-Lite0" in c.value for c in at.caption)
+
+
+def test_cli_prints_the_installed_copy(monkeypatch, tmp_path, capsys):
+    from sammerge.cli import main
+
+    monkeypatch.setenv("SAMMERGE_HOME", str(tmp_path))
+    assert main(["zoo", "lite0"]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == tmp_path / "zoos" / open_zoo(shipped_lite0_dir()).manifest.name and (printed / "zoo.json").is_file()

@@ -1,4 +1,4 @@
-"""`sammerge zoo build|info|demo`."""
+"""`sammerge zoo build|info|demo|lite0`."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,8 @@ def register(subparsers) -> None:
 
     demo = zsub.add_parser("demo", help="print the demo zoo's directory (installs the shipped zoo on first use)")
     demo.set_defaults(func=_demo)
+    lite = zsub.add_parser("lite0", help="print the shipped EfficientNet-Lite0 zoo's directory (installed on first use)")
+    lite.set_defaults(func=_lite0)
 
     from sammerge.cli import import_cmd
     import_cmd.register(zsub)
@@ -120,6 +122,13 @@ def _demo(args: argparse.Namespace) -> int:
     from sammerge.training.build import ensure_zoo
 
     print(ensure_zoo("demo").path)
+    return 0
+
+
+def _lite0(args: argparse.Namespace) -> int:
+    from sammerge.shipped import ensure_lite0_zoo
+
+    print(ensure_lite0_zoo(verify=True).path)
     return 0
 
 

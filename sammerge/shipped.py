@@ -88,18 +88,17 @@ def lite0_shipped() -> bool:
     return (shipped_lite0_dir() / "zoo.json").is_file()
 
 
-def ensure_lite0_zoo(root: str | os.PathLike | None = None, verify: bool = False):
-    """The shipped Lite0 zoo, installed into the zoo cache (``root``, default the app's) on first use and opened from
-    there — analyses write into the copy, never the package; installed again when the shipped files change, or, with
-    ``verify``, when a file of the copy no longer matches its sha256. ZooError or CheckpointError when the shipped
-    zoo is missing or damaged."""
-    from sammerge.training.build import default_zoo_dir
+def ensure_lite0_zoo(root: str | os.PathLike, verify: bool = False):
+    """The shipped Lite0 zoo, installed into the zoo cache ``root`` (the app's: ``training.build.default_zoo_dir()``)
+    on first use and opened from there — analyses write into the copy, never the package; installed again when the
+    shipped files change, or, with ``verify``, when a file of the copy no longer matches its sha256. ZooError or
+    CheckpointError when the shipped zoo is missing or damaged."""
     from sammerge.zoo import open_zoo
 
     if not lite0_shipped():
         raise ZooError(f"{shipped_lite0_dir()}: no EfficientNet-Lite0 zoo is shipped with this installation")
     source = open_zoo(shipped_lite0_dir())
-    target = Path(root or default_zoo_dir()) / source.manifest.name
+    target = Path(root) / source.manifest.name
     if (target / "zoo.json").is_file():
         try:
             installed = open_zoo(target, verify=verify)
@@ -108,29 +107,3 @@ def ensure_lite0_zoo(root: str | os.PathLike | None = None, verify: bool = False
         except (ZooError, CheckpointError):
             pass  # damaged or older: install again
     return copy_verified(source.path, target)
-
-
-def warm_caches(zoo) -> None:
-    """Compute what the pages show by default, into ``ZOO/analysis`` (the pages read it without a click): the
-    analysis (``sammerge analyze`` defaults), each variant's 1-D curve, task plane and random plane, the paper table,
-    the explorer's default λ sweeps and the regime diagnostics (scripts/ship_*_zoo.py)."""
-    from sammerge.analytics import report as an
-    from sammerge.explorer.service import Explorer
-
-    if an.load_analysis(zoo) is None:
-        print("analysis (sammerge analyze defaults) …", flush=True)
-        an.analyze_zoo(zoo)
-    t = zoo.tasks
-    for v in zoo.variants:
-        print(f"landscapes ({v}) …", flush=True)
-        an.interpolation_for(zoo, t[0], v)
-        an.task_plane_for(zoo, t[0], t[1], v, n=11)
-        an.random_plane_for(zoo, t[0], v, n=11)
-    ex = Explorer(zoo)
-    print("paper table …", flush=True)
-    ex.paper_table()
-    print("default λ sweeps …", flush=True)
-    ex.sweeps(ex.default_spec())  # kept in ZOO/analysis/sweeps
-    print("regime diagnostics …", flush=True)
-    from sammerge.analytics.diagnostics import diagnose_zoo
-    diagnose_zoo(zoo)

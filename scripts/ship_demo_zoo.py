@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from sammerge.data import load_benchmark
-from sammerge.shipped import SHIPPED_PRESET, copy_verified, shipped_zoo_dir, warm_caches
+from sammerge.explorer.warm import warm_caches
+from sammerge.shipped import SHIPPED_PRESET, copy_verified, shipped_zoo_dir
 from sammerge.training.build import build_zoo
 from sammerge.models.presets import get_preset
 from sammerge.zoo import data_sha256, open_zoo

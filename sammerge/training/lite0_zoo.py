@@ -89,7 +89,6 @@ class Lite0Build:
             if not all(torch.equal(x[:, 0], x[:, c]) for x, _ in d.values() for c in (1, 2)):
                 raise ValueError(f"{t}: images are not grayscale")
         self.prefix, self.tail = split_lite0(lite0.pretrained_lite0(fold=True), recipe.start)
-        self.tail.to(memory_format=torch.channels_last)
         self.theta0 = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
         self.acts = {t: {s: (prefix_activations(self.prefix, self.normalized(x)), y) for s, (x, y) in d.items()}
                      for t, d in self.data.items()}
@@ -98,7 +97,8 @@ class Lite0Build:
     @staticmethod
     def normalized(u8: torch.Tensor) -> torch.Tensor:
         """x = (u/255 − 0.5) / 0.5 of the stored one-channel images (the prefix repeats the channel)."""
-        return u8[:, :1].float().div(255).sub(lite0.MEAN[0]).div(lite0.STD[0])
+        from sammerge.zoo import normalize_uint8
+        return normalize_uint8(u8[:, :1], lite0.MEAN[:1], lite0.STD[:1])
 
     def heads(self) -> dict[str, Head]:
         """Linear probes on θ0's features (``work/heads.safetensors``, fitted once, seeded)."""

@@ -343,36 +343,32 @@ def _lite0_best(merged: dict, names=None) -> tuple[str, dict] | None:
 
 def lite0_search(rows: list) -> str:
     """benchmarks/lite0_regime.py: one row per recipe tried on EfficientNet-Lite0 (test split, one seed each)."""
-    lines = ["| recipe | tasks | tuned from stage | optimizer, lr, steps | seed | pretrained | individual plain / SAM or ASAM | "
-             "task arithmetic plain / SAM (gap closed) | best static method plain / SAM (gap closed) | "
-             "AdaMerging (best of task-, layer-wise) plain / SAM |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | tasks | tuned from stage | optimizer, lr, steps | seed | pretrained | variants | individual | "
+             "task arithmetic (gap closed) | best static method (gap closed) | "
+             "AdaMerging, best of task- / layer-wise (gap closed) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rec, v = r["recipe"], r["variants"]
+        names = [n for n in ("plain", "sam", "asam") if n in v]
 
-        def cell(method, variant):
-            m = v.get(variant, {"merged": {}})["merged"].get(method, {})
+        def per_variant(cell) -> str:
+            return " / ".join(cell(n) for n in names) if names else "—"
+
+        def ta(variant):
+            m = v[variant]["merged"].get("task_arithmetic", {})
             return f"{m['test']:.1%} ({m['gap_closed']:+.0%})" if "test" in m else "—"
 
-        def best(variant, names=None):
-            found = _lite0_best(v[variant]["merged"], names) if variant in v else None
-            if found is None:
-                return "—"
-            name, m = found
-            return f"{name} {m['test']:.1%} ({m['gap_closed']:+.0%})"
+        def best(variant, which=None):
+            found = _lite0_best(v[variant]["merged"], which)
+            return "—" if found is None else f"{found[0]} {found[1]['test']:.1%} ({found[1]['gap_closed']:+.0%})"
 
-        def indiv(variant):
-            return f"{v[variant]['individual_mean']:.1%}" if variant in v else "—"
-
-        second = next((n for n in ("sam", "asam") if n in v), "sam")
-
-        def rho(variant):
+        def label(variant):
             value = rec.get("asam_rho") if variant == "asam" else rec.get("rho")
-            return f" ρ {value:g}" if variant in v and value is not None else ""
+            return variant + (f" ρ {value:g}" if variant != "plain" and value is not None else "")
         lines.append(f"| {r['name']} | {len(rec['tasks'])} | {rec['tail_from_stage']} | {rec['optimizer']}, {rec['lr']:g}, {rec['steps']} | "
-                     f"{rec['seed']} | {r['pretrained_mean']:.1%} | {indiv('plain')} / {indiv(second)} ({second}{rho(second)}) | "
-                     f"{cell('task_arithmetic', 'plain')} / {cell('task_arithmetic', second)} | "
-                     f"{best('plain')} / {best(second)} | {best('plain', ADA)} / {best(second, ADA)} |")
+                     f"{rec['seed']} | {r['pretrained_mean']:.1%} | {per_variant(label)} | "
+                     f"{per_variant(lambda n: format(v[n]['individual_mean'], '.1%'))} | {per_variant(ta)} | "
+                     f"{per_variant(best)} | {per_variant(lambda n: best(n, ADA))} |")
     tasks = "; ".join(sorted({", ".join(r["recipe"]["tasks"]) for r in rows}))
     return "\n".join(lines) + (f"\n\nTask sets: {tasks}. Test split, one run per row (where the fine-tuned "
                                f"models diverged — individual below pretrained — there is nothing to merge); λ of each method chosen on {rows[0]['recipe']['val_n']} validation "

@@ -102,3 +102,31 @@ def test_idx_files_and_resizing(tmp_path, monkeypatch):
     splits = real_tasks._split(rgb.repeat(5, 1, 1, 1), torch.arange(10), (5, 3, 2), seed=0)
     seen = torch.cat([y for _, y in splits.values()])
     assert sorted(seen.tolist()) == list(range(10))  # disjoint and complete
+
+
+def test_textures_splits_share_no_pixel_and_label_their_photograph():
+    """Every crop is located in its photograph independently (an exact search over all stride-16 windows): its label
+    names the photograph it comes from, and no 64 px block gives crops to two splits."""
+    pytest.importorskip("skimage", reason="the textures task reads scikit-image's bundled photographs")
+    from sammerge.training import real_tasks
+    data = real_tasks.load_task("textures", seed=0)
+    where: dict[bytes, set] = {}
+    for label, name in enumerate(real_tasks.TEXTURE_PHOTOS):
+        photo = torch.as_tensor(real_tasks._texture_photo(name)).round().clamp(0, 255).to(torch.uint8)
+        for top in range(0, photo.shape[0] - 31, 16):
+            for left in range(0, photo.shape[1] - 31, 16):
+                where.setdefault(photo[top:top + 32, left:left + 32].numpy().tobytes(), set()).add(
+                    (label, top // 64, left // 64))
+    blocks = {}
+    for split, (images, labels) in data.items():
+        assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.uint8 and len(labels) > 300
+        assert sorted(set(labels.tolist())) == list(range(len(real_tasks.TEXTURE_PHOTOS)))
+        found = [where.get(img[0].numpy().tobytes(), set()) for img in images]
+        assert all(len(f) == 1 for f in found), "a crop is not one window of one photograph"
+        assert all(next(iter(f))[0] == y for f, y in zip(found, labels.tolist()))
+        assert all(img.float().std() >= real_tasks.TEXTURE_MIN_STD - 0.5 for img in images[:, 0])
+        blocks[split] = {next(iter(f)) for f in found}
+    assert not blocks["train"] & blocks["val"] and not blocks["train"] & blocks["test"] and not blocks["val"] & blocks["test"]
+    again = real_tasks.load_task("textures", seed=0)["test"]
+    assert torch.equal(again[0], data["test"][0]) and torch.equal(again[1], data["test"][1])
+    assert not torch.equal(real_tasks.load_task("textures", seed=1)["test"][1][:50], data["test"][1][:50])

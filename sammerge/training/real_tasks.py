@@ -7,6 +7,11 @@ by a seeded permutation (recorded by :func:`describe`); grayscale sources are re
 - ``fashion_mnist``: Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), 28 → 32 px; test from
   its own t10k split.
 - ``sklearn_digits``: scikit-learn's 1,797 8×8 handwritten digits (16 grey levels), 8 → 32 px.
+- ``textures``: 32 px crops of ten photographs bundled with scikit-image (``skimage/data``: brick, grass, gravel,
+  coins, ihc, hubble_deep_field, retina, chelsea, coffee, motorcycle_left), label = the photograph, as grayscale. Each photograph
+  is scaled (antialiased) to a short side of 320 px and cut into 64 px blocks; a seeded permutation assigns whole
+  blocks to train / val / test (half / quarter / quarter), so no pixel is in two splits; each block gives the 9 crops
+  at stride 16, and crops of near-uniform pixels (std < 8 grey levels, e.g. a retina's black border) are dropped.
 - ``latin_upper``, ``symbols``: this repository's glyph benchmark (``assets/glyphs``, fonts split between train/val and
   test), clean 16 → 32 px.
 
@@ -27,10 +32,14 @@ from sammerge.errors import DataError
 
 SIZE = 32
 FASHION_DIR = Path(os.environ.get("SAMMERGE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-TASKS = ("mnist", "fashion_mnist", "sklearn_digits", "latin_upper", "symbols")
+TASKS = ("mnist", "fashion_mnist", "sklearn_digits", "textures", "latin_upper", "symbols")
 SPLIT_SIZES = {"mnist": (3000, 1000, 1000), "fashion_mnist": (5000, 1000, 2000), "sklearn_digits": (997, 400, 400)}
 CLASS_NAMES = {"fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                                  "Bag", "Ankle boot"]}
+TEXTURE_PHOTOS = ("brick", "grass", "gravel", "coins", "ihc", "hubble_deep_field", "retina", "chelsea", "coffee",
+                  "motorcycle_left")
+CLASS_NAMES["textures"] = list(TEXTURE_PHOTOS)
+TEXTURE_SIDE, TEXTURE_BLOCK, TEXTURE_STRIDE, TEXTURE_MIN_STD = 320, 64, 16, 8.0
 
 
 def _to_rgb32(gray: np.ndarray) -> torch.Tensor:
@@ -98,6 +107,50 @@ def sklearn_digits(seed: int) -> dict:
     return _split(_to_rgb32(images), torch.as_tensor(digits.target.astype(np.int64)), SPLIT_SIZES["sklearn_digits"], seed)
 
 
+def _texture_photo(name: str) -> np.ndarray:
+    """One bundled scikit-image photograph as float32 grayscale [H, W] in 0–255, short side scaled to 320 px."""
+    try:
+        from skimage import data, color, io
+    except ImportError:
+        raise DataError("textures: needs scikit-image (pip install scikit-image) for its bundled photographs") from None
+    path = Path(data.__file__).parent / next((f for f in (f"{name}.png", f"{name}.jpg")
+                                              if (Path(data.__file__).parent / f).is_file()), f"{name}.png")
+    if not path.is_file():
+        raise DataError(f"textures: {path} is missing from this scikit-image")
+    image = io.imread(path)
+    gray = color.rgb2gray(image[..., :3]) * 255.0 if image.ndim == 3 else image.astype(np.float64)
+    x = torch.as_tensor(gray, dtype=torch.float32)[None, None]
+    scale = TEXTURE_SIDE / min(x.shape[-2:])
+    size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+
+
+def textures(seed: int) -> dict:
+    """Crops of bundled photographs, whole 64 px blocks per split (module doc)."""
+    g = torch.Generator().manual_seed(seed)
+    crops: dict[str, list] = {"train": [], "val": [], "test": []}
+    offsets = range(0, TEXTURE_BLOCK - SIZE + 1, TEXTURE_STRIDE)
+    for label, name in enumerate(TEXTURE_PHOTOS):
+        photo = _texture_photo(name)
+        rows, cols = photo.shape[0] // TEXTURE_BLOCK, photo.shape[1] // TEXTURE_BLOCK
+        order = torch.randperm(rows * cols, generator=g).tolist()
+        n_train, n_val = len(order) // 2, len(order) // 4
+        for rank, block in enumerate(order):
+            split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+            top, left = (block // cols) * TEXTURE_BLOCK, (block % cols) * TEXTURE_BLOCK
+            for dy in offsets:
+                for dx in offsets:
+                    crop = photo[top + dy:top + dy + SIZE, left + dx:left + dx + SIZE]
+                    if crop.std() >= TEXTURE_MIN_STD:
+                        crops[split].append((crop, label))
+    out = {}
+    for split, items in crops.items():
+        order = torch.randperm(len(items), generator=g).tolist()
+        images = np.stack([items[i][0] for i in order])
+        out[split] = (_to_rgb32(images), torch.as_tensor([items[i][1] for i in order], dtype=torch.int64))
+    return out
+
+
 def glyphs(task: str) -> dict:
     from sammerge.data import default_assets_dir
     path = default_assets_dir() / "benchmark.npz"
@@ -110,7 +163,7 @@ def load_task(task: str, seed: int = 0) -> dict:
     """One task's splits (module doc); DataError naming what is missing."""
     if task in ("latin_upper", "symbols"):
         return glyphs(task)
-    loaders = {"mnist": mnist, "fashion_mnist": fashion_mnist, "sklearn_digits": sklearn_digits}
+    loaders = {"mnist": mnist, "fashion_mnist": fashion_mnist, "sklearn_digits": sklearn_digits, "textures": textures}
     if task not in loaders:
         raise DataError(f"unknown real-image task '{task}' (known: {', '.join(TASKS)})")
     return loaders[task](seed)
@@ -118,5 +171,9 @@ def load_task(task: str, seed: int = 0) -> dict:
 
 def describe(task: str, seed: int = 0) -> str:
     sizes = SPLIT_SIZES.get(task)
+    if task == "textures":
+        counts = "/".join(str(len(split[1])) for split in textures(seed).values())
+        return (f"textures: train/val/test {counts} crops of {len(TEXTURE_PHOTOS)} scikit-image photographs, whole "
+                f"{TEXTURE_BLOCK} px blocks per split by seeded permutation (seed {seed})")
     return (f"{task}: " + (f"train/val/test {sizes[0]}/{sizes[1]}/{sizes[2]} by seeded permutation (seed {seed})"
                            if sizes else "the glyph benchmark's own font-disjoint splits"))

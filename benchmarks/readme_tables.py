@@ -326,7 +326,12 @@ def soak_startup(r: dict) -> str:
         said = " → ".join(dict.fromkeys(s["text"][:70].strip() for s in p["page"] if s["text"].strip()))
         lines.append(f"| {i + 1} | {p.get('health_s', float('nan')):.1f} s | {p.get('explorer_s', float('nan')):.1f} s | "
                      f"{said.replace('|', '/') or '—'} |")
-    return "\n".join(lines) + f"\n\n{r['hogs']} CPU hogs beside the server on {r['cpus']} cores (both cores busy)."
+    where = (f"{r['hogs']} CPU hogs beside the server on {r['cpus']} cores"
+             + (f", and {r['beside']}" if r.get("beside") else "") + ".")
+    if r["zoo"].startswith("the app's default"):
+        where = ("A first start on a fresh machine: an empty SAMMERGE_HOME, no SAMMERGE_ZOO, the app's default zoo "
+                 "installed from the package and opened; " + where[0].lower() + where[1:])
+    return "\n".join(lines) + "\n\n" + where
 
 
 ADA = ("adamerging_task", "adamerging_layer")
@@ -431,7 +436,7 @@ def lite0_seeds(rows: list) -> str:
 
 BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_methods, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
           "merge_eval.json": merge_eval, "analytics.json": analytics,
-          "analysis.json": analysis,
+          "analysis.json": analysis, "analysis_lite0.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,

@@ -2,13 +2,17 @@
 
     python benchmarks/soak.py [ZOO_DIR] [--sessions 4] [--moves 6] [--runs 20] [--hogs 1] [--json FILE]
     python benchmarks/soak.py --startup 5 --hogs 2 --json FILE     # server start under load only
+    python benchmarks/soak.py --startup 3 --fresh --json FILE      # a first start on a fresh machine: no zoo
+                                                                    # installed, the app's default zoo
 
 Every run starts the hogs (``while True: pass`` processes), then a fresh `streamlit run app.py` whose SIGUSR1
 dumps all its threads to its log (faulthandler), then drives the sessions of benchmarks/sessions.py. For every
 move it records the time to its result, what the page showed while waiting (slider value, running indicator,
 estimate note, errors) and, once a move passes ``--slow-s``, the server's thread dump (at most one per
 ``--dump-every-s``: sessions stalled together share it). ``--startup K``: K launches, each timing the health
-check and opening the explorer at once, recording what the page says until it is ready.
+check and opening the explorer at once, recording what the page says until it is ready; with ``--fresh`` each
+launch gets an empty ``SAMMERGE_HOME`` and no ``SAMMERGE_ZOO``, so it times what a new user waits for: installing
+and opening the app's default zoo.
 """
 from __future__ import annotations
 
@@ -129,14 +133,22 @@ def run_summary(run: dict, slow_s: float, timeout_s: float) -> dict:
             "health_s": run["health_s"], "times_s": [round(t, 3) for t in times]}
 
 
-async def startup_probe(zoo: Path, hogs: int, timeout_s: float) -> dict:
+async def startup_probe(zoo: Path | None, hogs: int, timeout_s: float) -> dict:
     """Launch under ``hogs``; time the health check; open the explorer as soon as the port answers and record what
-    the page says (distinct texts, with when) until the explorer has rendered."""
+    the page says (distinct texts, with when) until the explorer has rendered. ``zoo`` None: a fresh machine (an
+    empty SAMMERGE_HOME, no SAMMERGE_ZOO or SAMMERGE_PRESET: the app opens its default zoo)."""
+    import tempfile
+
     from playwright.async_api import async_playwright
 
     port = free_port()
-    out: dict = {"hogs": hogs, "page": []}
+    out: dict = {"hogs": hogs, "page": [], "fresh": zoo is None}
     env = {**os.environ, "SAMMERGE_ZOO": str(zoo), "PYTHONUNBUFFERED": "1"}
+    fresh_home = None
+    if zoo is None:
+        fresh_home = tempfile.TemporaryDirectory(prefix="sammerge-fresh-")
+        env = {k: v for k, v in env.items() if k not in ("SAMMERGE_ZOO", "SAMMERGE_PRESET")}
+        env["SAMMERGE_HOME"] = fresh_home.name
     root = Path(__file__).resolve().parents[1]
     with cpu_hogs(hogs):
         t0 = time.monotonic()
@@ -174,6 +186,8 @@ async def startup_probe(zoo: Path, hogs: int, timeout_s: float) -> dict:
         finally:
             proc.terminate()
             proc.wait(10)
+            if fresh_home is not None:
+                fresh_home.cleanup()
     return out
 
 
@@ -208,14 +222,17 @@ def main() -> int:
     ap.add_argument("--dump-every-s", type=float, default=5.0)
     ap.add_argument("--start-timeout-s", type=float, default=120.0)
     ap.add_argument("--startup", type=int, default=0, help="only time K server starts (health, first page)")
+    ap.add_argument("--fresh", action="store_true", help="with --startup: no zoo installed, the app's default zoo")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--beside", default="", help="what else kept the machine busy (recorded in the report), e.g. a "
                                                  "training run used as the CPU hog")
     args = ap.parse_args()
     if min(args.sessions, args.moves, args.runs) < 1 or args.hogs < 0:
         ap.error("--sessions, --moves and --runs must be ≥ 1, --hogs ≥ 0")
-    zoo = zoo_or_demo(args.zoo)
-    report: dict = {"zoo": zoo.name, "cpus": os.cpu_count(), "hogs": args.hogs,
+    if args.fresh and not args.startup:
+        ap.error("--fresh goes with --startup")
+    zoo = None if args.fresh else zoo_or_demo(args.zoo)
+    report: dict = {"zoo": "the app's default (fresh machine)" if zoo is None else zoo.name, "cpus": os.cpu_count(), "hogs": args.hogs,
                     "harness": f"page read every {POLL_MS} ms (textContent)"}
     if args.beside:
         report["beside"] = args.beside

@@ -37,7 +37,11 @@ lr = c1.number_input("Fine-tuning learning rate", 1e-6, 1.0, base.finetune.lr, f
 steps = c2.number_input("Fine-tuning steps", 1, 100_000, base.finetune.steps, key=f"zb_steps_{base_name}")
 trainable = c3.selectbox("Fine-tuned layers", ["all", "last_stage", "last_two_stages"], key="zb_trainable")
 c1, c2, c3, c4 = st.columns(4)
-adaptive = c1.toggle("ASAM instead of SAM", key="zb_asam", help="Adaptive SAM (Kwon et al.); the paper uses ρ = 0.5.")
+both_kinds = len({v.adaptive for v in base.variants if v.sam}) > 1
+adaptive = c1.toggle("ρ of ASAM" if both_kinds else "ASAM instead of SAM", key="zb_asam",
+                     help="Adaptive SAM (Kwon et al.); the paper uses ρ = 0.5. "
+                          + ("This preset fine-tunes with both SAM and ASAM: the toggle picks whose ρ is set here."
+                             if both_kinds else ""))
 rho = c2.number_input("ρ", 0.001, 5.0, 0.5 if adaptive else 0.05, key=f"zb_rho_{adaptive}")
 linearized = c3.toggle("Linearized fine-tuning", key="zb_lin",
                        help="Fine-tune f(θ0) + J(θ − θ0) (Ortiz-Jimenez et al.); merges are scored exactly and "

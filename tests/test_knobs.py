@@ -29,6 +29,19 @@ def test_asam_takes_the_papers_rho_unless_given():
     assert next(v for v in with_knobs(get_preset("tiny"), rho=0.1).variants if v.sam).rho == 0.1
 
 
+def test_a_recipe_with_sam_and_asam_keeps_both():
+    """The builder page's defaults (ASAM toggle off, ρ 0.05) on the demo preset once failed validation: its SAM
+    variant was renamed 'sam' and so was its ASAM variant."""
+    demo = get_preset("demo")
+    kinds = {v.name: (v.adaptive, v.rho) for v in demo.variants if v.sam}
+    r = with_knobs(demo, rho=0.02, adaptive=False)
+    assert {v.name: (v.adaptive, v.rho) for v in r.variants if v.sam} == {**kinds, "sam": (False, 0.02)}
+    r = with_knobs(demo, rho=0.7, adaptive=True)
+    assert {v.name: (v.adaptive, v.rho) for v in r.variants if v.sam} == {**kinds, "asam": (True, 0.7)}
+    assert [v.name for v in with_knobs(get_preset("demo_fair"), rho=0.05, adaptive=False).variants] == \
+        [v.name for v in get_preset("demo_fair").variants]
+
+
 def test_equal_compute_adds_plain_with_twice_the_steps():
     r = with_knobs(get_preset("tiny"), steps=30, equal_compute=True)
     extra = next(v for v in r.variants if v.name == "plain_2x")

@@ -114,8 +114,9 @@ def test_damaged_shipped_zoo_falls_back_to_building(monkeypatch, tmp_path):
 
 
 def test_app_first_start_opens_the_shipped_zoo(monkeypatch, tmp_path):
+    """$SAMMERGE_PRESET=demo asks for the glyph zoo (the default is the Lite0 zoo: tests/test_shipped_lite0.py)."""
     monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
-    monkeypatch.delenv("SAMMERGE_PRESET", raising=False)
+    monkeypatch.setenv("SAMMERGE_PRESET", "demo")
     monkeypatch.setenv("SAMMERGE_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()

@@ -74,6 +74,33 @@ def test_app_opens_the_lite0_zoo(monkeypatch, tmp_path, page):
         assert any("EfficientNet-Lite0" in c.value for c in at.caption)
 
 
+def test_a_first_start_opens_the_lite0_zoo_by_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
+    monkeypatch.delenv("SAMMERGE_PRESET", raising=False)
+    monkeypatch.setenv("SAMMERGE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
+    assert not at.exception, at.exception
+    assert not at.error and not at.status  # installed, nothing built
+    assert at.radio(key="zoo_source").value == "lite0"
+    assert at.radio(key="zoo_source").options[:2] == ["EfficientNet-Lite0 zoo (real images)", "demo zoo (16 px glyphs)"]
+    shipped = open_zoo(shipped_lite0_dir())
+    assert (tmp_path / "home" / "zoos" / shipped.manifest.name / "zoo.json").is_file()
+    assert set(at.dataframe[0].value["task"]) == set(shipped.tasks)
+    assert not list((tmp_path / "home" / "zoos").glob("demo-*"))  # the glyph zoo is not installed until chosen
+
+
+def test_default_zoo_source_rules(monkeypatch):
+    from sammerge.webapp.ui import default_zoo_source
+
+    monkeypatch.delenv("SAMMERGE_PRESET", raising=False)
+    assert default_zoo_source("", True) == "lite0"
+    assert default_zoo_source("", False) == "demo"  # a checkout without assets/lite0_zoo
+    assert default_zoo_source("/some/zoo", True) == "directory"
+    monkeypatch.setenv("SAMMERGE_PRESET", "tiny")  # a preset asks for that glyph build
+    assert default_zoo_source("", True) == "demo"
+
+
 def test_cli_prints_the_installed_copy(monkeypatch, tmp_path, capsys):
     from sammerge.cli import main
 

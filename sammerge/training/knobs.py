@@ -17,6 +17,8 @@ def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[st
     """``recipe`` with the given knobs changed (None: unchanged), validated as a whole.
 
     ``rho``/``adaptive`` apply to every SAM variant (ASAM is named ``asam``; its ρ defaults to 0.5, the paper's);
+    a recipe with both SAM and ASAM variants keeps both, and ``rho`` sets the ρ of the kind ``adaptive`` names (SAM
+    when it is None or False);
     ``equal_compute`` adds ``plain_2x``: plain fine-tuning with twice the steps (SAM costs two passes a step).
     ``precision``: the fine-tuning precision ("fp32" or "bf16"). ``seeds``: every variant without its own seed becomes
     one variant per fine-tuning seed k, named ``{name}_s{k}`` with ``seed=k``, except k = the zoo's seed, which keeps
@@ -31,8 +33,12 @@ def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[st
         if value is not None:
             data["finetune"][key] = value
     variants = []
+    both_kinds = len({v.adaptive for v in recipe.variants if v.sam}) > 1
     for v in recipe.variants:
-        if v.sam and (rho is not None or adaptive is not None):
+        if v.sam and both_kinds:  # SAM and ASAM side by side: each keeps its kind; ρ goes to the kind `adaptive` names
+            if rho is not None and v.adaptive == bool(adaptive):
+                v = v.model_copy(update={"rho": rho})
+        elif v.sam and (rho is not None or adaptive is not None):
             asam = v.adaptive if adaptive is None else adaptive
             v = VariantSpec(name="asam" if asam else ("sam" if v.name == "asam" else v.name), sam=True,
                             rho=rho if rho is not None else (0.5 if asam and not v.adaptive else v.rho),

@@ -149,13 +149,27 @@ def ensure_demo_zoo():
     return zoo
 
 
+def default_zoo_source(zoo_dir: str, lite0_available: bool) -> str:
+    """The zoo a new session opens: $SAMMERGE_ZOO's directory if set; the glyph zoo if $SAMMERGE_PRESET names one of
+    its presets (a request for that build); else the shipped EfficientNet-Lite0 zoo (it merges better:
+    README, "The default zoo"), or the glyph zoo in a checkout without it."""
+    if zoo_dir:
+        return "directory"
+    if os.environ.get("SAMMERGE_PRESET") or not lite0_available:
+        return "demo"
+    return "lite0"
+
+
 def zoo_sidebar():
     """Sidebar control choosing the zoo; the choice persists across pages in session state."""
     state = st.session_state
     default_dir = os.environ.get("SAMMERGE_ZOO", "")
     # The choice lives in plain keys: Streamlit forgets widget values when the user switches pages.
+    from sammerge.shipped import ensure_lite0_zoo, lite0_shipped
+    from sammerge.training.build import default_zoo_dir
+
     if "_zoo_source" not in state:
-        state._zoo_source = "directory" if default_dir else "demo"
+        state._zoo_source = default_zoo_source(default_dir, lite0_shipped())
         state._zoo_dir = default_dir
     # re-seed the widgets every run (a page switch resets them to their defaults); callbacks keep the copies current
     state.zoo_source = state._zoo_source
@@ -164,26 +178,24 @@ def zoo_sidebar():
     def remember() -> None:
         state._zoo_source = state.zoo_source
         state._zoo_dir = state.get("zoo_dir", state._zoo_dir)
-    from sammerge.shipped import ensure_lite0_zoo, lite0_shipped
-    from sammerge.training.build import default_zoo_dir
-
-    sources = ["demo", "lite0", "directory"] if lite0_shipped() else ["demo", "directory"]
+    sources = ["lite0", "demo", "directory"] if lite0_shipped() else ["demo", "directory"]
     if state.zoo_source not in sources:
         state.zoo_source = state._zoo_source = "demo"
-    labels = {"demo": f"{demo_preset()} zoo (built here)", "lite0": "EfficientNet-Lite0 zoo (real images)",
+    labels = {"demo": f"{demo_preset()} zoo (16 px glyphs)", "lite0": "EfficientNet-Lite0 zoo (real images)",
               "directory": "a directory"}
     with st.sidebar:
         st.header("Model zoo")
         source = st.radio("Zoo", sources, key="zoo_source", on_change=remember, format_func=labels.get,
-                          help="The demo zoo: a small encoder on 16 px glyphs, built on this machine on first start "
-                               "(no downloads). The EfficientNet-Lite0 zoo: an ImageNet-pretrained encoder fine-tuned "
-                               "on MNIST, Fashion-MNIST and scikit-learn digits at 32 px (shipped). "
+                          help="The EfficientNet-Lite0 zoo (the default): an ImageNet-pretrained encoder "
+                               "fine-tuned on MNIST, Fashion-MNIST and scikit-learn digits at 32 px, plain and SAM "
+                               "(shipped). The glyph zoo: a small encoder pretrained here on 16 px glyphs, with plain, "
+                               "SAM and ASAM checkpoints (shipped; rebuilt on first start if its recipe changed). "
                                "Or point to any zoo built with `sammerge zoo build` or `sammerge zoo import`.")
         if source == "directory":
             zoo_picker.directory_input(state, remember)
     if source == "directory":
         if not state.zoo_dir:
-            st.info("Enter a zoo directory in the sidebar, or choose the demo zoo.")
+            st.info("Enter a zoo directory in the sidebar, or choose one of the shipped zoos.")
             st.stop()
         with friendly_errors("zoo"):
             return open_zoo_cached(zoo_picker.resolve_zoo_dir(state.zoo_dir))

@@ -292,11 +292,14 @@ class Zoo:
         return cache[(task, split)]
 
     def input_prefix(self) -> torch.nn.Module:
-        """The frozen prefix whose outputs are the encoder's inputs (zoos with ``prefix``), eval mode."""
+        """The frozen prefix whose outputs are the encoder's inputs (zoos with ``prefix``), eval mode; built once per
+        Zoo (every task and split runs through it)."""
         from sammerge.models.lite0_tail import create_lite0_prefix
         from sammerge.models.model import Lite0TailConfig
         if self.manifest.prefix is None or not isinstance(self.encoder_config, Lite0TailConfig):
             raise ZooError(f"zoo '{self.path}': no frozen prefix (only EfficientNet-Lite0 tail zoos have one)")
+        if "_prefix" in self.__dict__:
+            return self.__dict__["_prefix"]
         module = create_lite0_prefix(self.encoder_config)
         try:
             module.load_state_dict(self._load(self.manifest.prefix))
@@ -304,6 +307,7 @@ class Zoo:
             raise CheckpointError(f"{self.path / self.manifest.prefix.file}: not the prefix of "
                                   f"EfficientNet-Lite0 before stage {self.encoder_config.start} "
                                   f"({str(exc).splitlines()[0]})") from None
+        self.__dict__["_prefix"] = module
         return module
 
     def original_files(self) -> dict[str, Path]:

@@ -130,3 +130,16 @@ def test_textures_splits_share_no_pixel_and_label_their_photograph():
     again = real_tasks.load_task("textures", seed=0)["test"]
     assert torch.equal(again[0], data["test"][0]) and torch.equal(again[1], data["test"][1])
     assert not torch.equal(real_tasks.load_task("textures", seed=1)["test"][1][:50], data["test"][1][:50])
+
+
+def test_uninitialised_encoder_is_zero_and_on_the_cpu():
+    """create_lite0(init=False) (for modules whose weights are loaded next): the same tensors as timm's model, every
+    one materialised on the CPU and zero, and loading weights into it gives timm's forward."""
+    fresh, empty = lite0.create_lite0(), lite0.create_lite0(init=False)
+    a, b = fresh.state_dict(), empty.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
+    assert all(v.device.type == "cpu" and not v.is_meta and not v.any() for v in b.values())
+    empty.load_state_dict(a)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(empty(x), fresh(x))

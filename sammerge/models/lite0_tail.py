@@ -43,7 +43,7 @@ class Lite0Tail(nn.Module):
 
 def create_lite0_tail(cfg: Lite0TailConfig) -> Lite0Tail:
     """An untrained tail (weights come from the zoo's state dicts), eval mode, channels-last weights."""
-    return Lite0Tail(lite0.create_lite0(), cfg.start).eval().to(memory_format=torch.channels_last)
+    return Lite0Tail(lite0.create_lite0(init=False), cfg.start).eval().to(memory_format=torch.channels_last)
 
 
 class Lite0Prefix(nn.Module):
@@ -72,7 +72,7 @@ def split_lite0(encoder: nn.Module, start: int) -> tuple[Lite0Prefix, Lite0Tail]
 
 def create_lite0_prefix(cfg: Lite0TailConfig) -> Lite0Prefix:
     """An untrained prefix for ``cfg`` (weights come from a zoo's prefix file), eval mode."""
-    return Lite0Prefix(lite0.create_lite0(), cfg.start).eval()
+    return Lite0Prefix(lite0.create_lite0(init=False), cfg.start).eval()
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sammerge.models import lite0
+from sammerge.models.depthwise import use_tap_sum_backward
 from sammerge.models.model import Lite0TailConfig
 
 
@@ -26,6 +27,7 @@ class Lite0Tail(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleDict({str(i): encoder.blocks[i] for i in range(start, len(encoder.blocks))})
         self.conv_head, self.bn2, self.global_pool = encoder.conv_head, encoder.bn2, encoder.global_pool
+        use_tap_sum_backward(self)  # its depthwise convolutions' backward: 5–15× faster on these small maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)

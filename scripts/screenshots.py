@@ -1,8 +1,9 @@
 """README screenshots of every page of the explorer, taken in Debian's Chromium.
 
-    python scripts/screenshots.py [ZOO_DIR] [--out assets/screenshots] [--no-analyze] [--skip-paper-table]
+    python scripts/screenshots.py [ZOO_DIR | --demo] [--out assets/screenshots] [--no-analyze] [--skip-paper-table]
 
-Uses the demo zoo when it is built (~/.cache/sammerge/zoos/demo-*, or $SAMMERGE_HOME/zoos), else ZOO_DIR.
+Uses ZOO_DIR, else the zoo the app opens by default (the shipped EfficientNet-Lite0 zoo, installed into
+~/.cache/sammerge/zoos or $SAMMERGE_HOME/zoos on first use); ``--demo``: the glyph demo zoo (installed likewise).
 Computes the zoo's analysis first if it is missing (so the sharpness and interference pages have content),
 starts `streamlit run app.py`, clicks the on-demand "Compute" buttons and saves one PNG per page.
 """
@@ -18,15 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 from sammerge.webapp.browser import chromium_available, chromium_page, open_page, screenshot, streamlit_server, wait_idle
 
 
-def find_zoo(arg: str | None) -> Path:
-    from sammerge.training.build import default_zoo_dir
+def find_zoo(arg: str | None, demo: bool) -> Path:
+    from sammerge.shipped import ensure_lite0_zoo, lite0_shipped
+    from sammerge.training.build import default_zoo_dir, ensure_zoo
 
-    demos = sorted(default_zoo_dir().glob("demo-*/zoo.json"), key=lambda p: p.stat().st_mtime)
-    if demos:
-        return demos[-1].parent
     if arg:
         return Path(arg)
-    sys.exit("no demo zoo built (run `./dev app` once or `sammerge zoo build`) and no ZOO_DIR given")
+    if demo or not lite0_shipped():
+        return Path(ensure_zoo("demo").path)
+    return Path(ensure_lite0_zoo(default_zoo_dir()).path)
 
 
 CHARTS = "document.querySelectorAll('[data-testid=stPlotlyChart]').length"
@@ -52,14 +53,15 @@ def click(page, name: str, timeout_ms: int = 600_000, new_chart: bool = True, wa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("zoo", nargs="?", help="zoo directory (used when no demo zoo is built)")
+    ap.add_argument("zoo", nargs="?", help="zoo directory (default: the app's default zoo)")
+    ap.add_argument("--demo", action="store_true", help="the glyph demo zoo instead of the app's default")
     ap.add_argument("--out", default=str(ROOT / "assets" / "screenshots"))
     ap.add_argument("--no-analyze", action="store_true", help="do not compute a missing analysis first")
     ap.add_argument("--skip-paper-table", action="store_true", help="do not compute the paper table")
     args = ap.parse_args()
     if not chromium_available():
         sys.exit("Debian's chromium is not installed (apt-get install chromium)")
-    zoo_dir = find_zoo(args.zoo)
+    zoo_dir = find_zoo(args.zoo, args.demo)
     out = Path(args.out)
     print(f"zoo: {zoo_dir}")
     if not args.no_analyze:

@@ -175,7 +175,9 @@ async def startup_probe(zoo: Path | None, hogs: int, timeout_s: float) -> dict:
                 page = await browser.new_page()
                 await page.goto(f"{url}/{path}")
                 while time.monotonic() - t0 < timeout_s:
-                    text = (await page.inner_text("body"))[:300].replace("\n", " ")
+                    main = page.locator("[data-testid=stMain]")  # the page's own area (not the sidebar's links)
+                    text = (await (main.first.inner_text() if await main.count() else page.inner_text("body")))
+                    text = text[:300].replace("\n", " ")
                     if not out["page"] or out["page"][-1]["text"] != text:
                         out["page"].append({"at_s": round(time.monotonic() - t0, 2), "text": text})
                     if re.search(marker, await page.inner_text("body")):

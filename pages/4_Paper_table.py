@@ -29,7 +29,7 @@ if frame is not None:
     if ada is None:
         st.info("AdaMerging rows (task-wise and layer-wise, for each fine-tuning variant) learn their coefficients by "
                 "minimizing prediction entropy on unlabeled **validation** images (labels never read; the paper uses "
-                "unlabeled test inputs), then report test accuracy. About a minute per row on the demo zoo.",
+                "unlabeled test inputs), then report test accuracy. About a minute per row on the glyph demo zoo.",
                 icon=":material/auto_graph:")
         if st.button("Add AdaMerging rows", key="pt_ada"):
             bar = st.progress(0.0, text="starting")

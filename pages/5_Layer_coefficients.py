@@ -58,7 +58,7 @@ job_key = f"adamerging:{zoo.path}:{json.dumps(settings, sort_keys=True)}"
 job = worker.get(job_key)
 if missing and (job is None or not job.active):
     st.caption(f"Runs {settings['steps']} Adam steps for each of {', '.join(map(variant_label, missing))} as a "
-               "background job of this server (about a minute each on the demo zoo): leaving the page does not stop "
+               "background job of this server (about a minute each on the glyph demo zoo): leaving the page does not stop "
                "it, another session sees the same job, **Cancel** keeps the best coefficients so far; the results are "
                "kept for every visitor.")
     if job is not None and job.status == "failed":

@@ -435,7 +435,7 @@ def lite0_seeds(rows: list) -> str:
 
 
 BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_methods, "demo_regime_glyphs7.json": demo_regime, "regime_search.json": search_markdown,
-          "merge_eval.json": merge_eval, "analytics.json": analytics,
+          "merge_eval.json": merge_eval, "merge_eval_lite0.json": merge_eval, "analytics.json": analytics,
           "analysis.json": analysis, "analysis_lite0.json": analysis,
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,

@@ -27,7 +27,7 @@ class Lite0Tail(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleDict({str(i): encoder.blocks[i] for i in range(start, len(encoder.blocks))})
         self.conv_head, self.bn2, self.global_pool = encoder.conv_head, encoder.bn2, encoder.global_pool
-        use_tap_sum_backward(self)  # its depthwise convolutions' backward: 5–15× faster on these small maps
+        use_tap_sum_backward(self)  # depthwise backward as a tap sum: a fine-tuning step ≈ 3× faster on CPU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)

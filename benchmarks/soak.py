@@ -143,12 +143,14 @@ async def startup_probe(zoo: Path | None, hogs: int, timeout_s: float) -> dict:
 
     port = free_port()
     out: dict = {"hogs": hogs, "page": [], "fresh": zoo is None}
-    env = {**os.environ, "SAMMERGE_ZOO": str(zoo), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     fresh_home = None
     if zoo is None:
         fresh_home = tempfile.TemporaryDirectory(prefix="sammerge-fresh-")
         env = {k: v for k, v in env.items() if k not in ("SAMMERGE_ZOO", "SAMMERGE_PRESET")}
         env["SAMMERGE_HOME"] = fresh_home.name
+    else:
+        env["SAMMERGE_ZOO"] = str(zoo)
     root = Path(__file__).resolve().parents[1]
     with cpu_hogs(hogs):
         t0 = time.monotonic()

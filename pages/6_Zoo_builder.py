@@ -11,7 +11,7 @@ from sammerge.errors import SammergeError
 from sammerge.explorer.diagnostics_view import reading, summary_table
 from sammerge.jobs.worker import get_worker
 from sammerge.training.build import build_zoo, default_zoo_dir
-from sammerge.training.knobs import with_knobs
+from sammerge.training.knobs import has_sam_and_asam, with_knobs
 from sammerge.models.presets import ALL_TASKS, PRESETS, get_preset
 from sammerge.webapp import jobs_view, ui, zoo_picker
 
@@ -37,7 +37,7 @@ lr = c1.number_input("Fine-tuning learning rate", 1e-6, 1.0, base.finetune.lr, f
 steps = c2.number_input("Fine-tuning steps", 1, 100_000, base.finetune.steps, key=f"zb_steps_{base_name}")
 trainable = c3.selectbox("Fine-tuned layers", ["all", "last_stage", "last_two_stages"], key="zb_trainable")
 c1, c2, c3, c4 = st.columns(4)
-both_kinds = len({v.adaptive for v in base.variants if v.sam}) > 1
+both_kinds = has_sam_and_asam(base)
 adaptive = c1.toggle("ρ of ASAM" if both_kinds else "ASAM instead of SAM", key="zb_asam",
                      help="Adaptive SAM (Kwon et al.); the paper uses ρ = 0.5. "
                           + ("This preset fine-tunes with both SAM and ASAM: the toggle picks whose ρ is set here."

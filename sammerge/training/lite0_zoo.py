@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import sys
 import time
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sammerge.data import Split
 from sammerge.errors import ConfigError
@@ -42,7 +43,11 @@ from sammerge.training.train import finetune, fit_probe
 
 TASK_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST, 5,000-image subset), 28 → 32 px",
                      "fashion_mnist": "clothing photos (Fashion-MNIST), 28 → 32 px",
-                     "sklearn_digits": "handwritten digits (scikit-learn's 8×8 digits), 8 → 32 px"}
+                     "sklearn_digits": "handwritten digits (scikit-learn's 8×8 digits), 8 → 32 px",
+                     "textures": "which of ten photographs a 32 px crop comes from (scikit-image's bundled photos)",
+                     "latin_upper": "Latin capitals (this repository's glyph benchmark, clean), 16 → 32 px",
+                     "symbols": "symbols (this repository's glyph benchmark, clean), 16 → 32 px"}
+PASSES = {"plain": 1, "sam": 2, "asam": 2}  # forward-backward passes per fine-tuning step
 
 
 class Lite0ZooRecipe(BaseModel):
@@ -56,6 +61,7 @@ class Lite0ZooRecipe(BaseModel):
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     rho: float = Field(0.005, description="SAM's ρ")
+    asam_rho: float = Field(0.05, description="ASAM's ρ (adaptive: the ball is scaled by |θ|)")
     probe_steps: int = 300
     seed: int = 0
     data_seed: int = 0
@@ -63,9 +69,22 @@ class Lite0ZooRecipe(BaseModel):
     variants: tuple[str, ...] = ("plain", "sam")
     val_images: int = Field(400, ge=1, description="validation images stored per task (they choose λ)")
 
+    @model_validator(mode="after")
+    def _check(self) -> "Lite0ZooRecipe":
+        problems = [f"unknown task '{t}' (known: {', '.join(real_tasks.TASKS)})" for t in self.tasks
+                    if t not in real_tasks.TASKS]
+        problems += [f"unknown variant '{v}' (known: {', '.join(PASSES)})" for v in self.variants if v not in PASSES]
+        problems += [f"{what} listed twice" for what, items in (("a task", self.tasks), ("a variant", self.variants))
+                     if len(set(items)) != len(items)]
+        problems += [f"no {what}" for what, items in (("task", self.tasks), ("variant", self.variants)) if not items]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def variant(self, name: str) -> VariantSpec:
-        """``plain`` (AdamW) or ``sam`` (SAM around AdamW, ρ = ``rho``)."""
-        known = {"plain": VariantSpec(name="plain"), "sam": VariantSpec(name="sam", sam=True, rho=self.rho)}
+        """``plain`` (AdamW), ``sam`` (SAM around AdamW, ρ = ``rho``) or ``asam`` (adaptive SAM, ρ = ``asam_rho``)."""
+        known = {"plain": VariantSpec(name="plain"), "sam": VariantSpec(name="sam", sam=True, rho=self.rho),
+                 "asam": VariantSpec(name="asam", sam=True, adaptive=True, rho=self.asam_rho)}
         if name not in known:
             raise ConfigError(f"Lite0 zoo: unknown variant '{name}' (known: {', '.join(known)})")
         return known[name]
@@ -100,9 +119,12 @@ class Lite0Build:
         from sammerge.zoo import normalize_uint8
         return normalize_uint8(u8[:, :1], lite0.MEAN[:1], lite0.STD[:1])
 
-    def heads(self) -> dict[str, Head]:
-        """Linear probes on θ0's features (``work/heads.safetensors``, fitted once, seeded)."""
+    def heads(self, fit: bool = True) -> dict[str, Head]:
+        """Linear probes on θ0's features (``work/heads.safetensors``, fitted once, seeded, in the recipe's task
+        order); ``fit=False``: they must exist (a process training some tasks of a larger build)."""
         path = self.work / "heads.safetensors"
+        if not path.is_file() and not fit:
+            raise FileNotFoundError(f"{path}: the heads are fitted first (by the build that owns this work dir)")
         if not path.is_file():
             g = torch.Generator().manual_seed(self.recipe.seed)
             heads = {}
@@ -118,28 +140,39 @@ class Lite0Build:
     def tv_path(self, task: str, variant: str) -> Path:
         return self.work / f"tv-{task}-{variant}.safetensors"
 
-    def train(self, variants: list[str]) -> None:
-        """Fine-tune the tail on each task for each variant whose task vector the work dir lacks; save τ (float32)."""
-        heads = self.heads()
-        for variant in variants:
-            for t in self.recipe.tasks:
-                path = self.tv_path(t, variant)
-                if path.is_file():
-                    continue
-                self.tail.load_state_dict(self.theta0)
-                start = time.perf_counter()
-                x, y = self.acts[t]["train"]
-                losses = finetune(self.tail, heads[t], Split(x, y, torch.zeros(len(y), dtype=torch.int64)),
-                                  self.recipe.finetune_recipe(), self.recipe.variant(variant),
-                                  torch.Generator().manual_seed(self.recipe.seed))
-                tv = task_vector({k: v.detach() for k, v in self.tail.state_dict().items()}, self.theta0)
-                seconds = time.perf_counter() - start
-                save_state_dict(tv, path, metadata={"train_s": f"{seconds:.1f}", "final_loss": f"{losses[-1]:.6f}"})
-                self.log(f"[lite0] {t} / {variant}: {seconds:.0f} s, final loss {losses[-1]:.4f}")
+    def units(self, variants: list[str] | None = None) -> list[tuple[str, str]]:
+        """The (task, variant) fine-tunes whose task vector the work dir lacks (all variants of the recipe by
+        default), variant by variant."""
+        return [(t, v) for v in (self.recipe.variants if variants is None else variants) for t in self.recipe.tasks
+                if not self.tv_path(t, v).is_file()]
+
+    def train(self, variants: list[str] | None = None, units: list[tuple[str, str]] | None = None,
+              on_step=None, fit_heads: bool = True) -> None:
+        """Fine-tune the tail for each (task, variant) unit (default: every one of ``variants`` the work dir lacks)
+        and save its τ (float32); ``on_step(task, variant, step, steps)`` after every step."""
+        heads = self.heads(fit=fit_heads)
+        for t, variant in self.units(variants) if units is None else units:
+            path = self.tv_path(t, variant)
+            if path.is_file():
+                continue
+            spec = self.recipe.variant(variant)
+            steps = spec.steps or self.recipe.steps
+            self.tail.load_state_dict(self.theta0)
+            start = time.perf_counter()
+            x, y = self.acts[t]["train"]
+            losses = finetune(self.tail, heads[t], Split(x, y, torch.zeros(len(y), dtype=torch.int64)),
+                              self.recipe.finetune_recipe(), spec, torch.Generator().manual_seed(self.recipe.seed),
+                              on_step=None if on_step is None else lambda i: on_step(t, variant, i + 1, steps))
+            tv = task_vector({k: v.detach() for k, v in self.tail.state_dict().items()}, self.theta0)
+            seconds = time.perf_counter() - start
+            save_state_dict(tv, path, metadata={"train_s": f"{seconds:.1f}", "final_loss": f"{losses[-1]:.6f}",
+                                                "threads": str(torch.get_num_threads())})
+            self.log(f"[lite0] {t} / {variant}: {seconds:.0f} s, final loss {losses[-1]:.4f}")
         self.tail.load_state_dict(self.theta0)
 
-    def write(self, out: Path) -> Path:
-        """The zoo (module doc) at ``out``, written atomically; every accuracy measured on the stored weights."""
+    def write(self, out: Path, name: str | None = None) -> Path:
+        """The zoo (module doc) at ``out``, written atomically; every accuracy measured on the stored weights.
+        ``name``: the manifest's (default ``lite0-real{number of tasks}``)."""
         from sammerge import __version__
         from sammerge.zoo import (TASK_VECTOR_FORMAT_VERSION, MANIFEST_NAME, CheckpointRecord, FileRecord, ImageData,
                                   SplitScores, TaskInfo, ZooManifest)
@@ -187,7 +220,7 @@ class Lite0Build:
                                  (("images", self.data[t][s]), ("labels", self.data[t][s]))},
                                 tmp / f"data/{t}.safetensors")
             manifest = ZooManifest(
-                format_version=TASK_VECTOR_FORMAT_VERSION, name="lite0-real3",
+                format_version=TASK_VECTOR_FORMAT_VERSION, name=name or f"lite0-real{len(recipe.tasks)}",
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seed=recipe.seed,
                 encoder=Lite0TailConfig(start=recipe.start, image_size=real_tasks.SIZE),
                 data={"kind": "real_images", "splits": {t: real_tasks.describe(t, recipe.data_seed) for t in recipe.tasks},
@@ -221,17 +254,40 @@ class Lite0Build:
         return out
 
 
+STEP_LINE = "@step"  # --progress-lines: "@step TASK VARIANT STEP STEPS" on stdout after every fine-tuning step
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="heads and float32 task vectors (resumable)")
-    ap.add_argument("--train", nargs="*", default=None, choices=("plain", "sam"),
+    ap.add_argument("--train", nargs="*", default=None, choices=tuple(PASSES),
                     help="variants to fine-tune (default: all of the recipe's; none: heads only)")
+    ap.add_argument("--units", nargs="+", default=None, metavar="TASK:VARIANT",
+                    help="fine-tune only these (the heads must exist in --work: a lane of a parallel build)")
+    ap.add_argument("--recipe", default=None, help="the recipe as JSON (default: Lite0ZooRecipe's defaults)")
     ap.add_argument("--out", type=Path, default=None, help="write the zoo here (all task vectors must exist)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="the recipe's seed (overrides --recipe's)")
+    ap.add_argument("--progress-lines", action="store_true", help=f"print '{STEP_LINE} TASK VARIANT STEP STEPS' lines")
+    ap.add_argument("--nice", type=int, default=0, help="raise this process's niceness by N first")
     args = ap.parse_args(argv)
-    build = Lite0Build(Lite0ZooRecipe(seed=args.seed), args.work)
+    if args.nice:
+        os.nice(args.nice)
+    recipe = Lite0ZooRecipe.model_validate_json(args.recipe) if args.recipe else Lite0ZooRecipe()
+    if args.seed is not None:
+        recipe = recipe.model_copy(update={"seed": args.seed})
+    on_step = None
+    if args.progress_lines:
+        def on_step(task, variant, step, steps):
+            print(f"{STEP_LINE} {task} {variant} {step} {steps}", flush=True)
+    if args.units:
+        units = [tuple(u.split(":", 1)) for u in args.units]
+        tasks = tuple(dict.fromkeys(t for t, _ in units))  # load and encode only the tasks this lane trains
+        build = Lite0Build(recipe.model_copy(update={"tasks": tasks}), args.work)
+        build.train(units=units, on_step=on_step, fit_heads=False)
+        return 0
+    build = Lite0Build(recipe, args.work)
     build.heads()
-    build.train(list(build.recipe.variants) if args.train is None else args.train)
+    build.train(list(build.recipe.variants) if args.train is None else args.train, on_step=on_step)
     if args.out:
         build.write(args.out)
     return 0

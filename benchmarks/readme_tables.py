@@ -334,6 +334,26 @@ def soak_startup(r: dict) -> str:
     return "\n".join(lines) + "\n\n" + where
 
 
+def lite0_build(r: dict) -> str:
+    """benchmarks/lite0_build.py: the stages of a background Lite0 build, each fine-tune, the one-core baseline."""
+    rec = r["recipe"]
+    units = r["unit_s"]
+    by_variant = {v: [s for u, s in units.items() if u.endswith("/" + v)] for v in rec["variants"]}
+    lines = ["| | seconds |", "|---|---|",
+             f"| load the images, encode them with the frozen prefix, fit {len(rec['tasks'])} heads | {r['setup_s']:.0f} |",
+             f"| fine-tune {len(units)} units on {r['lanes']} processes | {r['fine_tuning_s']:.0f} |",
+             f"| write the zoo (evaluate every checkpoint as stored) | {r['write_s']:.0f} |",
+             f"| **whole build** | **{r['wall_s']:.0f} ({r['wall_s'] / 60:.1f} min)** |",
+             f"| baseline: the same fine-tunes one after another on one core (sum of their times) | "
+             f"{r['units_sum_s']:.0f} ({r['units_sum_s'] / r['fine_tuning_s']:.2f}× the parallel fine-tuning) |"]
+    per = "; ".join(f"{v} {min(t):.0f}–{max(t):.0f} s" for v, t in by_variant.items())
+    acc = ", ".join(f"{v} {a:.1%}" for v, a in r["individual_test"].items())
+    return ("\n".join(lines) + f"\n\nTasks {', '.join(rec['tasks'])}; variants {', '.join(rec['variants'])}; "
+            f"{rec['steps']} steps each (a SAM step is two passes). Each fine-tune on one torch thread: {per}. "
+            f"{r['cpus']} CPU cores, load average {r['load_average_at_start'][0]:.1f} when it started. The zoo it wrote: "
+            f"pretrained {r['pretrained_test']:.1%}, individual {acc} (test split).")
+
+
 ADA = ("adamerging_task", "adamerging_layer")
 
 
@@ -447,7 +467,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "browser_latency_lite0.json": browser_latency, "plan_lite0.json": plan_cli,
           "adamerging_lite0.md": paper_table,
           "lite0_regime_search.json": lite0_search,
-          "lite0_regime_search.json#seeds": lite0_seeds}
+          "lite0_regime_search.json#seeds": lite0_seeds, "lite0_build.json": lite0_build}
 
 
 def render(readme: str) -> str:

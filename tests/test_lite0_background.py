@@ -18,7 +18,17 @@ pytest.importorskip("sklearn", reason="the build extra (pip install -e '.[lite]'
 pytest.importorskip("skimage", reason="the build extra (pip install -e '.[lite]')")
 from sammerge.training.lite0_zoo import Lite0Build, Lite0ZooRecipe  # noqa: E402
 
-TINY = Lite0ZooRecipe(tasks=("sklearn_digits", "textures"), steps=4, probe_steps=20, val_images=24, lr=1e-3)
+TINY = Lite0ZooRecipe(tasks=("sklearn_digits", "textures"), steps=12, probe_steps=20, val_images=24, lr=1e-3)
+
+
+def one_thread(fn):
+    """``fn()`` with one torch thread (a build's worker processes run with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_lanes_balance_passes_longest_first():
@@ -44,8 +54,7 @@ def built(tmp_path_factory):
     """A tiny build in which one unit (textures / plain) was finished before the build started."""
     root = tmp_path_factory.mktemp("lite0bg")
     out = root / "zoo"
-    early = Lite0Build(TINY, lb.work_dir(out), log=lambda _: None)
-    early.train(units=[("textures", "plain")])
+    one_thread(lambda: Lite0Build(TINY, lb.work_dir(out), log=lambda _: None).train(units=[("textures", "plain")]))
     reports = []
     lb.build_lite0_zoo(TINY, out, progress=lambda d, t, s: reports.append((d, t, s)), poll_s=0.05)
     return out, reports
@@ -71,13 +80,8 @@ def test_background_build_writes_the_zoo_and_reports_every_pass(built):
 def test_lanes_train_what_one_process_trains(built, tmp_path):
     """The stored (float16) task vectors equal those of an in-process build with one torch thread, bit for bit."""
     out, _ = built
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref = Lite0Build(TINY, tmp_path / "ref", log=lambda _: None)
-        ref.train(units=[("sklearn_digits", "sam"), ("textures", "plain")])
-    finally:
-        torch.set_num_threads(threads)
+    ref = Lite0Build(TINY, tmp_path / "ref", log=lambda _: None)
+    one_thread(lambda: ref.train(units=[("sklearn_digits", "sam"), ("textures", "plain")]))
     for task, variant in (("sklearn_digits", "sam"), ("textures", "plain")):
         stored = load_state_dict(out / f"finetuned/{task}__{variant}.safetensors")
         expected = load_state_dict(ref.tv_path(task, variant))
@@ -106,12 +110,16 @@ def test_a_stopped_build_ends_its_processes_and_writes_no_zoo(monkeypatch, tmp_p
         if done > lb.SETUP_UNITS:  # a lane is fine-tuning
             if how == "cancel":
                 cancel.set()
-            elif _Recorded.made[0].proc.poll() is None:
-                _Recorded.made[0].proc.send_signal(signal.SIGKILL)
+            elif _Recorded.made[1].proc.poll() is None:  # made[0] fitted the heads
+                _Recorded.made[1].proc.send_signal(signal.SIGKILL)
 
     with pytest.raises(JobCancelled if how == "cancel" else ZooError) as err:
         lb.build_lite0_zoo(recipe, out, progress=progress, cancel_event=cancel, poll_s=0.05)
-    assert len(_Recorded.made) == 2 and all(lane.proc.returncode is not None for lane in _Recorded.made)
-    assert not out.exists() and (lb.work_dir(out) / "heads.safetensors").is_file()
+    assert len(_Recorded.made) == 3 and all(lane.proc.returncode is not None for lane in _Recorded.made)
+    assert not out.exists()
+    # the heads were fitted by a one-thread worker process: the same bytes as a one-thread fit here
+    heads = load_state_dict(lb.work_dir(out) / "heads.safetensors")
+    ref = one_thread(lambda: Lite0Build(recipe, tmp_path / "ref", log=lambda _: None).heads())["sklearn_digits"]
+    assert torch.equal(heads["sklearn_digits.weight"], ref.weight) and torch.equal(heads["sklearn_digits.bias"], ref.bias)
     if how == "kill":
         assert "sklearn_digits/" in str(err.value) and "exit -9" in str(err.value)

@@ -50,6 +50,14 @@ TASK_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST, 5,000-image subset), 2
 PASSES = {"plain": 1, "sam": 2, "asam": 2}  # forward-backward passes per fine-tuning step
 
 
+HEADS_FILE = "heads.safetensors"
+
+
+def tv_file(work: Path, task: str, variant: str) -> Path:
+    """Where a build's work dir keeps one fine-tune's task vector (float32)."""
+    return Path(work) / f"tv-{task}-{variant}.safetensors"
+
+
 class Lite0ZooRecipe(BaseModel):
     """Every setting of a Lite0 zoo build (recorded in zoo.json's ``source``)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,7 +130,7 @@ class Lite0Build:
     def heads(self, fit: bool = True) -> dict[str, Head]:
         """Linear probes on θ0's features (``work/heads.safetensors``, fitted once, seeded, in the recipe's task
         order); ``fit=False``: they must exist (a process training some tasks of a larger build)."""
-        path = self.work / "heads.safetensors"
+        path = self.work / HEADS_FILE
         if not path.is_file() and not fit:
             raise FileNotFoundError(f"{path}: the heads are fitted first (by the build that owns this work dir)")
         if not path.is_file():
@@ -138,7 +146,7 @@ class Lite0Build:
         return heads_from_state_dict(load_state_dict(path), list(self.recipe.tasks), str(path))
 
     def tv_path(self, task: str, variant: str) -> Path:
-        return self.work / f"tv-{task}-{variant}.safetensors"
+        return tv_file(self.work, task, variant)
 
     def units(self, variants: list[str] | None = None) -> list[tuple[str, str]]:
         """The (task, variant) fine-tunes whose task vector the work dir lacks (all variants of the recipe by

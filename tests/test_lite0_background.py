@@ -123,3 +123,27 @@ def test_a_stopped_build_ends_its_processes_and_writes_no_zoo(monkeypatch, tmp_p
     assert torch.equal(heads["sklearn_digits.weight"], ref.weight) and torch.equal(heads["sklearn_digits.bias"], ref.bias)
     if how == "kill":
         assert "sklearn_digits/" in str(err.value) and "exit -9" in str(err.value)
+
+
+def test_cli_names_every_problem_at_once(tmp_path, capsys):
+    from sammerge.cli import main as cli_main
+    (tmp_path / "taken").mkdir()
+    code = cli_main(["zoo", "build-lite0", "--out", str(tmp_path / "taken"), "--tasks", "cifar", "mnist",
+                     "--variants", "swa", "--lanes", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    for part in ("unknown task 'cifar'", "unknown variant 'swa'", "--lanes must be ≥ 1", "already exists"):
+        assert part in err, part
+
+
+def test_cli_builds_a_zoo(tmp_path, capsys):
+    from sammerge.cli import main as cli_main
+    from sammerge.zoo import open_zoo
+    out = tmp_path / "cli-zoo"
+    assert cli_main(["zoo", "build-lite0", "--out", str(out), "--tasks", "sklearn_digits", "--variants", "plain",
+                     "--steps", "3", "--quiet"]) == 0
+    zoo = open_zoo(out, verify=True)
+    assert zoo.manifest.name == "cli-zoo" and zoo.manifest.source["recipe"]["steps"] == 3
+    record = zoo.manifest.checkpoints[0]
+    assert zoo.manifest.build_wall_time_s > record.wall_time_s > 0  # the whole build, not only its last stage
+    assert "zoo written to" in capsys.readouterr().out

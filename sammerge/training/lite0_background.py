@@ -142,7 +142,7 @@ def build_lite0_zoo(recipe: Lite0ZooRecipe, out: str | os.PathLike, lanes: int =
     Cancelling (``cancel_event``, or a progress callback that raises) stops the lanes; finished units are kept.
     Heads and fine-tunes all run in one-thread worker processes, so the task vectors do not depend on the
     calling process's thread count (the same recipe gives the same bytes)."""
-    out = Path(out)
+    build_start, out = time.perf_counter(), Path(out)
     work = work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda *_: None)
@@ -171,7 +171,7 @@ def build_lite0_zoo(recipe: Lite0ZooRecipe, out: str | os.PathLike, lanes: int =
         if missing:
             raise ZooError(f"{what}: no task vector for {', '.join(f'{t}/{v}' for t, v in missing)}")
         report(total - WRITE_UNITS, total, "writing the zoo: evaluating every checkpoint as stored")
-        Lite0Build(recipe, work, log=log).write(out, name=name)
+        Lite0Build(recipe, work, log=log).write(out, name=name, started=build_start)
         report(total, total, "done")
     shutil.rmtree(work, ignore_errors=True)
     return out

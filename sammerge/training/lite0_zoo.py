@@ -178,9 +178,10 @@ class Lite0Build:
             self.log(f"[lite0] {t} / {variant}: {seconds:.0f} s, final loss {losses[-1]:.4f}")
         self.tail.load_state_dict(self.theta0)
 
-    def write(self, out: Path, name: str | None = None) -> Path:
+    def write(self, out: Path, name: str | None = None, started: float | None = None) -> Path:
         """The zoo (module doc) at ``out``, written atomically; every accuracy measured on the stored weights.
-        ``name``: the manifest's (default ``lite0-real{number of tasks}``)."""
+        ``name``: the manifest's (default ``lite0-real{number of tasks}``); ``started``: the build's start
+        (``time.perf_counter()``; default: this object's construction), for the recorded wall time."""
         from sammerge import __version__
         from sammerge.zoo import (TASK_VECTOR_FORMAT_VERSION, MANIFEST_NAME, CheckpointRecord, FileRecord, ImageData,
                                   SplitScores, TaskInfo, ZooManifest)
@@ -256,7 +257,7 @@ class Lite0Build:
                 checkpoints=records,
                 versions={"sammerge": __version__, "torch": torch.__version__, "timm": timm.__version__,
                           "python": platform.python_version()},
-                device="cpu", threads=torch.get_num_threads(), build_wall_time_s=time.perf_counter() - self.t0)
+                device="cpu", threads=torch.get_num_threads(), build_wall_time_s=time.perf_counter() - (self.t0 if started is None else started))
             atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2))
         self.log(f"[lite0] zoo written to {out}")
         return out

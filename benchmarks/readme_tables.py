@@ -374,7 +374,7 @@ def lite0_search(rows: list) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rec, v = r["recipe"], r["variants"]
-        names = [n for n in ("plain", "sam", "asam") if n in v]
+        names = [n for n in LITE0_VARIANTS if n in v]
 
         def per_variant(cell) -> str:
             return " / ".join(cell(n) for n in names) if names else "—"
@@ -389,7 +389,7 @@ def lite0_search(rows: list) -> str:
 
         def label(variant):
             value = rec.get("asam_rho") if variant == "asam" else rec.get("rho")
-            return variant + (f" ρ {value:g}" if variant != "plain" and value is not None else "")
+            return variant + (f" ρ {value:g}" if not variant.startswith("plain") and value is not None else "")
         lines.append(f"| {r['name']} | {len(rec['tasks'])} | {rec['tail_from_stage']} | {rec['optimizer']}, {rec['lr']:g}, {rec['steps']} | "
                      f"{rec['seed']} | {r['pretrained_mean']:.1%} | {per_variant(label)} | "
                      f"{per_variant(lambda n: format(v[n]['individual_mean'], '.1%'))} | {per_variant(ta)} | "
@@ -401,12 +401,64 @@ def lite0_search(rows: list) -> str:
                                "images per task (entropy), where it was run." if rows else "")
 
 
-def lite0_seeds(rows: list) -> str:
-    """The recipes of benchmarks/lite0_regime.py run with several seeds: mean ± sample std over the seeds."""
+LITE0_VARIANTS = ("plain_half", "plain", "plain_2x", "sam", "asam")
+
+
+def _seed_groups(rows: list) -> list[list]:
+    """The rows of one recipe run with several seeds (recipes equal up to seed and AdaMerging settings)."""
     groups: dict = {}
     for r in rows:
-        key = json.dumps({k: v for k, v in r["recipe"].items() if k not in ("seed", "adamerging")}, sort_keys=True)
+        key = json.dumps({k: v for k, v in r["recipe"].items() if k not in ("seed", "adamerging", "variants")},
+                         sort_keys=True)
         groups.setdefault(key, []).append(r)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def lite0_fair(rows: list) -> str:
+    """The fair comparisons of SAM / ASAM with plain fine-tuning per method, mean ± std over seeds (points):
+    (a) equal steps, (b) equal compute (plain with 2× steps: a SAM step is two passes), (c) equal individual
+    accuracy (the plain family's merged-vs-individual line — plain_half, plain, plain_2x — at SAM's individual)."""
+    from demo_regime import fair_comparisons
+    lines = ["| recipe | seeds | variant | method | (a) equal steps: minus plain | (b) equal compute: minus plain 2× steps | "
+             "(c) equal individual accuracy: minus the plain family there | individual: minus plain / minus plain 2× |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(values, extra=""):
+        values = [100 * v for v in values if v is not None]
+        if not values:
+            return "—"
+        return f"{statistics.mean(values):+.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "") + extra
+    for group in _seed_groups(rows):
+        if not all({"plain", "plain_2x", "plain_half"} <= set(r["variants"]) for r in group):
+            continue
+        seeds = ", ".join(str(s) for s in sorted(r["recipe"]["seed"] for r in group))
+        for method in ("task_arithmetic", "iso_c", "tsv_m"):
+            per_seed = []
+            for r in group:
+                view = {n: {"individual_test": v["individual_mean"], "merged_test": v["merged"][method]["test"],
+                            "normalized": v["merged"][method]["test"] / v["individual_mean"]}
+                        for n, v in r["variants"].items() if "test" in v["merged"].get(method, {})}
+                per_seed.append((r, fair_comparisons(view)))
+            for variant in [n for n in ("sam", "asam") if all(n in r["variants"] for r in group)]:
+                comps = [c[variant] for _, c in per_seed]
+                outside = sum(not c["equal_individual"]["interpolated"] for c in comps)
+                lines.append(
+                    f"| {group[0]['name'].rsplit('-seed', 1)[0]} | {seeds} | {variant} | {method} | "
+                    f"{cell([c['equal_steps']['merged'] for c in comps])} | "
+                    f"{cell([c['equal_compute']['merged'] for c in comps])} | "
+                    f"{cell([c['equal_individual']['merged'] for c in comps], f' ({outside} of {len(comps)} extrapolated)' if outside else '')} | "
+                    f"{cell([c['equal_steps']['individual'] for c in comps])} / {cell([c['equal_compute']['individual'] for c in comps])} |")
+    if len(lines) == 2:
+        return "No recipe has its plain_half and plain_2x runs for several seeds yet."
+    return "\n".join(lines) + ("\n\nMerged test accuracy of the SAM-type variant minus plain's, in points, mean ± sample "
+                               "std over the seeds (each seed paired: same probes, splits and batch order). (c) "
+                               "interpolates the plain family's merged accuracy linearly between its two nearest "
+                               "members at the SAM variant's individual accuracy (extrapolated from the nearest "
+                               "segment when outside the family's range).")
+
+
+def lite0_seeds(rows: list) -> str:
+    """The recipes of benchmarks/lite0_regime.py run with several seeds: mean ± sample std over the seeds."""
     lines = ["| recipe | seeds | variant | individual | task arithmetic (gap closed) | best static method, per seed | "
              "best static (gap closed) | AdaMerging layer-wise (gap closed) | minus plain, same seed: individual / "
              "task arithmetic / Iso-C (points) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -431,11 +483,9 @@ def lite0_seeds(rows: list) -> str:
     def gaps(values):
         return f"{statistics.mean(values):+.0%}" + (f" ± {statistics.stdev(values):.0%}" if len(values) > 1 else "")
 
-    for group in groups.values():
+    for group in _seed_groups(rows):
         seeds = sorted(r["recipe"]["seed"] for r in group)
-        if len(seeds) < 2:
-            continue
-        for variant in [n for n in ("plain", "sam", "asam") if all(n in r["variants"] for r in group)]:
+        for variant in [n for n in LITE0_VARIANTS if all(n in r["variants"] for r in group)]:
             vs = [r["variants"][variant] for r in group]
             ta = [v["merged"]["task_arithmetic"] for v in vs]
             bests = [_lite0_best(v["merged"]) for v in vs]
@@ -467,7 +517,8 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "browser_latency_lite0.json": browser_latency, "plan_lite0.json": plan_cli,
           "adamerging_lite0.md": paper_table,
           "lite0_regime_search.json": lite0_search,
-          "lite0_regime_search.json#seeds": lite0_seeds, "lite0_build.json": lite0_build}
+          "lite0_regime_search.json#seeds": lite0_seeds, "lite0_build.json": lite0_build,
+          "lite0_regime_search.json#fair": lite0_fair}
 
 
 def render(readme: str) -> str:

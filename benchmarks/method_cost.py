@@ -119,7 +119,7 @@ def main() -> int:
 
     out = {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
            "load_average": os.getloadavg()[0], "quick": args.quick, "demo": {}, "vit": {}}
-    # -- the demo zoo (its SAM checkpoints, every task)
+    # -- the demo zoo, or --zoo (its SAM checkpoints, every task)
     zoo = open_zoo(args.zoo or shipped_zoo_dir())
     variant = "sam" if "sam" in zoo.variants else zoo.variants[-1]
     theta0 = zoo.pretrained()
@@ -173,19 +173,20 @@ def main() -> int:
 def markdown(r: dict) -> str:
     demo, vit = r["demo"], r["vit"]
     names = list(vit["methods"])
-    lines = [f"{r['threads']} torch thread(s), machine load average {r['load_average']:.1f}; demo zoo: {demo['tasks']} "
+    label = "demo zoo" if demo.get("zoo", "demo").startswith("demo") else f"zoo `{demo['zoo']}`"
+    lines = [f"{r['threads']} torch thread(s), machine load average {r['load_average']:.1f}; {label}: {demo['tasks']} "
              f"tasks × {demo['parameters']:,} parameters; ViT-B/32-sized: {vit['tasks']} random task vectors, "
              f"{vit['blocks']} of 12 blocks measured ({vit['parameters']:,} of {vit['parameters_full']:,} parameters)"
              + (", the whole encoder extrapolated (embeddings + blocks × 12 / measured blocks)." if vit['blocks'] < 12
                 else "."), "",
-             "| method | demo zoo (s) | ViT-B/32 sizes, measured (s) | whole encoder (s) |", "|---|---|---|---|"]
+             f"| method | {label} (s) | ViT-B/32 sizes, measured (s) | whole encoder (s) |", "|---|---|---|---|"]
     for name in names:
         m = vit["methods"][name]
         lines.append(f"| `{name}` | {demo.get(name, float('nan')):.3f} | {m['measured_s']:.2f} | "
                      f"{'≈ ' if m['extrapolated'] else ''}{m['encoder_s']:.1f} |")
     stats = r.get("demo_statistics", {})
     if stats:
-        lines += ["", "Data methods: the demo zoo's unlabeled-image statistics (once per variant, then kept in memory) "
+        lines += ["", f"Data methods: the {label}'s unlabeled-image statistics (once per variant, then kept in memory) "
                   "took " + ", ".join(f"`{k}` {v:.1f} s" for k, v in stats.items()) + " for its "
                   f"{demo['tasks']} tasks (256 images each, forward passes; Fisher also backward). The ViT-sized "
                   "rows time the merge with random statistics of the right shapes; computing real ones there needs "

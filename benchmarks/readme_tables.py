@@ -236,7 +236,8 @@ def browser_methods(r: dict) -> str:
     first = next(iter(r["by_method"]))
     rows = [f"| `{m}` | {d['median_ms']:.0f} ms | {d['p95_ms']:.0f} ms | {d['ratio_to_' + first]:.2f}× |"
             for m, per in r["by_method"].items() for d in [per["default"]]]
-    return "\n".join([f"Demo zoo, {r['moves']} λ moves per method in one run (one round), slider press to the new "
+    label = "Demo zoo" if r.get("zoo", "demo").startswith("demo") else f"Zoo `{r['zoo']}`"
+    return "\n".join([f"{label}, {r['moves']} λ moves per method in one run (one round), slider press to the new "
                       f"number on screen in Chromium; machine load average {r['load_average_1min']:.1f} at the end.",
                       "", f"| method | median | p95 | median vs `{first}` |", "|---|---|---|---|", *rows])
 

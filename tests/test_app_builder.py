@@ -10,12 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "6_Zoo_builder.py")
 
 
-def open_builder(monkeypatch, home, roots=()):
+def open_page(monkeypatch, home, roots=()):
+    """The builder page with its zoo folder under ``home`` (it opens on the Lite0 form)."""
     monkeypatch.setenv("SAMMERGE_HOME", str(home))
     monkeypatch.setenv("SAMMERGE_ZOO_ROOTS", ":".join(str(r) for r in roots))
     monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
     monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    return AppTest.from_file(PAGE, default_timeout=120).run()
+
+
+def open_builder(monkeypatch, home, roots=()):
+    """The builder page on the glyph form, preset tiny."""
+    at = open_page(monkeypatch, home, roots)
     at.radio(key="zb_kind").set_value("Small glyph encoder (presets)").run()
     return at.selectbox(key="zb_preset").set_value("tiny").run()
 
@@ -61,18 +67,10 @@ def test_build_in_the_shared_worker_then_compare_with_another_zoo(monkeypatch, t
     assert set(frame["zoo"]) == {"mine", tiny_zoo.name}
 
 
-def open_lite0_form(monkeypatch, home):
-    monkeypatch.setenv("SAMMERGE_HOME", str(home))
-    monkeypatch.setenv("SAMMERGE_ZOO_ROOTS", "")
-    monkeypatch.delenv("SAMMERGE_ZOO", raising=False)
-    monkeypatch.chdir(ROOT)
-    return AppTest.from_file(PAGE, default_timeout=120).run()
-
-
 def test_lite0_form_lists_every_problem_at_once(monkeypatch, tmp_path):
     from sammerge.training import real_tasks
     monkeypatch.setattr(real_tasks, "FASHION_DIR", tmp_path / "no-fashion")
-    at = open_lite0_form(monkeypatch, tmp_path)
+    at = open_page(monkeypatch, tmp_path)
     assert not at.exception and at.radio(key="zb_kind").value.startswith("EfficientNet")
     assert at.multiselect(key="zb_l0_tasks").value == ["mnist", "fashion_mnist", "sklearn_digits", "textures"]
     errors = " ".join(e.value for e in at.error)
@@ -92,7 +90,7 @@ def test_lite0_build_from_the_page_appears_in_the_zoo_picker(monkeypatch, tmp_pa
     from sammerge.webapp import zoo_picker
     from sammerge.zoo import open_zoo
 
-    at = open_lite0_form(monkeypatch, tmp_path)
+    at = open_page(monkeypatch, tmp_path)
     at.multiselect(key="zb_l0_tasks").set_value(["sklearn_digits"]).run()
     at.multiselect(key="zb_l0_variants").set_value(["plain", "asam"]).run()
     at.number_input(key="zb_l0_steps").set_value(3).run()

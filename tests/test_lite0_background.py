@@ -147,3 +147,46 @@ def test_cli_builds_a_zoo(tmp_path, capsys):
     record = zoo.manifest.checkpoints[0]
     assert zoo.manifest.build_wall_time_s > record.wall_time_s > 0  # the whole build, not only its last stage
     assert "zoo written to" in capsys.readouterr().out
+
+
+def test_a_lane_whose_build_died_stops(tmp_path):
+    """A lane outlives nothing: once the process that started it is gone it stops at its next step (a killed
+    server leaves no fine-tuning behind to compete with the next build)."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    recipe = TINY.model_copy(update={"tasks": ("sklearn_digits",), "steps": 100_000})
+    Lite0Build(recipe, tmp_path, log=lambda _: None).heads()
+    lane = [sys.executable, "-m", "sammerge.training.lite0_zoo", "--work", str(tmp_path), "--recipe",
+            recipe.model_dump_json(), "--progress-lines", "--exit-with-parent", "--units", "sklearn_digits:plain"]
+    # a short-lived parent: starts the lane (its output to a file, so no closed pipe stops it), waits for its
+    # first step line, then exits
+    log = tmp_path / "lane.log"
+    parent = subprocess.run([sys.executable, "-c", (
+        "import pathlib, subprocess, time\n"
+        f"log = pathlib.Path({str(log)!r})\n"
+        f"p = subprocess.Popen({json.dumps(lane)}, stdout=log.open('w'), stderr=subprocess.STDOUT, start_new_session=True)\n"
+        "while '@step' not in log.read_text():\n"
+        "    time.sleep(0.1)\n"
+        "print(p.pid)\n")], capture_output=True, text=True, timeout=120)
+    pid = int(parent.stdout.strip())
+
+    def alive() -> bool:
+        status = Path(f"/proc/{pid}/status")
+        try:
+            return "\nState:\tZ" not in status.read_text()
+        except OSError:
+            return False
+    deadline = time.monotonic() + 60
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    still = alive()
+    if still:
+        import os
+        import signal as sig
+        os.kill(pid, sig.SIGKILL)
+    assert not still, "the orphaned lane kept fine-tuning"
+    assert not (tmp_path / "tv-sklearn_digits-plain.safetensors").exists()

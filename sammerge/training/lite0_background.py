@@ -9,8 +9,8 @@ a SAM or ASAM step costs two passes. Lanes print one line per step, which become
 process writes the zoo (every checkpoint evaluated as stored) and removes the work dir.
 
 The work dir ``.{name}.lite0-build`` beside ``out`` holds the heads and every finished task vector: a cancelled,
-killed or failed build resumes there (a lane that fails stops the others at once), and one build at a time works
-in it (a lock).
+killed or failed build resumes there (a lane that fails stops the others at once; lanes whose build process died
+stop at their next step), and one build at a time works in it (a lock).
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class _Lane:
                "PYTHONPATH": os.pathsep.join([str(Path(sammerge.__file__).resolve().parents[1]),
                                               *filter(None, [os.environ.get("PYTHONPATH")])])}
         cmd = [sys.executable, "-m", "sammerge.training.lite0_zoo", "--work", str(work),
-               "--recipe", recipe.model_dump_json(), "--progress-lines", "--nice", str(nice),
+               "--recipe", recipe.model_dump_json(), "--progress-lines", "--exit-with-parent", "--nice", str(nice),
                *(["--units", *[f"{t}:{v}" for t, v in units]] if units else ["--train"])]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)

@@ -278,15 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="the recipe's seed (overrides --recipe's)")
     ap.add_argument("--progress-lines", action="store_true", help=f"print '{STEP_LINE} TASK VARIANT STEP STEPS' lines")
     ap.add_argument("--nice", type=int, default=0, help="raise this process's niceness by N first")
+    ap.add_argument("--exit-with-parent", action="store_true",
+                    help="stop (at the next step) once the process that started this one is gone")
     args = ap.parse_args(argv)
     if args.nice:
         os.nice(args.nice)
+    parent = os.getppid()
     recipe = Lite0ZooRecipe.model_validate_json(args.recipe) if args.recipe else Lite0ZooRecipe()
     if args.seed is not None:
         recipe = recipe.model_copy(update={"seed": args.seed})
-    on_step = None
-    if args.progress_lines:
-        def on_step(task, variant, step, steps):
+    def on_step(task, variant, step, steps):
+        if args.exit_with_parent and os.getppid() != parent:
+            raise SystemExit(f"[lite0] {task} / {variant}: the build that started this process is gone; stopping")
+        if args.progress_lines:
             print(f"{STEP_LINE} {task} {variant} {step} {steps}", flush=True)
     if args.units:
         units = [tuple(u.split(":", 1)) for u in args.units]

@@ -68,6 +68,8 @@ def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_a
     fkeys = float_keys(theta0)
     out = {}
     for granularity, groups in (("task", {"all": fkeys}), ("layer", layers.layer_groups(fkeys))):
+        if granularity not in args.ada_granularity:
+            continue
         start = time.perf_counter()
         lam, trace, best_step, _ = learn_coefficients(theta0, tvs, copy.deepcopy(tail), [heads[t] for t in tasks],
                                                       images, groups, args.ada_steps, args.ada_lr, 0.3, (0.0, 1.0))
@@ -81,6 +83,30 @@ def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_a
             "entropy_start": trace[0], "entropy_best": trace[best_step], "best_step": best_step,
             "seconds": time.perf_counter() - start}
     return out
+
+
+def ada_only(args, variants, run_dir, tail, heads, theta0, acts, labels, scorer, test, pre) -> dict:
+    """AdaMerging alone (``--ada-only``) on the task vectors an earlier run saved under SAVE/NAME: one result per
+    variant, with the individual accuracies measured again from those task vectors."""
+    if run_dir is None or not (run_dir / "theta0.safetensors").exists():
+        raise SystemExit("--ada-only needs the task vectors of an earlier run: --save DIR --resume and its --name")
+    out = {}
+    for variant in variants:
+        tvs, indiv = [], {}
+        for t in args.tasks:
+            tvs.append(load_state_dict(run_dir / f"task_vector-{t}-{variant.name}.safetensors"))
+            single = Evaluator(scorer, {t: heads[t]}, {t: (acts[t]["test"], labels[t]["test"])})
+            indiv[t] = single.evaluate(apply_task_vector(theta0, tvs[-1]))[t].accuracy
+        pre_mean, indiv_mean = statistics.mean(pre.values()), statistics.mean(indiv.values())
+        out[variant.name] = {"individual_mean": indiv_mean, "pretrained_mean": pre_mean,
+                             "merged": adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks},
+                                                       test, pre_mean, indiv_mean, args)}
+        print(f"[{args.name}] {variant.name}: " + ", ".join(f"{k} {m['test']:.3f} ({m['gap_closed']:+.2f})"
+                                                          for k, m in out[variant.name]["merged"].items()), flush=True)
+    return {"name": args.name, "seed": args.seed, "tasks": list(args.tasks),
+            "adamerging": {"steps": args.ada_steps, "lr": args.ada_lr, "images_per_task": args.ada_images,
+                           "granularity": list(args.ada_granularity), "init": 0.3, "clamp": [0.0, 1.0]},
+            "variants": out}
 
 
 def run(args) -> dict:
@@ -120,6 +146,8 @@ def run(args) -> dict:
              "plain_half": VariantSpec(name="plain_half", steps=args.steps // 2),
              "plain_2x": VariantSpec(name="plain_2x", steps=2 * args.steps)}
     variants = [known[v] for v in args.variants]
+    if args.ada_only:
+        return ada_only(args, variants, run_dir, tail, heads, theta0, acts, labels, scorer, test, pre)
     rows = {}
     for variant in variants:
         tvs, indiv, train_s, resumed = [], {}, 0.0, []
@@ -209,12 +237,20 @@ def main() -> None:
                     help="reuse task vectors an earlier, interrupted run of NAME saved under SAVE (same θ0); "
                          "their training seconds are not counted")
     ap.add_argument("--search", type=Path, default=None, help="append this recipe's row to a JSON list")
+    ap.add_argument("--ada-granularity", nargs="+", choices=("task", "layer"), default=["task", "layer"])
+    ap.add_argument("--ada-only", type=Path, default=None, metavar="JSON",
+                    help="only AdaMerging (--ada-steps, --ada-lr, --ada-images, --ada-granularity) on the task vectors "
+                         "saved under SAVE/NAME; its result is appended to this JSON list (replacing one of the same "
+                         "name and settings), the search is not touched")
     args = ap.parse_args()
     row = run(args)
-    if args.search:  # several recipes may run side by side: read-modify-write under an exclusive lock
-        with open(args.search.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            rows = json.loads(args.search.read_text()) if args.search.exists() else []
+    if args.ada_only:
+        def key(r):
+            return r["name"], json.dumps(r["adamerging"], sort_keys=True)
+        locked_update(args.ada_only, lambda rows: [r for r in rows if key(r) != key(row)] + [row])
+        return
+    if args.search:
+        def merge(rows: list) -> list:
             old = next((r for r in rows if r["name"] == args.name), None)
             merged = merged_row(old, row)
             if old is not None and merged is row and not set(old["variants"]) <= set(row["variants"]):
@@ -223,11 +259,19 @@ def main() -> None:
                 raise SystemExit(f"{args.name}: the search's row of that name is another recipe or setup (its "
                                  f"pretrained accuracies differ) and has variants this run lacks; not replaced. "
                                  f"This run's row: {kept}")
-            rows = [r for r in rows if r["name"] != args.name] + [merged]
-            tmp = args.search.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows, indent=1))
-            tmp.replace(args.search)
+            return [r for r in rows if r["name"] != args.name] + [merged]
+        locked_update(args.search, merge)
 
+
+def locked_update(path: Path, update) -> None:
+    """``path`` (a JSON list) ← ``update(its rows)``, read-modify-write under an exclusive lock: several runs may
+    finish side by side."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = update(json.loads(path.read_text()) if path.exists() else [])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)
 
 if __name__ == "__main__":
     main()

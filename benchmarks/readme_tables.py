@@ -458,6 +458,45 @@ def lite0_fair(rows: list) -> str:
                                "segment when outside the family's range).")
 
 
+def lite0_ada_levers(rows: list) -> str:
+    """benchmarks/lite0_regime.py --ada-only: AdaMerging with other settings on the study's saved task vectors, beside
+    the study's own AdaMerging and task arithmetic of the same seeds (mean ± std over seeds; wins = seeds where it
+    beats task arithmetic)."""
+    search = {r["name"]: r for r in json.loads((RESULTS / "lite0_regime_search.json").read_text(encoding="utf-8"))}
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(json.dumps(r["adamerging"], sort_keys=True), []).append(r)
+    lines = ["| AdaMerging | seeds | variant | images per task | steps | accuracy | gap closed | minus task arithmetic "
+             "(points) | above task arithmetic |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(label, seeds, variant, images, steps, results, tas):
+        acc = [m["test"] for m in results]
+        diffs = [100 * (a - t) for a, t in zip(acc, tas)]
+        sd = (lambda v: f" ± {statistics.stdev(v):.1f}") if len(acc) > 1 else (lambda v: "")
+        return (f"| {label} | {seeds} | {variant} | {images} | {steps} | {100 * statistics.mean(acc):.1f}{sd([100 * a for a in acc])} % | "
+                f"{statistics.mean(m['gap_closed'] for m in results):+.0%} | {statistics.mean(diffs):+.1f}{sd(diffs)} | "
+                f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds |")
+    for group in groups.values():
+        settings = group[0]["adamerging"]
+        for granularity in settings["granularity"]:
+            for variant in [v for v in ("plain", "sam", "asam") if all(v in r["variants"] for r in group)]:
+                study = [search.get(r["name"]) for r in group]
+                if any(s is None or variant not in s["variants"] for s in study):
+                    continue
+                seeds = ", ".join(str(r["seed"]) for r in group)
+                tas = [s["variants"][variant]["merged"]["task_arithmetic"]["test"] for s in study]
+                base = [s["variants"][variant]["merged"].get(f"adamerging_{granularity}") for s in study]
+                if all(b and "test" in b for b in base):
+                    ada = study[0]["recipe"]["adamerging"]
+                    lines.append(row(f"{granularity}-wise, the study's", seeds, variant, ada["images_per_task"],
+                                     ada["steps"], base, tas))
+                lines.append(row(f"{granularity}-wise", seeds, variant, settings["images_per_task"], settings["steps"],
+                                 [r["variants"][variant]["merged"][f"adamerging_{granularity}"] for r in group], tas))
+    return "\n".join(lines) + ("\n\nOn the four-task study's saved task vectors (same probes, splits and λ "
+                               "initialisation 0.3, Adam lr 0.01, λ in [0, 1]); the unlabeled images are a seeded draw "
+                               "from each task's validation split; test accuracy, mean ± sample std over the seeds.")
+
+
 def lite0_seeds(rows: list) -> str:
     """The recipes of benchmarks/lite0_regime.py run with several seeds: mean ± sample std over the seeds."""
     lines = ["| recipe | seeds | variant | individual | task arithmetic (gap closed) | best static method, per seed | "
@@ -519,7 +558,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "adamerging_lite0.md": paper_table,
           "lite0_regime_search.json": lite0_search,
           "lite0_regime_search.json#seeds": lite0_seeds, "lite0_build.json": lite0_build,
-          "lite0_regime_search.json#fair": lite0_fair}
+          "lite0_regime_search.json#fair": lite0_fair, "lite0_adamerging_levers.json": lite0_ada_levers}
 
 
 def render(readme: str) -> str:

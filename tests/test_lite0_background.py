@@ -3,7 +3,13 @@ vectors one process gives, progress counts every pass, a finished unit is not tr
 failed build stops its processes, writes no zoo and keeps what was finished."""
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,12 +158,6 @@ def test_cli_builds_a_zoo(tmp_path, capsys):
 def test_a_lane_whose_build_died_stops(tmp_path):
     """A lane outlives nothing: once the process that started it is gone it stops at its next step (a killed
     server leaves no fine-tuning behind to compete with the next build)."""
-    import json
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     recipe = TINY.model_copy(update={"tasks": ("sklearn_digits",), "steps": 100_000})
     Lite0Build(recipe, tmp_path, log=lambda _: None).heads()
     lane = [sys.executable, "-m", "sammerge.training.lite0_zoo", "--work", str(tmp_path), "--recipe",
@@ -165,6 +165,18 @@ def test_a_lane_whose_build_died_stops(tmp_path):
     # a short-lived parent: starts the lane (its output to a file, so no closed pipe stops it), waits for its
     # first step line, then exits
     log = tmp_path / "lane.log"
+    try:
+        _orphan_check(tmp_path, lane, log)
+    finally:  # whatever failed, no lane of this test outlives it
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if str(tmp_path).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+def _orphan_check(tmp_path, lane, log):
     parent = subprocess.run([sys.executable, "-c", (
         "import pathlib, subprocess, time\n"
         f"log = pathlib.Path({str(log)!r})\n"
@@ -183,10 +195,5 @@ def test_a_lane_whose_build_died_stops(tmp_path):
     deadline = time.monotonic() + 60
     while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-    still = alive()
-    if still:
-        import os
-        import signal as sig
-        os.kill(pid, sig.SIGKILL)
-    assert not still, "the orphaned lane kept fine-tuning"
+    assert not alive(), "the orphaned lane kept fine-tuning"
     assert not (tmp_path / "tv-sklearn_digits-plain.safetensors").exists()

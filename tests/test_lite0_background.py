@@ -60,6 +60,7 @@ def built(tmp_path_factory):
     """A tiny build in which one unit (textures / plain) was finished before the build started."""
     root = tmp_path_factory.mktemp("lite0bg")
     out = root / "zoo"
+    lb.claim_work_dir(lb.work_dir(out), TINY)  # as a stopped build of this recipe would have left it
     one_thread(lambda: Lite0Build(TINY, lb.work_dir(out), log=lambda _: None).train(units=[("textures", "plain")]))
     reports = []
     lb.build_lite0_zoo(TINY, out, progress=lambda d, t, s: reports.append((d, t, s)), poll_s=0.05)
@@ -197,3 +198,15 @@ def _orphan_check(tmp_path, lane, log):
         time.sleep(0.2)
     assert not alive(), "the orphaned lane kept fine-tuning"
     assert not (tmp_path / "tv-sklearn_digits-plain.safetensors").exists()
+
+
+def test_a_work_dir_of_another_recipe_is_not_reused(tmp_path):
+    from sammerge.io import save_state_dict
+    lb.claim_work_dir(tmp_path, TINY)
+    save_state_dict({"w": torch.zeros(2)}, tmp_path / "heads.safetensors")
+    save_state_dict({"w": torch.zeros(2)}, tmp_path / "tv-textures-plain.safetensors")
+    assert lb.claim_work_dir(tmp_path, TINY) == []  # the same recipe: everything kept
+    other = TINY.model_copy(update={"lr": 2e-3})
+    assert lb.claim_work_dir(tmp_path, other) == ["heads.safetensors", "tv-textures-plain.safetensors"]
+    assert not list(tmp_path.glob("*.safetensors"))
+    assert Lite0ZooRecipe.model_validate_json((tmp_path / lb.RECIPE_FILE).read_text()) == other

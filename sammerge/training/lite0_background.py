@@ -8,7 +8,8 @@ one torch thread each, niced so that a server's slider moves come first), longes
 a SAM or ASAM step costs two passes. Lanes print one line per step, which becomes this build's progress. Last, this
 process writes the zoo (every checkpoint evaluated as stored) and removes the work dir.
 
-The work dir ``.{name}.lite0-build`` beside ``out`` holds the heads and every finished task vector: a cancelled,
+The work dir ``.{name}.lite0-build`` beside ``out`` holds the recipe, the heads and every finished task vector
+(another recipe's are removed, never reused): a cancelled,
 killed or failed build resumes there (a lane that fails stops the others at once; lanes whose build process died
 stop at their next step), and one build at a time works in it (a lock).
 """
@@ -65,6 +66,23 @@ def missing_requirements(recipe: Lite0ZooRecipe) -> list[str]:
 
 def work_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.lite0-build"
+
+
+RECIPE_FILE = "recipe.json"
+
+
+def claim_work_dir(work: Path, recipe: Lite0ZooRecipe) -> list[str]:
+    """Make ``work`` this recipe's: heads and task vectors left there by a build of another recipe are removed (never
+    reused for this one), then the recipe is recorded. Returns the names of the removed files."""
+    from sammerge.io import atomic_write_text
+    recorded = work / RECIPE_FILE
+    removed = []
+    if recorded.is_file() and recorded.read_text() != recipe.model_dump_json():
+        for f in sorted(work.glob("*.safetensors")):
+            f.unlink()
+            removed.append(f.name)
+    atomic_write_text(recorded, recipe.model_dump_json())
+    return removed
 
 
 class _Lane:
@@ -152,6 +170,7 @@ def build_lite0_zoo(recipe: Lite0ZooRecipe, out: str | os.PathLike, lanes: int =
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ZooError(f"{out}: another build is writing this zoo (work dir {work})") from None
+        claim_work_dir(work, recipe)
         costs = {(t, v): unit_cost(recipe, v) for v in recipe.variants for t in recipe.tasks}
         total = SETUP_UNITS + sum(costs.values()) + WRITE_UNITS
         stage = "loading the images, encoding them with the frozen prefix, fitting the heads (one worker process)"

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 from pydantic import ValidationError
 
-from sammerge.errors import SammergeError
+from sammerge.errors import SammergeError, invalid_fields
 from sammerge.models.presets import ALL_TASKS, PRESETS, get_preset
 from sammerge.training import real_tasks
 from sammerge.training.build import build_zoo, default_zoo_dir
@@ -25,12 +25,6 @@ NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 def name_problems(name: str) -> list[str]:
     return [] if re.fullmatch(NAME, name or "") else [
         "zoo name: use 1–64 letters, digits, '-' or '_', starting with a letter or digit"]
-
-
-def validation_problems(exc: ValidationError) -> list[str]:
-    """One line per problem of a recipe (pydantic's messages without their boilerplate)."""
-    return [f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()]
 
 
 def submit_or_show(worker, problems: list[str], out: Path, name: str, plan: str, button_key: str, work) -> None:
@@ -122,7 +116,7 @@ def lite0_form(worker) -> None:
         recipe = Lite0ZooRecipe(tasks=tuple(tasks), variants=tuple(variants), lr=float(lr), steps=int(steps),
                                 rho=float(rho), asam_rho=float(asam_rho), seed=int(seed))
     except ValidationError as exc:
-        problems += validation_problems(exc)
+        problems.append(invalid_fields(exc, "recipe field"))
     out = default_zoo_dir() / (name or "_")
     if recipe is not None:
         problems += missing_requirements(recipe)

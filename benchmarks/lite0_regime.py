@@ -41,7 +41,7 @@ from sammerge.training.lite0_zoo import Lite0Build
 from sammerge.training.train import finetune, fit_probe
 
 METHODS = ("task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts", "wudi")
-VARIANTS = ("plain", "sam", "asam", "plain_half", "plain_2x")
+VARIANTS = ("plain", "sam", "asam", "plain_half", "plain_2x", "plain_4x")
 
 
 def merged_row(old: dict | None, new: dict) -> dict:
@@ -59,20 +59,26 @@ def merged_row(old: dict | None, new: dict) -> dict:
 
 
 def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_acts: dict, test: Evaluator,
-                    pre_mean: float, indiv_mean: float, args) -> dict:
+                    pre_mean: float, indiv_mean: float, args, init: float = 0.3) -> dict:
     """AdaMerging task-wise and layer-wise (stem is frozen here: groups are the tail's stages and its head conv) on
-    ``args.ada_images`` unlabeled validation activations per task (a seeded choice), Adam on λ from 0.3 in [0, 1]."""
+    ``args.ada_images`` unlabeled validation activations per task (a seeded choice), Adam on λ from ``init`` in
+    [0, 1]; ``args.ada_prior`` pulls λ toward ``init``, ``args.ada_holdout`` further images (the same seeded
+    permutation, disjoint) choose the returned step."""
     tasks = list(heads)
     g = torch.Generator().manual_seed(args.seed)
-    images = [val_acts[t][torch.randperm(len(val_acts[t]), generator=g)[:args.ada_images]] for t in tasks]
+    perms = [torch.randperm(len(val_acts[t]), generator=g) for t in tasks]
+    images = [val_acts[t][perm[:args.ada_images]] for t, perm in zip(tasks, perms)]
+    holdout = ([val_acts[t][perm[args.ada_images:args.ada_images + args.ada_holdout]] for t, perm in zip(tasks, perms)]
+               if args.ada_holdout else None)
     fkeys = float_keys(theta0)
     out = {}
     for granularity, groups in (("task", {"all": fkeys}), ("layer", layers.layer_groups(fkeys))):
         if granularity not in args.ada_granularity:
             continue
         start = time.perf_counter()
-        lam, trace, best_step, _ = learn_coefficients(theta0, tvs, copy.deepcopy(tail), [heads[t] for t in tasks],
-                                                      images, groups, args.ada_steps, args.ada_lr, 0.3, (0.0, 1.0))
+        lam, trace, best_step, _, held = learn_coefficients(
+            theta0, tvs, copy.deepcopy(tail), [heads[t] for t in tasks], images, groups, args.ada_steps, args.ada_lr,
+            init, (0.0, 1.0), prior_weight=args.ada_prior, holdout=holdout)
         merged = linear_combination(theta0, tvs, [{k: float(lam[i, j]) for j, ks in enumerate(groups.values())
                                                    for k in ks} for i in range(len(tasks))])
         per_task = {t: r.accuracy for t, r in test.evaluate(merged).items()}
@@ -81,7 +87,8 @@ def adamerging_rows(tail: nn.Module, heads: dict, theta0: dict, tvs: list, val_a
             "test": mean, "gap_closed": gap_closed(mean, pre_mean, indiv_mean), "per_task": per_task,
             "lambda": [[round(float(v), 4) for v in row] for row in lam.tolist()], "groups": list(groups),
             "entropy_start": trace[0], "entropy_best": trace[best_step], "best_step": best_step,
-            "seconds": time.perf_counter() - start}
+            "init": init, "seconds": time.perf_counter() - start,
+            **({"holdout_start": held[0], "holdout_best": held[best_step]} if held else {})}
     return out
 
 
@@ -92,6 +99,7 @@ def ada_only(args, variants, run_dir, tail, heads, theta0, acts, labels, scorer,
         raise SystemExit("--ada-only needs the task vectors of an earlier run: --save DIR --resume and its --name")
     out = {}
     for variant in variants:
+        init = 0.3 if args.ada_init != "ta" else ta_lambda(args, variant.name)
         tvs, indiv = [], {}
         for t in args.tasks:
             tvs.append(load_state_dict(run_dir / f"task_vector-{t}-{variant.name}.safetensors"))
@@ -100,13 +108,32 @@ def ada_only(args, variants, run_dir, tail, heads, theta0, acts, labels, scorer,
         pre_mean, indiv_mean = statistics.mean(pre.values()), statistics.mean(indiv.values())
         out[variant.name] = {"individual_mean": indiv_mean, "pretrained_mean": pre_mean,
                              "merged": adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks},
-                                                       test, pre_mean, indiv_mean, args)}
+                                                       test, pre_mean, indiv_mean, args, init)}
         print(f"[{args.name}] {variant.name}: " + ", ".join(f"{k} {m['test']:.3f} ({m['gap_closed']:+.2f})"
                                                           for k, m in out[variant.name]["merged"].items()), flush=True)
-    return {"name": args.name, "seed": args.seed, "tasks": list(args.tasks),
-            "adamerging": {"steps": args.ada_steps, "lr": args.ada_lr, "images_per_task": args.ada_images,
-                           "granularity": list(args.ada_granularity), "init": 0.3, "clamp": [0.0, 1.0]},
+    return {"name": args.name, "seed": args.seed, "tasks": list(args.tasks), "adamerging": ada_settings(args),
             "variants": out}
+
+
+def ada_settings(args) -> dict:
+    """The AdaMerging settings of a run, as recorded (the paper's when no restraint is set)."""
+    out = {"steps": args.ada_steps, "lr": args.ada_lr, "images_per_task": args.ada_images,
+           "granularity": list(args.ada_granularity), "init": 0.3 if args.ada_init != "ta" else "ta",
+           "clamp": [0.0, 1.0]}
+    if args.ada_prior:
+        out["prior_weight"] = args.ada_prior
+    if args.ada_holdout:
+        out["holdout_per_task"] = args.ada_holdout
+    return out
+
+
+def ta_lambda(args, variant: str) -> float:
+    """Task arithmetic's λ chosen on labelled validation for this run and variant (from the search's row)."""
+    rows = json.loads(args.search.read_text()) if args.search and args.search.exists() else []
+    row = next((r for r in rows if r["name"] == args.name and variant in r["variants"]), None)
+    if row is None:
+        raise SystemExit(f"--ada-init ta needs --search with a row {args.name!r} holding variant {variant!r}")
+    return float(row["variants"][variant]["merged"]["task_arithmetic"]["best_lambda_val"])
 
 
 def run(args) -> dict:
@@ -144,7 +171,8 @@ def run(args) -> dict:
     known = {"plain": VariantSpec(name="plain"), "sam": VariantSpec(name="sam", sam=True, rho=args.rho),
              "asam": VariantSpec(name="asam", sam=True, adaptive=True, rho=args.asam_rho),
              "plain_half": VariantSpec(name="plain_half", steps=args.steps // 2),
-             "plain_2x": VariantSpec(name="plain_2x", steps=2 * args.steps)}
+             "plain_2x": VariantSpec(name="plain_2x", steps=2 * args.steps),
+             "plain_4x": VariantSpec(name="plain_4x", steps=4 * args.steps)}
     variants = [known[v] for v in args.variants]
     if args.ada_only:
         return ada_only(args, variants, run_dir, tail, heads, theta0, acts, labels, scorer, test, pre)
@@ -186,8 +214,9 @@ def run(args) -> dict:
                             "best_lambda_val": sweep.best_lambda, "seconds": time.perf_counter() - start,
                             "per_task": {t: r.accuracy for t, r in sweep.test.items()}}
         if args.ada_steps:
+            init = merged["task_arithmetic"]["best_lambda_val"] if args.ada_init == "ta" else 0.3
             merged.update(adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks}, test,
-                                          pre_mean, indiv_mean, args))
+                                          pre_mean, indiv_mean, args, init))
         rows[variant.name] = {"individual": indiv, "individual_mean": indiv_mean, "train_s": train_s,
                               "resumed_tasks": resumed,
                               "merged": merged}
@@ -200,9 +229,7 @@ def run(args) -> dict:
                                           "asam_rho": args.asam_rho, "variants": list(args.variants),
                                           "probe_steps": args.probe_steps, "seed": args.seed, "val_n": args.val_n,
                                           "data_seed": args.data_seed, "tasks": list(args.tasks),
-                                          "adamerging": ({"steps": args.ada_steps, "lr": args.ada_lr,
-                                                          "images_per_task": args.ada_images, "init": 0.3,
-                                                          "clamp": [0.0, 1.0]} if args.ada_steps else None)},
+                                          "adamerging": ada_settings(args) if args.ada_steps else None},
             "splits": {t: real_tasks.describe(t, args.data_seed) for t in args.tasks},
             "pretrained": pre, "pretrained_mean": statistics.mean(pre.values()), "variants": rows,
             "prefix_s": prep_s, "wall_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
@@ -220,8 +247,8 @@ def main() -> None:
     ap.add_argument("--rho", type=float, default=0.05, help="SAM's ρ")
     ap.add_argument("--asam-rho", type=float, default=0.5, help="ASAM's ρ")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "sam"],
-                    help="plain_half / plain_2x: plain with half / twice the steps (the fair comparisons: SAM costs "
-                         "two passes a step; the plain family's merged-vs-individual curve)")
+                    help="plain_half / plain_2x / plain_4x: plain with half / twice / four times the steps (the fair "
+                         "comparisons: SAM costs two passes a step; the plain family's merged-vs-individual curve)")
     ap.add_argument("--probe-steps", type=int, default=300)
     ap.add_argument("--val-n", type=int, default=400, help="validation images per task that choose λ")
     ap.add_argument("--seed", type=int, default=0)
@@ -231,6 +258,12 @@ def main() -> None:
     ap.add_argument("--ada-steps", type=int, default=0, help="AdaMerging (task- and layer-wise) Adam steps; 0: none")
     ap.add_argument("--ada-lr", type=float, default=0.01)
     ap.add_argument("--ada-images", type=int, default=64, help="unlabeled validation images per task for AdaMerging")
+    ap.add_argument("--ada-init", default="0.3", choices=("0.3", "ta"),
+                    help="AdaMerging's start: 0.3 (the paper) or 'ta', task arithmetic's λ chosen on labelled "
+                         "validation (read from --search)")
+    ap.add_argument("--ada-prior", type=float, default=0.0, help="μ of the pull μ · mean (λ − init)² (0: none)")
+    ap.add_argument("--ada-holdout", type=int, default=0,
+                    help="further unlabeled validation images per task whose entropy picks AdaMerging's step (0: none)")
     ap.add_argument("--save", type=Path, default=None,
                     help="write the tail's θ0 and every task vector (safetensors) under SAVE/NAME/")
     ap.add_argument("--resume", action="store_true",

@@ -402,7 +402,7 @@ def lite0_search(rows: list) -> str:
                                "images per task (entropy), where it was run." if rows else "")
 
 
-LITE0_VARIANTS = ("plain_half", "plain", "plain_2x", "sam", "asam")
+LITE0_VARIANTS = ("plain_half", "plain", "plain_2x", "plain_4x", "sam", "asam")
 
 
 def _seed_groups(rows: list) -> list[list]:

@@ -108,7 +108,10 @@ if done:
             filename="adamerging-coefficients")
     st.caption("Each cell is a task's effective coefficient on one layer group (task-wise AdaMerging: the same λ on "
                "every group). Same colour scale on both sides: the declared clamp range.")
-    ui.plot(entropy_figure({v: r.entropy for v, r in done.items()}), key=f"{W}entropy", filename="adamerging-entropy")
+    ui.plot(entropy_figure({v: r.entropy for v, r in done.items()}, {v: r.holdout_entropy for v, r in done.items()},
+                           {v: r.best_step for v, r in done.items()}), key=f"{W}entropy", filename="adamerging-entropy")
+    st.caption("The diamond marks the returned step: the lowest entropy (plus the pull toward init λ, if set), on the "
+               "held-out images when some are set (dashed), else on the fitted ones.")
     summaries = {v: ex.summary(r.spec) for v, r in done.items()}
     mcols = st.columns(len(done) * 2)
     for i, (v, s) in enumerate(summaries.items()):

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sammerge.errors import DataError
+from sammerge.errors import ConfigError, DataError
 
-__all__ = ["Split", "TaskData", "Benchmark", "load_benchmark", "default_assets_dir", "SPLITS", "unlabeled_images"]
+__all__ = ["Split", "TaskData", "Benchmark", "load_benchmark", "default_assets_dir", "SPLITS", "unlabeled_images",
+           "unlabeled_draw"]
 
 SPLITS = ("train", "val", "test")
 NPZ_NAME = "benchmark.npz"
@@ -245,9 +246,20 @@ def _load_cached(npz_file: str, manifest_file: str, _stamp: tuple) -> Benchmark:
 def unlabeled_images(zoo, task: str, n: int, seed: int, split: str = "val") -> torch.Tensor:
     """``n`` images of a task's split of ``zoo`` chosen by a seeded permutation (labels are never read; all of
     them when the split is smaller)."""
+    return unlabeled_draw(zoo, task, n, 0, seed, split)[0]
+
+
+def unlabeled_draw(zoo, task: str, n: int, holdout: int, seed: int, split: str = "val"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the ``n`` images of :func:`unlabeled_images`, ``holdout`` further images of the same seeded permutation,
+    disjoint from them). Raises ConfigError when the split has fewer than ``n + holdout`` images and a holdout is
+    asked for."""
     images = zoo.split(task, split).images
+    if holdout and n + holdout > len(images):
+        raise ConfigError(f"task {task!r}: {n} + {holdout} held-out unlabeled images asked for, but its {split} split "
+                          f"has {len(images)}")
     if n >= len(images):
-        return images
+        return images, images[:0]
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(images), generator=gen)[:n].sort().values
-    return images[idx]
+    perm = torch.randperm(len(images), generator=gen)
+    return images[perm[:n].sort().values], images[perm[n:n + holdout].sort().values]

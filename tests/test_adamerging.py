@@ -39,7 +39,8 @@ def test_registered_with_a_schema():
     learner = get_learner("adamerging")
     names = [p.name for p in learner.params]
     assert names == ["granularity", "base", "density", "steps", "lr", "images_per_task", "seed", "init", "clamp_low",
-                     "clamp_high"]
+                     "clamp_high", "prior_weight", "holdout_per_task"]
+    assert learner.defaults()["prior_weight"] == 0.0 and learner.defaults()["holdout_per_task"] == 0
     assert learner.param("granularity").choices == ("task", "layer")
     assert learner.param("base").choices == ("task_arithmetic", "ties")
     assert learner.defaults()["init"] == 0.3 and learner.to_dict()["kind"] == "learner"
@@ -103,7 +104,7 @@ def test_layer_wise_with_one_group_equals_task_wise(zoo):
     task = get_learner("adamerging")(zoo, "plain", granularity="task", **FAST)
     theta0 = zoo.pretrained()
     keys = [k for k, v in theta0.items() if v.is_floating_point()]
-    lam, trace, best, _ = learn_coefficients(
+    lam, trace, best, _, _ = learn_coefficients(
         theta0, [zoo.task_vector(t, "plain") for t in zoo.tasks], zoo.create_encoder(),
         [zoo.heads[t] for t in zoo.tasks], [unlabeled_images(zoo, t, 24, 0) for t in zoo.tasks],
         {"one": keys}, FAST["steps"], FAST["lr"], 0.3, (0.0, 1.0))
@@ -142,6 +143,80 @@ def test_single_task_lambda_moves_toward_the_grid_optimum(zoo):
     assert abs(learned - best) < abs(start - best) - 0.05
     theta = {k: (v + learned * tv[k]) if v.is_floating_point() else v for k, v in theta0.items()}
     assert plain_entropy(zoo, theta, [task], n, 0) <= min(scores) + 0.02
+
+
+def test_holdout_picks_the_step_by_the_held_out_entropy(zoo):
+    """With held-out images the fitted trajectory is unchanged; the returned step is the held-out entropy's
+    argmin, and that entropy is what a plain forward of the returned merge gives on images disjoint from the
+    fitted ones."""
+    from sammerge.data import unlabeled_draw
+    settings = dict(steps=30, lr=0.1, images_per_task=16)
+    plain = get_learner("adamerging")(zoo, "plain", **settings)
+    held = get_learner("adamerging")(zoo, "plain", holdout_per_task=24, **settings)
+    assert held.entropy == plain.entropy and not plain.holdout_entropy
+    assert len(held.holdout_entropy) == settings["steps"] + 1
+    assert held.best_step == min(range(len(held.holdout_entropy)), key=held.holdout_entropy.__getitem__)
+    merged = merge_zoo(zoo, held.spec)
+    enc = zoo.create_encoder()
+    enc.load_state_dict(merged)
+    values = []
+    with torch.no_grad():
+        for t in zoo.tasks:
+            fit, heldout = unlabeled_draw(zoo, t, 16, 24, 0)
+            assert len(heldout) == 24
+            assert not any(torch.equal(a, b) for a in heldout for b in fit)  # disjoint draws
+            p = torch.softmax(zoo.heads[t](enc(heldout)).double(), -1)
+            values.append(float((-(p * p.log()).sum(-1)).mean()))
+    assert sum(values) / len(values) == pytest.approx(held.holdout_entropy[held.best_step], abs=1e-4)
+    assert held.spec.learned["holdout_trace"][held.best_step] == pytest.approx(held.holdout_entropy[held.best_step],
+                                                                                abs=1e-5)
+    assert "held-out" in held.spec.notes
+    with pytest.raises(ConfigError, match="held-out unlabeled images asked for"):
+        get_learner("adamerging")(zoo, "plain", steps=2, images_per_task=16, holdout_per_task=10**5)
+
+
+def test_holdout_that_disagrees_with_the_fitted_images_keeps_the_start():
+    """One weight λ·I, head logits = feature + b with b = (2, 0): on the fitted image x = (1, 0) the entropy falls as
+    λ grows, on the held-out x = (−1, 0) it rises (logits 2 − λ and 0 meet at λ = 2). Without a holdout the last
+    step is returned, with it the start."""
+    from sammerge.evaluation.adamerging import learn_coefficients
+
+    encoder = torch.nn.Linear(2, 2, bias=False)
+    theta0 = {"weight": torch.zeros(2, 2)}
+    tv = {"weight": torch.eye(2)}
+    head = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+        head.bias.copy_(torch.tensor([2.0, 0.0]))
+    fit, held = [torch.tensor([[1.0, 0.0]])], [torch.tensor([[-1.0, 0.0]])]
+    common = dict(groups={"all": ["weight"]}, steps=12, lr=0.05, init=0.3, clamp=(0.0, 1.0))
+    alone = learn_coefficients(theta0, [tv], encoder, [head], fit, **common)
+    assert alone.best_step == 12 and alone.entropy[-1] < alone.entropy[0]
+    chosen = learn_coefficients(theta0, [tv], encoder, [head], fit, holdout=held, **common)
+    assert chosen.entropy == alone.entropy  # the holdout does not steer the steps
+    assert all(b > a for a, b in zip(chosen.holdout_entropy, chosen.holdout_entropy[1:]))
+    assert chosen.best_step == 0 and float(chosen.lam) == pytest.approx(0.3)
+    assert float(alone.lam) > 0.8  # 0.3 + 12 Adam steps of ≈ 0.05
+
+
+def test_prior_weight_pulls_lambda_toward_init(zoo):
+    """μ · mean (λ − init)²: the larger μ, the nearer λ stays to init; μ = 0 is the paper's AdaMerging; the returned
+    point lowers entropy + penalty (plain forward) below the start's."""
+    settings = dict(steps=40, lr=0.05, images_per_task=16, init=0.3, granularity="layer")
+    runs = {mu: get_learner("adamerging")(zoo, "plain", prior_weight=mu, **settings) for mu in (0.0, 1.0, 1000.0)}
+    assert runs[0.0].entropy == get_learner("adamerging")(zoo, "plain", **settings).entropy
+
+    def offsets(res):
+        return [v - 0.3 for row in res.coefficients.values() for v in row.values()]
+
+    dist = {mu: math.sqrt(sum(d * d for d in offsets(r)) / len(offsets(r))) for mu, r in runs.items()}
+    assert dist[0.0] > 0.05  # the entropy alone moves λ
+    assert dist[1000.0] < dist[1.0] < dist[0.0]
+    assert dist[1000.0] < 0.02
+    res = runs[1.0]
+    objective = plain_entropy(zoo, merge_zoo(zoo, res.spec), zoo.tasks, 16, 0) + 1.0 * dist[1.0] ** 2
+    assert objective < res.entropy[0] - 1e-4
+    assert "pull μ = 1" in res.spec.notes
 
 
 def test_stop_returns_best_so_far(zoo):
@@ -209,6 +284,7 @@ def test_layer_coefficients_page(monkeypatch, tiny_zoo_copy):
     assert _metric(at, "Mean accuracy") == f"{mean_accuracy(val.evaluate(merge_zoo(zoo, ta))):.1%}"
     at.number_input(key="lc_set_steps").set_value(6).run()
     at.selectbox(key="lc_set_granularity").set_value("layer").run()
+    at.number_input(key="lc_set_holdout_per_task").set_value(16).run()
     at.button(key="lc_learn").click().run()
     _clean(at)
     # the learning runs as a job of the server's shared worker, not in the page's script run
@@ -219,10 +295,12 @@ def test_layer_coefficients_page(monkeypatch, tiny_zoo_copy):
     at.run()
     _clean(at)
     reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
-    assert "plain: mean λ" in reading and "SAM: mean λ" in reading and "in 6 steps" in reading
-    settings = {**get_learner("adamerging").defaults(), "steps": 6, "granularity": "layer"}
+    assert "plain: mean λ" in reading and "SAM: mean λ" in reading and "of 6" in reading
+    assert reading.count("held-out") == 2
+    settings = {**get_learner("adamerging").defaults(), "steps": 6, "granularity": "layer", "holdout_per_task": 16}
     learned = LEARNED.get(zoo, "sam", settings)
-    assert learned is not None and learned.steps_run == 6
+    assert learned is not None and learned.steps_run == 6 and len(learned.holdout_entropy) == 7
+    assert f"step {learned.best_step} of 6" in reading
     assert _metric(at, "SAM: mean accuracy") == f"{mean_accuracy(val.evaluate(merge_zoo(zoo, learned.spec))):.1%}"
     # loading the learned SAM coefficients into the editor reproduces the learned merge on SAM checkpoints
     at.radio(key="lc_source").set_value("learned (SAM)").run()
@@ -346,7 +424,7 @@ def test_single_task_labelled_proxy_moves_toward_the_grid_search_best_lambda(zoo
     losses = [labelled_loss(lam) for lam in grid]
     best = grid[min(range(len(grid)), key=losses.__getitem__)]
     start = 0.0 if best >= 1.5 else 3.0  # start on the far side of the grid from the optimum
-    lam, trace, _, _ = learn_coefficients(theta0, [tv], zoo.create_encoder(), [zoo.heads[task]], [split.images],
+    lam, trace, _, _, _ = learn_coefficients(theta0, [tv], zoo.create_encoder(), [zoo.heads[task]], [split.images],
                                           {"all": float_keys(theta0)}, steps=120, lr=0.05, init=start,
                                           clamp=(0.0, 3.0), labels=[split.labels])
     learned = float(lam[0, 0])
@@ -378,7 +456,7 @@ def test_learns_through_batch_norm_running_statistics():
     heads = [torch.nn.Linear(8, 4) for _ in range(2)]
     images = [torch.randn(16, 3, 8, 8) for _ in range(2)]
     groups = layers.layer_groups(float_keys(theta0))
-    lam, trace, best_step, stopped = learn_coefficients(theta0, tvs, encoder(), heads, images, groups, steps=5,
+    lam, trace, best_step, stopped, _ = learn_coefficients(theta0, tvs, encoder(), heads, images, groups, steps=5,
                                                         lr=0.05, init=0.3, clamp=(0.0, 1.0))
     assert not stopped and len(trace) == 6 and trace[best_step] <= trace[0]
     assert any("running_mean" in k for ks in groups.values() for k in ks)  # the statistics are merged keys

@@ -89,16 +89,29 @@ def coefficient_heatmaps(grids: Mapping[str, pd.DataFrame], zmin: float = 0.0, z
     return fig
 
 
-def entropy_figure(traces: Mapping[str, Sequence[float]]):
-    """Mean prediction entropy (AdaMerging's objective) per step, one line per variant."""
+def entropy_figure(traces: Mapping[str, Sequence[float]], held_out: Mapping[str, Sequence[float]] | None = None,
+                   chosen: Mapping[str, int] | None = None):
+    """Mean prediction entropy (AdaMerging's objective) per step, one line per variant; dashed: the same on the
+    held-out images where there are some; a marker on each variant's returned step."""
     import plotly.graph_objects as go
 
     from sammerge.explorer.style import variant_color
 
     fig = go.Figure()
+    held_out, chosen = held_out or {}, chosen or {}
     for name, trace in traces.items():
+        color = variant_color(name, list(traces))
         fig.add_scatter(x=list(range(len(trace))), y=list(trace), mode="lines", name=variant_label(name),
-                        line=dict(color=variant_color(name, list(traces))))
+                        line=dict(color=color))
+        held = held_out.get(name)
+        if held:
+            fig.add_scatter(x=list(range(len(held))), y=list(held), mode="lines",
+                            name=f"{variant_label(name)}, held-out", line=dict(color=color, dash="dash"))
+        if name in chosen:
+            step = chosen[name]
+            fig.add_scatter(x=[step], y=[(held or trace)[step]], mode="markers", showlegend=False,
+                            marker=dict(color=color, size=9, symbol="diamond"),
+                            hovertemplate=f"{variant_label(name)}: returned step {step}<extra></extra>")
     fig.update_layout(xaxis_title="Adam step", yaxis_title="mean entropy (nats)", height=300,
                       margin=dict(l=60, r=10, t=20, b=40), legend=dict(orientation="h", y=1.1))
     return fig
@@ -110,6 +123,9 @@ def learned_sentence(results: Mapping[str, Any]) -> str:
     for v, r in results.items():
         values = [x for row in r.coefficients.values() for x in row.values()]
         parts.append(f"{variant_label(v)}: mean λ {sum(values) / len(values):.2f} (range {min(values):.2f}–"
-                     f"{max(values):.2f}), entropy {r.entropy[0]:.3f} → {r.entropy[r.best_step]:.3f} in "
-                     f"{r.steps_run} steps ({r.seconds:.0f} s{', stopped early' if r.stopped else ''})")
+                     f"{max(values):.2f}), entropy {r.entropy[0]:.3f} → {r.entropy[r.best_step]:.3f} at step "
+                     f"{r.best_step} of {r.steps_run}"
+                     + (f" (held-out {r.holdout_entropy[0]:.3f} → {r.holdout_entropy[r.best_step]:.3f})"
+                        if r.holdout_entropy else "")
+                     + f" ({r.seconds:.0f} s{', stopped early' if r.stopped else ''})")
     return "; ".join(parts) + "."

@@ -550,7 +550,7 @@ BLOCKS = {"demo_regime.json": demo_regime, "demo_regime.json#methods": demo_meth
           "browser_latency.json": browser_latency, "paper_table.md": paper_table, "cpu_vit.json": cpu_vit,
           "load.json": load, "linear_preview.json": linear_preview, "vit_step.json": vit_step,
           "adamerging.json": adamerging_markdown, "paper_table.md#gap": paper_gap,
-          "method_cost.json": method_cost_markdown, "method_cost_lite0.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods,
+          "method_cost.json": method_cost_markdown, "method_cost_lite0.json": method_cost_markdown, "plan_demo.json": plan_demo_markdown, "browser_latency_methods.json": browser_methods, "browser_latency_methods_lite0.json": browser_methods,
           "soak.json": soak, "soak_lite0.json": soak, "soak_startup.json": soak_startup, "soak_startup_lite0.json": soak_startup, "soak_gc.json": soak,
           "soak_eager_export.json": soak,
           "paper_table_lite0.md": paper_table, "paper_table_lite0.md#gap": paper_gap,

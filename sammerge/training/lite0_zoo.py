@@ -45,6 +45,7 @@ TASK_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST, 5,000-image subset), 2
                      "fashion_mnist": "clothing photos (Fashion-MNIST), 28 → 32 px",
                      "sklearn_digits": "handwritten digits (scikit-learn's 8×8 digits), 8 → 32 px",
                      "textures": "which of ten photographs a 32 px crop comes from (scikit-image's bundled photos)",
+                     "animals": "animal silhouettes, ten species (the animal-mnist package), 28 → 32 px",
                      "latin_upper": "Latin capitals (this repository's glyph benchmark, clean), 16 → 32 px",
                      "symbols": "symbols (this repository's glyph benchmark, clean), 16 → 32 px"}
 PASSES = {"plain": 1, "sam": 2, "asam": 2}  # forward-backward passes per fine-tuning step

@@ -12,6 +12,12 @@ by a seeded permutation (recorded by :func:`describe`); grayscale sources are re
   is scaled (antialiased) to a short side of 320 px and cut into 64 px blocks; a seeded permutation assigns whole
   blocks to train / val / test (half / quarter / quarter), so no pixel is in two splits; each block gives the 9 crops
   at stride 16, and crops of near-uniform pixels (std < 8 grey levels, e.g. a retina's black border) are dropped.
+- ``animals``: the 10,000 28×28 animal silhouettes (10 classes × 1,000: bear … zebra) of the PyPI package
+  ``animal-mnist`` 0.4 (MIT; install it with ``pip install --no-deps animal-mnist==0.4``: its declared TensorFlow
+  dependency is not needed), 28 → 32 px. Its two files are gzipped pickles of numpy arrays: they are read by an
+  unpickler that admits numpy's array reconstruction and nothing else. The source holds exact and near copies (9,716
+  distinct images; 8,092 distinct 7×7 binarized thumbnails), so images are grouped by thumbnail and a seeded
+  permutation assigns whole groups to train / val / test (no copy in two splits; a flipped copy can still be).
 - ``latin_upper``, ``symbols``: this repository's glyph benchmark (``assets/glyphs``, fonts split between train/val and
   test), clean 16 → 32 px.
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +39,14 @@ from sammerge.errors import DataError
 
 SIZE = 32
 FASHION_DIR = Path(os.environ.get("SAMMERGE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-TASKS = ("mnist", "fashion_mnist", "sklearn_digits", "textures", "latin_upper", "symbols")
+TASKS = ("mnist", "fashion_mnist", "sklearn_digits", "textures", "animals", "latin_upper", "symbols")
 SPLIT_SIZES = {"mnist": (3000, 1000, 1000), "fashion_mnist": (5000, 1000, 2000), "sklearn_digits": (997, 400, 400)}
 CLASS_NAMES = {"fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                 "Bag", "Ankle boot"]}
+                                 "Bag", "Ankle boot"],
+               "animals": ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]}
+ANIMALS_DIR = os.environ.get("SAMMERGE_ANIMAL_MNIST")  # else the installed animal_mnist package's data folder
+ANIMALS_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
+ANIMALS_FRACTIONS = (0.6, 0.2, 0.2)  # of the thumbnail groups: train / val / test
 TEXTURE_PHOTOS = ("brick", "grass", "gravel", "coins", "ihc", "hubble_deep_field", "retina", "chelsea", "coffee",
                   "motorcycle_left")
 CLASS_NAMES["textures"] = list(TEXTURE_PHOTOS)
@@ -151,6 +162,62 @@ def textures(seed: int) -> dict:
     return out
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for pickled numpy arrays: numpy's array reconstruction is the only callable it admits."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: only numpy arrays are read")
+        return super().find_class(module, name)
+
+
+def _animals_dir() -> Path:
+    if ANIMALS_DIR:
+        return Path(ANIMALS_DIR)
+    import importlib.util
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("animals: needs the animal-mnist package (pip install --no-deps animal-mnist==0.4) or "
+                        "SAMMERGE_ANIMAL_MNIST set to a folder holding its two .gz files")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
+
+
+def _pickled_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (pip install --no-deps animal-mnist==0.4, or set SAMMERGE_ANIMAL_MNIST)")
+    try:
+        with gzip.open(path, "rb") as f:
+            value = _ArraysOnly(f).load()
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: named, not a traceback
+        raise DataError(f"{path}: not a gzipped pickled numpy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, np.ndarray):
+        raise DataError(f"{path}: holds a {type(value).__name__}, not a numpy array")
+    return value
+
+
+def animals(seed: int) -> dict:
+    folder = _animals_dir()
+    images, labels = (_pickled_array(folder / name) for name in ANIMALS_FILES)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+        raise DataError(f"{folder}: expected images [N, 28, 28] and labels [N], got {images.shape} and {labels.shape}")
+    thumbs = (images.reshape(-1, 7, 4, 7, 4).astype(np.float32).mean((2, 4)) > 64).reshape(len(images), -1)
+    _, group = np.unique(np.packbits(thumbs, axis=1), axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    n_groups = int(group.max()) + 1
+    order = torch.randperm(n_groups, generator=torch.Generator().manual_seed(seed)).numpy()
+    rank = np.empty(n_groups, dtype=np.int64)
+    rank[order] = np.arange(n_groups)
+    cuts = np.cumsum([round(f * n_groups) for f in ANIMALS_FRACTIONS[:-1]])
+    which = np.searchsorted(cuts, rank[group], side="right")  # 0 train, 1 val, 2 test
+    x, y = _to_rgb32(images), torch.as_tensor(labels.astype(np.int64))
+    return {name: (x[torch.as_tensor(np.flatnonzero(which == i))], y[torch.as_tensor(np.flatnonzero(which == i))])
+            for i, name in enumerate(("train", "val", "test"))}
+
+
 def glyphs(task: str) -> dict:
     from sammerge.data import default_assets_dir
     path = default_assets_dir() / "benchmark.npz"
@@ -163,7 +230,8 @@ def load_task(task: str, seed: int = 0) -> dict:
     """One task's splits (module doc); DataError naming what is missing."""
     if task in ("latin_upper", "symbols"):
         return glyphs(task)
-    loaders = {"mnist": mnist, "fashion_mnist": fashion_mnist, "sklearn_digits": sklearn_digits, "textures": textures}
+    loaders = {"mnist": mnist, "fashion_mnist": fashion_mnist, "sklearn_digits": sklearn_digits, "textures": textures,
+               "animals": animals}
     if task not in loaders:
         raise DataError(f"unknown real-image task '{task}' (known: {', '.join(TASKS)})")
     return loaders[task](seed)
@@ -184,11 +252,23 @@ def missing_sources(tasks) -> list[str]:
         if absent:
             problems.append(f"fashion_mnist: {FASHION_DIR} lacks {', '.join(absent)} (apt install "
                             "dataset-fashion-mnist, or set SAMMERGE_FASHION_MNIST)")
+    if "animals" in tasks:
+        try:
+            folder = _animals_dir()
+            absent = [f for f in ANIMALS_FILES if not (folder / f).is_file()]
+            if absent:
+                problems.append(f"animals: {folder} lacks {', '.join(absent)}")
+        except DataError as exc:
+            problems.append(str(exc))
     return problems
 
 
 def describe(task: str, seed: int = 0) -> str:
     sizes = SPLIT_SIZES.get(task)
+    if task == "animals":
+        counts = "/".join(str(len(split[1])) for split in animals(seed).values())
+        return (f"animals: train/val/test {counts} of animal-mnist's 10,000 silhouettes, whole groups of equal 7×7 "
+                f"binarized thumbnails per split by seeded permutation (seed {seed})")
     if task == "textures":
         counts = "/".join(str(len(split[1])) for split in textures(seed).values())
         return (f"textures: train/val/test {counts} crops of {len(TEXTURE_PHOTOS)} scikit-image photographs, whole "

@@ -458,6 +458,17 @@ def lite0_fair(rows: list) -> str:
                                "segment when outside the family's range).")
 
 
+def _ada_setting(settings: dict) -> str:
+    """One AdaMerging setting of lite0_regime.py, in words."""
+    parts = [f"{settings['images_per_task']} images, {settings['steps']} steps, from λ "
+             + ("= task arithmetic's" if settings.get("init") == "ta" else f"{settings.get('init', 0.3):g}")]
+    if settings.get("prior_weight"):
+        parts.append(f"pull μ {settings['prior_weight']:g} toward it")
+    if settings.get("holdout_per_task"):
+        parts.append(f"step chosen on {settings['holdout_per_task']} held-out images")
+    return ", ".join(parts)
+
+
 def lite0_ada_levers(rows: list) -> str:
     """benchmarks/lite0_regime.py --ada-only: AdaMerging with other settings on the study's saved task vectors, beside
     the study's own AdaMerging and task arithmetic of the same seeds (mean ± std over seeds; wins = seeds where it
@@ -466,35 +477,39 @@ def lite0_ada_levers(rows: list) -> str:
     groups: dict = {}
     for r in rows:
         groups.setdefault(json.dumps(r["adamerging"], sort_keys=True), []).append(r)
-    lines = ["| AdaMerging | seeds | variant | images per task | steps | accuracy | gap closed | minus task arithmetic "
-             "(points) | above task arithmetic |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | AdaMerging (layer-wise) | seeds | accuracy | gap closed | mean λ | minus task arithmetic "
+             "(points) | above task arithmetic |", "|---|---|---|---|---|---|---|---|"]
 
-    def row(label, seeds, variant, images, steps, results, tas):
+    def row(variant, label, seeds, results, tas):
         acc = [m["test"] for m in results]
         diffs = [100 * (a - t) for a, t in zip(acc, tas)]
         sd = (lambda v: f" ± {statistics.stdev(v):.1f}") if len(acc) > 1 else (lambda v: "")
-        return (f"| {label} | {seeds} | {variant} | {images} | {steps} | {100 * statistics.mean(acc):.1f}{sd([100 * a for a in acc])} % | "
-                f"{statistics.mean(m['gap_closed'] for m in results):+.0%} | {statistics.mean(diffs):+.1f}{sd(diffs)} | "
-                f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds |")
-    for group in groups.values():
-        settings = group[0]["adamerging"]
-        for granularity in settings["granularity"]:
-            for variant in [v for v in ("plain", "sam", "asam") if all(v in r["variants"] for r in group)]:
-                study = [search.get(r["name"]) for r in group]
-                if any(s is None or variant not in s["variants"] for s in study):
-                    continue
-                seeds = ", ".join(str(r["seed"]) for r in group)
-                tas = [s["variants"][variant]["merged"]["task_arithmetic"]["test"] for s in study]
-                base = [s["variants"][variant]["merged"].get(f"adamerging_{granularity}") for s in study]
-                if all(b and "test" in b for b in base):
-                    ada = study[0]["recipe"]["adamerging"]
-                    lines.append(row(f"{granularity}-wise, the study's", seeds, variant, ada["images_per_task"],
-                                     ada["steps"], base, tas))
-                lines.append(row(f"{granularity}-wise", seeds, variant, settings["images_per_task"], settings["steps"],
-                                 [r["variants"][variant]["merged"][f"adamerging_{granularity}"] for r in group], tas))
-    return "\n".join(lines) + ("\n\nOn the four-task study's saved task vectors (same probes, splits and λ "
-                               "initialisation 0.3, Adam lr 0.01, λ in [0, 1]); the unlabeled images are a seeded draw "
-                               "from each task's validation split; test accuracy, mean ± sample std over the seeds.")
+        lam = statistics.mean(statistics.mean(x for task in m["lambda"] for x in task) for m in results)
+        return (f"| {variant} | {label} | {seeds} | {100 * statistics.mean(acc):.1f}{sd([100 * a for a in acc])} % | "
+                f"{statistics.mean(m['gap_closed'] for m in results):+.0%} | {lam:.2f} | "
+                f"{statistics.mean(diffs):+.1f}{sd(diffs)} | {sum(d > 0 for d in diffs)} of {len(diffs)} seeds |")
+    names = sorted({r["name"] for r in rows}, key=lambda n: (len(n), n))
+    for variant in ("plain", "sam", "asam"):
+        study = [search[n] for n in names if n in search and variant in search[n]["variants"]
+                 and "test" in search[n]["variants"][variant]["merged"].get("adamerging_layer", {})]
+        if not study or not any(variant in r["variants"] for r in rows):
+            continue
+        lines.append(row(variant, "the study's: " + _ada_setting({**study[0]["recipe"]["adamerging"]}),
+                         ", ".join(str(s["recipe"]["seed"]) for s in study),
+                         [s["variants"][variant]["merged"]["adamerging_layer"] for s in study],
+                         [s["variants"][variant]["merged"]["task_arithmetic"]["test"] for s in study]))
+        for group in groups.values():
+            group = sorted((r for r in group if variant in r["variants"] and r["name"] in search
+                            and "adamerging_layer" in r["variants"][variant]["merged"]), key=lambda r: r["seed"])
+            if group:
+                lines.append(row(variant, _ada_setting(group[0]["adamerging"]), ", ".join(str(r["seed"]) for r in group),
+                                 [r["variants"][variant]["merged"]["adamerging_layer"] for r in group],
+                                 [search[r["name"]]["variants"][variant]["merged"]["task_arithmetic"]["test"]
+                                  for r in group]))
+    return "\n".join(lines) + ("\n\nOn the four-task study's saved task vectors (same probes and splits; Adam lr 0.01, "
+                               "λ in [0, 1]); the unlabeled images are a seeded draw from each task's validation split; "
+                               "task arithmetic's λ is the one it chose on 400 labelled validation images per task. "
+                               "Test accuracy, mean ± sample std over the seeds; mean λ over tasks and layer groups.")
 
 
 def lite0_seeds(rows: list) -> str:

@@ -107,7 +107,8 @@ def ada_only(args, variants, run_dir, tail, heads, theta0, acts, labels, scorer,
             indiv[t] = single.evaluate(apply_task_vector(theta0, tvs[-1]))[t].accuracy
         pre_mean, indiv_mean = statistics.mean(pre.values()), statistics.mean(indiv.values())
         out[variant.name] = {"individual_mean": indiv_mean, "pretrained_mean": pre_mean,
-                             "merged": adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks},
+                             "merged": adamerging_rows(tail, heads, theta0, tvs,
+                                                       {t: acts[t][args.ada_split] for t in args.tasks},
                                                        test, pre_mean, indiv_mean, args, init)}
         print(f"[{args.name}] {variant.name}: " + ", ".join(f"{k} {m['test']:.3f} ({m['gap_closed']:+.2f})"
                                                           for k, m in out[variant.name]["merged"].items()), flush=True)
@@ -124,6 +125,8 @@ def ada_settings(args) -> dict:
         out["prior_weight"] = args.ada_prior
     if args.ada_holdout:
         out["holdout_per_task"] = args.ada_holdout
+    if args.ada_split != "val":
+        out["split"] = args.ada_split
     return out
 
 
@@ -215,7 +218,7 @@ def run(args) -> dict:
                             "per_task": {t: r.accuracy for t, r in sweep.test.items()}}
         if args.ada_steps:
             init = merged["task_arithmetic"]["best_lambda_val"] if args.ada_init == "ta" else 0.3
-            merged.update(adamerging_rows(tail, heads, theta0, tvs, {t: acts[t]["val"] for t in args.tasks}, test,
+            merged.update(adamerging_rows(tail, heads, theta0, tvs, {t: acts[t][args.ada_split] for t in args.tasks}, test,
                                           pre_mean, indiv_mean, args, init))
         rows[variant.name] = {"individual": indiv, "individual_mean": indiv_mean, "train_s": train_s,
                               "resumed_tasks": resumed,
@@ -261,6 +264,9 @@ def main() -> None:
     ap.add_argument("--ada-init", default="0.3", choices=("0.3", "ta"),
                     help="AdaMerging's start: 0.3 (the paper) or 'ta', task arithmetic's λ chosen on labelled "
                          "validation (read from --search)")
+    ap.add_argument("--ada-split", choices=("val", "test"), default="val",
+                    help="where AdaMerging's unlabeled images come from: validation (ours) or the test inputs "
+                         "themselves (the paper's transductive protocol; labels never read)")
     ap.add_argument("--ada-prior", type=float, default=0.0, help="μ of the pull μ · mean (λ − init)² (0: none)")
     ap.add_argument("--ada-holdout", type=int, default=0,
                     help="further unlabeled validation images per task whose entropy picks AdaMerging's step (0: none)")

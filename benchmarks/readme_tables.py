@@ -464,6 +464,8 @@ def _ada_setting(settings: dict) -> str:
              + ("= task arithmetic's" if settings.get("init") == "ta" else f"{settings.get('init', 0.3):g}")]
     if settings.get("prior_weight"):
         parts.append(f"pull μ {settings['prior_weight']:g} toward it")
+    if settings.get("split") == "test":
+        parts.append("on the test inputs themselves (the paper's protocol)")
     if settings.get("holdout_per_task"):
         parts.append(f"step chosen on {settings['holdout_per_task']} held-out images")
     return ", ".join(parts)

@@ -214,8 +214,8 @@ def animals(seed: int) -> dict:
     cuts = np.cumsum([round(f * n_groups) for f in ANIMALS_FRACTIONS[:-1]])
     which = np.searchsorted(cuts, rank[group], side="right")  # 0 train, 1 val, 2 test
     x, y = _to_rgb32(images), torch.as_tensor(labels.astype(np.int64))
-    return {name: (x[torch.as_tensor(np.flatnonzero(which == i))], y[torch.as_tensor(np.flatnonzero(which == i))])
-            for i, name in enumerate(("train", "val", "test"))}
+    members = [torch.as_tensor(np.flatnonzero(which == i)) for i in range(3)]
+    return {name: (x[idx], y[idx]) for name, idx in zip(("train", "val", "test"), members)}
 
 
 def glyphs(task: str) -> dict:
